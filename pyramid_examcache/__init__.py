@@ -1,0 +1,20 @@
+"""pyramid_examcache: a Redis cache policy and a Huey-backed transactional mailer for Pyramid.
+
+Usage::
+
+    config.include('pyramid_tm')
+    config.include('pyramid_examcache')
+
+``includeme`` validates the ``examcache.*`` and ``mail.*`` settings (a bad
+value raises ``ConfigurationError`` naming the setting), builds one cache
+backend per application, adds ``request.cache`` and the ``cache=`` view
+option, and ``request.mailer``.
+"""
+from __future__ import annotations
+
+from pyramid.config import Configurator
+
+
+def includeme(config: Configurator) -> None:
+    config.include("pyramid_examcache.cache")
+    config.include("pyramid_examcache.mail")

@@ -1,0 +1,188 @@
+"""Parse and validate the ``examcache.*`` and ``mail.*`` settings.
+
+Every setting is converted explicitly (no guessing of types from strings); a bad
+value raises :class:`pyramid.exceptions.ConfigurationError` naming the setting
+and saying what is allowed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from pyramid.exceptions import ConfigurationError
+from pyramid.settings import asbool
+
+CACHE_SCHEMES = ("redis", "rediss", "unix", "memory")
+QUEUE_SCHEMES = ("redis", "rediss", "unix", "sqlite", "memory")
+MAIL_TRANSPORTS = ("smtp", "file")
+
+
+def _error(name: str, value: Any, allowed: str) -> ConfigurationError:
+    return ConfigurationError(f"Invalid setting {name} = {value!r}: {allowed}")
+
+
+def as_number(settings: Mapping[str, Any], name: str, default: float, *,
+              minimum: float = 0.0, integer: bool = False, allow_zero: bool = True):
+    """Read ``name`` as a number >= ``minimum`` (an int when ``integer``)."""
+    raw = settings.get(name, default)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raw = default
+    try:
+        value = int(str(raw).strip()) if integer else float(str(raw).strip())
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise _error(name, raw, f"must be {kind}") from None
+    if value < minimum or (not allow_zero and value == 0):
+        bound = f"> {minimum}" if not allow_zero and minimum == 0 else f">= {minimum}"
+        raise _error(name, raw, f"must be {bound}")
+    return value
+
+
+def as_bool(settings: Mapping[str, Any], name: str, default: bool) -> bool:
+    raw = settings.get(name, default)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"):
+        raise _error(name, raw, "must be a boolean (true/false)")
+    return asbool(text)
+
+
+def as_url(settings: Mapping[str, Any], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    raw = settings.get(name, default)
+    url = str(raw or default).strip()
+    if "://" not in url:
+        raise _error(name, raw, f"must be a URL with a scheme, one of {', '.join(schemes)}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise _error(name, raw, f"is not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise _error(name, raw, f"unknown scheme {parts.scheme!r}; allowed: {', '.join(schemes)}")
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        raise _error(name, raw, "a redis URL needs a host, e.g. redis://127.0.0.1:6379/0")
+    if parts.scheme in ("redis", "rediss"):
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise _error(name, raw, "the database in a redis URL must be a number (redis://host:port/0)")
+    if parts.scheme == "unix" and not parts.path:
+        raise _error(name, raw, "a unix URL needs a socket path, e.g. unix:///run/redis.sock")
+    if parts.scheme == "sqlite" and not url[len("sqlite://"):].strip("/"):
+        raise _error(name, raw, "a sqlite URL needs a file path, e.g. sqlite:///var/huey.sqlite")
+    return url
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    redis_url: str = "memory://"
+    key_prefix: str = "examcache:"
+    default_ttl: int = 3600
+    socket_timeout: float = 0.25
+    lock_timeout: float = 5.0
+    wait_timeout: float = 5.0
+    breaker_threshold: int = 3
+    breaker_reset: float = 2.0
+    enabled: bool = True
+
+
+def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
+    """Validate the ``examcache.*`` settings and return them typed."""
+    p = "examcache."
+    prefix = str(settings.get(p + "key_prefix", CacheSettings.key_prefix))
+    if not prefix or any(c.isspace() for c in prefix):
+        raise _error(p + "key_prefix", prefix, "must be a non-empty string without whitespace")
+    lock_timeout = as_number(settings, p + "lock_timeout", CacheSettings.lock_timeout, allow_zero=False)
+    return CacheSettings(
+        redis_url=as_url(settings, p + "redis_url", CacheSettings.redis_url, CACHE_SCHEMES),
+        key_prefix=prefix,
+        default_ttl=as_number(settings, p + "default_ttl", CacheSettings.default_ttl,
+                              integer=True, allow_zero=False),
+        socket_timeout=as_number(settings, p + "socket_timeout", CacheSettings.socket_timeout,
+                                 allow_zero=False),
+        lock_timeout=lock_timeout,
+        wait_timeout=as_number(settings, p + "wait_timeout", lock_timeout, allow_zero=False),
+        breaker_threshold=as_number(settings, p + "breaker_threshold", CacheSettings.breaker_threshold,
+                                    integer=True, minimum=1),
+        breaker_reset=as_number(settings, p + "breaker_reset", CacheSettings.breaker_reset,
+                                allow_zero=False),
+        enabled=as_bool(settings, p + "enabled", True),
+    )
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ssl: bool = False
+    timeout: float = 10.0
+    default_sender: str = "no-reply@localhost"
+    transport: str = "file"
+    file_dir: str = "var/mail"
+    queue_url: str = "sqlite:///var/huey.sqlite"
+    queue_name: str = "examcache-mail"
+    retries: int = 3
+    retry_delay: float = 2.0
+    retry_backoff: float = 2.0
+    keep_completed: int = 3600
+    keep_failed: int = 604800
+    workers: int = 2
+    relay_interval: int = 60
+    session_attr: str = "dbsession"
+
+
+def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
+    """Validate the ``mail.*`` settings and return them typed."""
+    p = "mail."
+    transport = str(settings.get(p + "transport", MailSettings.transport)).strip()
+    if transport not in MAIL_TRANSPORTS:
+        raise _error(p + "transport", transport, f"must be one of {', '.join(MAIL_TRANSPORTS)}")
+    tls = as_bool(settings, p + "tls", False)
+    ssl = as_bool(settings, p + "ssl", False)
+    if tls and ssl:
+        raise _error(p + "tls", "true", "mail.tls (STARTTLS) and mail.ssl cannot both be true")
+    port_default = 465 if ssl else (587 if tls else MailSettings.port)
+    port = as_number(settings, p + "port", port_default, integer=True, minimum=1)
+    if port > 65535:
+        raise _error(p + "port", port, "must be between 1 and 65535")
+    file_dir = str(settings.get(p + "file_dir", MailSettings.file_dir))
+    here = settings.get("here")
+    if here and not os.path.isabs(file_dir):
+        file_dir = os.path.join(here, file_dir)
+    queue_url = as_url(settings, p + "queue_url", MailSettings.queue_url, QUEUE_SCHEMES)
+    if queue_url.startswith("sqlite:///") and here:
+        path = queue_url[len("sqlite:///"):]
+        if not os.path.isabs(path):
+            queue_url = "sqlite:///" + os.path.join(here, path)
+    session_attr = str(settings.get(p + "session_attr", MailSettings.session_attr)).strip()
+    if not session_attr.isidentifier():
+        raise _error(p + "session_attr", session_attr, "must be a request attribute name")
+    return MailSettings(
+        host=str(settings.get(p + "host", MailSettings.host)).strip(),
+        port=port,
+        username=settings.get(p + "username") or None,
+        password=settings.get(p + "password") or None,
+        tls=tls,
+        ssl=ssl,
+        timeout=as_number(settings, p + "timeout", MailSettings.timeout, allow_zero=False),
+        default_sender=str(settings.get(p + "default_sender", MailSettings.default_sender)).strip(),
+        transport=transport,
+        file_dir=file_dir,
+        queue_url=queue_url,
+        queue_name=str(settings.get(p + "queue_name", MailSettings.queue_name)).strip(),
+        retries=as_number(settings, p + "retries", MailSettings.retries, integer=True),
+        retry_delay=as_number(settings, p + "retry_delay", MailSettings.retry_delay),
+        retry_backoff=as_number(settings, p + "retry_backoff", MailSettings.retry_backoff, minimum=1),
+        keep_completed=as_number(settings, p + "keep_completed", MailSettings.keep_completed,
+                                 integer=True),
+        keep_failed=as_number(settings, p + "keep_failed", MailSettings.keep_failed, integer=True),
+        workers=as_number(settings, p + "workers", MailSettings.workers, integer=True, minimum=1),
+        relay_interval=as_number(settings, p + "relay_interval", MailSettings.relay_interval,
+                                 integer=True, minimum=1),
+        session_attr=session_attr,
+    )
