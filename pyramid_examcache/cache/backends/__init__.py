@@ -1,0 +1,19 @@
+"""Cache backends behind the narrow interface of :mod:`.base`."""
+from __future__ import annotations
+
+from ...settings import CacheSettings
+from .base import Backend, Lookup, Status
+from .memory import MemoryBackend
+
+
+def make_backend(settings: CacheSettings) -> Backend:
+    """Build the backend named by ``examcache.redis_url`` (settings already validated)."""
+    if settings.redis_url.startswith("memory://"):
+        return MemoryBackend()
+    from .redis import RedisBackend
+
+    return RedisBackend(settings.redis_url, prefix=settings.key_prefix,
+                        socket_timeout=settings.socket_timeout)
+
+
+__all__ = ["Backend", "Lookup", "Status", "MemoryBackend", "make_backend"]

@@ -1,0 +1,102 @@
+"""The narrow storage interface every cache backend implements.
+
+A backend stores opaque ``bytes`` under a key and implements four atomic
+operations that together give *leases* (Facebook's memcache, NSDI 2013) and
+*tag versions*:
+
+``lookup(key, token, lease_ttl, ttl, tags)``
+    One atomic step.  If a valid value is stored, return ``HIT`` with it (a
+    value is valid while every tag it was stored under still has the version
+    it was stored with).  Otherwise, if nobody holds the key's lease, grant it
+    to ``token`` and return ``LEASED`` with the current versions of ``tags``
+    (creating a fresh random version for a tag that has none).  If somebody
+    else holds it, return ``WAIT``; if the holder declared its result
+    uncacheable, return ``BYPASS``.
+
+``fill(key, token, value, ttl, tags, versions)``
+    Store ``value`` only if ``token`` still holds the lease *and* every tag
+    still has the version seen at ``lookup``.  Returns whether it stored.
+
+``release(key, token)``
+    The holder gives up its lease without storing; for a short while other
+    readers are told to ``BYPASS`` (load without waiting) instead of taking
+    turns on a value that will not be stored.
+
+``invalidate(keys, tags)``
+    Delete the values *and the leases* of ``keys`` and the versions of
+    ``tags``.  Deleting a lease is what makes an in-flight ``fill`` (which may
+    carry data read before the write committed) fail; deleting a tag version
+    makes every value stored under it invalid and every in-flight fill under
+    it fail, because a new version is always a fresh random string.
+
+The policy (``policy.py``) builds get-or-set on top of these; backends know
+nothing of JSON, views or transactions.
+"""
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+
+class Status(enum.IntEnum):
+    HIT = 1
+    LEASED = 2
+    WAIT = 3
+    BYPASS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    status: Status
+    value: bytes | None = None
+    versions: tuple[str, ...] = field(default=())
+
+
+#: how long readers are told to bypass after a holder released without storing
+BYPASS_MS = 1000
+
+#: separator of tag names and versions inside stored metadata (never in a tag:
+#: keys and tags are escaped by the policy before they reach a backend)
+SEP = "\x1f"
+
+
+class Backend(abc.ABC):
+    """Storage behind the cache policy. Implementations must be thread-safe."""
+
+    #: exceptions that mean "the store is unreachable or too slow" (fail open)
+    errors: tuple[type[BaseException], ...] = ()
+
+    @abc.abstractmethod
+    def lookup(self, key: str, token: str, lease_ttl: float, ttl: int,
+               tags: Sequence[str] = ()) -> Lookup: ...
+
+    @abc.abstractmethod
+    def fill(self, key: str, token: str, value: bytes, ttl: int,
+             tags: Sequence[str] = (), versions: Sequence[str] = ()) -> bool: ...
+
+    @abc.abstractmethod
+    def release(self, key: str, token: str) -> None: ...
+
+    @abc.abstractmethod
+    def invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The stored value if valid, without leasing (for tests and tools)."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Delete everything this backend stored under its prefix."""
+
+    def ping(self) -> None:
+        """Raise one of ``errors`` if the store is unreachable."""
+
+    def wait(self, key: str, timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until ``key`` may have changed."""
+        time.sleep(timeout)
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,293 @@
+"""The cache policy: get-or-set with leases, commit-time invalidation, fail-open.
+
+One :class:`CachePolicy` per application (built by ``includeme``) holds the
+backend, the circuit breaker and the counters.  ``request.cache`` is a
+:class:`RequestCache`: the same operations bound to the request's transaction.
+
+How stale sets are prevented (G2) -- leases checked on fill
+-----------------------------------------------------------
+A reader that misses gets a *lease* (a random token stored beside the key, in
+the same atomic step that found the key missing) and the current *versions* of
+the key's tags.  It loads, then *fills*: the store is accepted only if its
+token still holds the lease and every tag still has the version it saw.  A
+writer's invalidation (after its commit) deletes the key's value **and its
+lease** and deletes the versions of its tags.  So:
+
+* a reader that loaded before the commit either fills before the invalidation
+  (and the invalidation then deletes what it stored) or after it (and the fill
+  is refused: the lease or the tag version is gone);
+* a reader that gets its lease after the invalidation started its load after
+  the commit, so it reads the new data.
+
+There is no interleaving in which data read before a commit is left in the
+cache after that commit's invalidation -- the race of naive cache-aside
+(reader misses, loads the old row, writer commits and deletes, reader stores
+the old row for the whole TTL) ends with a refused fill.  Tag versions are
+fresh random strings, never counters, so a lost tag (Redis restart, eviction,
+expiry) makes every value stored under it invalid and can never make an old
+value valid again (G2b).  Leases have a TTL (``lock_timeout``): a killed loader
+leaves no stuck key, and a loader whose lease expired simply does not store.
+
+One load per cold key (G3)
+--------------------------
+Only the lease holder loads.  Others see ``WAIT`` and poll (2 ms doubling to
+50 ms; the memory backend wakes them on fill) until the value lands, up to
+``wait_timeout``; then they load themselves and do not store.
+
+Fail open (G4)
+--------------
+Backend errors are never raised to the caller: the creator is called and its
+result returned.  A circuit breaker stops paying the socket timeout on every
+request; invalidations that fail are kept and applied before this process
+reads the cache again.
+
+Dirty transactions (G2b)
+------------------------
+``RequestCache`` neither reads nor stores while the request's transaction has
+written (an ORM flush with changes, or an ``invalidate()`` call): the request
+sees its own writes and nothing uncommitted reaches the cache.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Callable, Iterable, Sequence
+
+from ..settings import CacheSettings
+from . import codec
+from .backends.base import SEP, Backend, Status
+from .breaker import Breaker
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 1024
+_FIRST_POLL = 0.002
+_MAX_POLL = 0.05
+
+
+def check_key(key: str, what: str = "key") -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"cache {what} must be a non-empty string, got {key!r}")
+    if len(key) > MAX_KEY_LENGTH or SEP in key or "\n" in key:
+        raise ValueError(f"cache {what} too long or contains control characters: {key[:80]!r}")
+    return key
+
+
+def _as_tuple(tags: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        tags = (tags,)
+    return tuple(check_key(t, "tag") for t in tags)
+
+
+class CachePolicy:
+    """Application-wide cache front end.  Thread-safe; build one per app."""
+
+    def __init__(self, backend: Backend, settings: CacheSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.settings = settings or CacheSettings()
+        self.breaker = Breaker(self.settings.breaker_threshold, self.settings.breaker_reset,
+                               clock=clock)
+        self.stats = Stats()
+        self._clock = clock
+        self._errors = backend.errors or (Exception,)
+
+    # -- health -----------------------------------------------------------------
+    def _failed(self, exc: BaseException, what: str) -> None:
+        self.stats.incr("errors")
+        self.breaker.failure()
+        log.warning("cache backend failed during %s (%s: %s); serving without the cache",
+                    what, type(exc).__name__, exc)
+
+    def _ready(self) -> bool:
+        """May the cache be used now?  Applies deferred invalidations first."""
+        if not self.settings.enabled or not self.breaker.allow():
+            return False
+        if self.breaker.has_pending:
+            keys, tags, clear_all = self.breaker.take_pending()
+            try:
+                if clear_all:
+                    self.backend.clear()
+                self.backend.invalidate(keys, tags)
+            except self._errors as exc:
+                self._failed(exc, "deferred invalidation")
+                return False
+            self.breaker.done_pending(keys, tags, clear_all)
+            log.info("applied %d deferred cache invalidations", len(keys) + len(tags))
+        return True
+
+    # -- get-or-set ---------------------------------------------------------------
+    def fetch(self, key: str, creator: Callable[[], Any], ttl: int | None,
+              tags: Sequence[str], encode: Callable[[Any], bytes | None],
+              bypass: bool = False) -> tuple[Any, bytes | None]:
+        """The lease protocol.  Returns ``(value, stored_bytes)``: on a hit
+        ``value`` is None and ``stored_bytes`` what the cache holds; on a miss
+        ``value`` is the creator's result and ``stored_bytes`` its encoding
+        (None if ``encode`` declined to store it)."""
+        check_key(key)
+        tags = _as_tuple(tags)
+        ttl = self.settings.default_ttl if ttl is None else ttl
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+            raise ValueError(f"cache ttl must be a positive int (seconds), got {ttl!r}")
+        if bypass or not self._ready():
+            self.stats.incr("bypasses")
+            return creator(), None
+        backend = self.backend
+        token = uuid.uuid4().hex
+        deadline = None
+        delay = _FIRST_POLL
+        while True:
+            try:
+                found = backend.lookup(key, token, self.settings.lock_timeout, ttl, tags)
+            except self._errors as exc:
+                self._failed(exc, "lookup")
+                self.stats.incr("bypasses")
+                return creator(), None
+            self.breaker.success()
+            status = found.status
+            if status is Status.HIT:
+                self.stats.incr("hits")
+                return None, found.value
+            if status is Status.LEASED:
+                break
+            if status is Status.BYPASS:
+                self.stats.incr("bypasses")
+                return creator(), None
+            now = self._clock()
+            if deadline is None:
+                self.stats.incr("lock_waits")
+                deadline = now + self.settings.wait_timeout
+            elif now >= deadline:
+                self.stats.incr("wait_timeouts")
+                return creator(), None
+            backend.wait(key, min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, _MAX_POLL)
+
+        self.stats.incr("misses")
+        self.stats.incr("loads")
+        try:
+            value = creator()
+            data = encode(value)
+        except BaseException:
+            self._release(key, token)
+            raise
+        if data is None:
+            self._release(key, token)
+            return value, None
+        try:
+            stored = backend.fill(key, token, data, ttl, tags, found.versions)
+        except self._errors as exc:
+            self._failed(exc, "fill")
+        else:
+            self.stats.incr("stores" if stored else "stale_rejected")
+        return value, data
+
+    def _release(self, key: str, token: str) -> None:
+        try:
+            self.backend.release(key, token)
+        except self._errors as exc:
+            self._failed(exc, "release")
+
+    def get_or_set(self, key: str, creator: Callable[[], Any], ttl: int | None = None,
+                   tags: Iterable[str] = (), *, bypass: bool = False) -> Any:
+        """Return the JSON value cached under ``key``, or call ``creator()``,
+        store its result (JSON) for ``ttl`` seconds under ``tags`` and return it.
+
+        The result is always what JSON gives back (a hit and a miss return equal
+        values).  ``creator`` runs at most once per cold key across threads and
+        processes (G3); a backend failure never raises (G4).
+        """
+        value, data = self.fetch(key, creator, ttl, tuple(tags) if not isinstance(tags, str)
+                                 else (tags,), codec.encode_json, bypass)
+        if data is None:
+            return value
+        return codec.decode_json(data)
+
+    # -- invalidation ---------------------------------------------------------------
+    def invalidate_now(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
+        """Invalidate at once.  On a backend failure the invalidation is kept
+        and applied before this process uses the cache again (never dropped)."""
+        keys = [check_key(k) for k in keys]
+        tags = list(_as_tuple(tags))
+        if not keys and not tags:
+            return
+        self.stats.incr("invalidations", len(keys) + len(tags))
+        if self.breaker.allow():
+            try:
+                self.backend.invalidate(keys, tags)
+            except self._errors as exc:
+                self._failed(exc, "invalidate")
+            else:
+                self.breaker.success()
+                return
+        self.stats.incr("deferred", len(keys) + len(tags))
+        self.breaker.defer(keys, tags)
+        log.warning("cache invalidation of %d keys/%d tags deferred until the backend returns",
+                    len(keys), len(tags))
+
+    def flush_pending(self) -> bool:
+        """Try to apply deferred invalidations now; True when none remain."""
+        return self._ready() and not self.breaker.has_pending
+
+    def clear(self) -> None:
+        """Delete every value, lease and tag version under this policy's prefix."""
+        self.backend.clear()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class RequestCache:
+    """``request.cache``: the policy bound to one request and its transaction."""
+
+    __slots__ = ("policy", "request")
+
+    def __init__(self, policy: CachePolicy, request) -> None:
+        self.policy = policy
+        self.request = request
+
+    def _txn_state(self, create: bool = False):
+        from .transaction import transaction_state
+
+        return transaction_state(self.request, self.policy, create=create)
+
+    def is_dirty(self) -> bool:
+        """Has this request's transaction written (so the cache is bypassed)?"""
+        state = self._txn_state()
+        return state is not None and state.dirty
+
+    def mark_dirty(self) -> None:
+        """Declare that the current transaction wrote (done by the ORM hook)."""
+        state = self._txn_state(create=True)
+        if state is not None:
+            state.dirty = True
+
+    def get_or_set(self, key: str, creator: Callable[[], Any], ttl: int | None = None,
+                   tags: Iterable[str] = ()) -> Any:
+        """As :meth:`CachePolicy.get_or_set`; inside a transaction that has
+        written, the cache is neither read nor filled (the caller sees its own
+        writes; nothing uncommitted is stored)."""
+        return self.policy.get_or_set(key, creator, ttl, tags, bypass=self.is_dirty())
+
+    def fetch(self, key, creator, ttl, tags, encode):
+        return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
+
+    def invalidate(self, *keys: str, tags: Iterable[str] = ()) -> None:
+        """Invalidate ``keys`` and ``tags`` after the request's transaction
+        commits (nothing on abort or failed commit); at once when there is no
+        active transaction (G1)."""
+        keys = [check_key(k) for k in keys]
+        tags = _as_tuple(tags)
+        state = self._txn_state(create=True)
+        if state is None:
+            self.policy.invalidate_now(keys, tags)
+            return
+        state.dirty = True
+        state.keys.update(keys)
+        state.tags.update(tags)
+
+    def stats(self) -> dict[str, int]:
+        """This process's counters (hits, misses, loads, lock_waits, errors, …)."""
+        return self.policy.stats.snapshot()

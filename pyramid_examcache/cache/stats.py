@@ -1,0 +1,40 @@
+"""Per-process cache counters, readable from Python (``request.cache.stats()``)."""
+from __future__ import annotations
+
+import threading
+
+FIELDS = (
+    "hits",           # served from the cache
+    "misses",         # not in the cache (or invalid) at lookup
+    "loads",          # creator calls made while holding the lease (the G3 count)
+    "lock_waits",     # lookups that found another loader and waited for it
+    "wait_timeouts",  # waits that gave up and loaded without storing
+    "stores",         # values stored
+    "stale_rejected", # fills refused because the key/tag was invalidated meanwhile (G2)
+    "bypasses",       # creator calls without the cache (dirty transaction, breaker open, uncacheable)
+    "errors",         # backend errors (timeouts, connection failures)
+    "invalidations",  # keys + tags invalidated
+    "deferred",       # invalidations kept for retry because the backend failed (G4)
+)
+
+
+class Stats:
+    """Thread-safe counters; ``snapshot()`` returns a plain dict."""
+
+    __slots__ = ("_lock", "_counts")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(FIELDS, 0)
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(FIELDS, 0)

@@ -1,0 +1,33 @@
+"""Key templates such as ``exam:{examId}:questions``.
+
+Values put into a template are escaped (percent-encoding of everything but
+letters, digits and ``-_.~``) so that a value from a URL can never forge
+another key, and the ORM and the views build the same key from the same id.
+"""
+from __future__ import annotations
+
+from string import Formatter
+from typing import Any, Mapping
+from urllib.parse import quote
+
+
+def fields(template: str) -> tuple[str, ...]:
+    """The field names of ``template``; raises ValueError for anything but
+    plain ``{name}`` fields."""
+    names = []
+    for _, name, spec, conv in Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conv:
+            raise ValueError(f"key template {template!r}: only plain {{name}} fields are allowed")
+        names.append(name)
+    return tuple(names)
+
+
+def escape(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
+def fill(template: str, values: Mapping[str, Any]) -> str:
+    """``template`` with each field replaced by its escaped value (KeyError if missing)."""
+    return template.format_map({name: escape(values[name]) for name in fields(template)})
