@@ -1,0 +1,163 @@
+"""One contract, every backend: leases, tag versions, TTLs, bytes, prefixes."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pyramid_examcache.cache.backends.base import Status
+from pyramid_examcache.cache.backends.memory import MemoryBackend
+from pyramid_examcache.cache.backends.redis import RedisBackend
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request):
+    if request.param == "memory":
+        b = MemoryBackend()
+    else:
+        prefix = request.getfixturevalue("redis_prefix")
+        b = RedisBackend(request.getfixturevalue("redis_url"), prefix=prefix)
+    yield b
+    b.close()
+
+
+def lease(backend, key="k", token="t1", lease_ttl=5.0, ttl=60, tags=()):
+    return backend.lookup(key, token, lease_ttl, ttl, tags)
+
+
+def test_cold_key_is_leased_to_the_first_and_others_wait(backend):
+    first = lease(backend, token="a")
+    assert first.status is Status.LEASED
+    assert lease(backend, token="b").status is Status.WAIT
+
+
+def test_fill_by_the_holder_is_a_hit_for_everyone(backend):
+    lease(backend, token="a")
+    assert backend.fill("k", "a", b"v1", 60)
+    found = lease(backend, token="b")
+    assert found.status is Status.HIT and found.value == b"v1"
+    assert backend.get("k") == b"v1"
+
+
+def test_fill_without_the_lease_is_refused(backend):
+    lease(backend, token="a")
+    assert not backend.fill("k", "intruder", b"x", 60)
+    assert not backend.fill("other", "a", b"x", 60)
+    assert backend.get("k") is None
+
+
+def test_invalidation_during_a_load_refuses_the_stale_fill(backend):
+    """The G2 race: loaded before the commit, filled after its invalidation."""
+    lease(backend, token="reader")
+    backend.invalidate(["k"])
+    assert not backend.fill("k", "reader", b"old row", 60)
+    assert backend.get("k") is None
+    nxt = lease(backend, token="reader2")
+    assert nxt.status is Status.LEASED
+
+
+def test_invalidate_deletes_values(backend):
+    lease(backend, token="a")
+    backend.fill("k", "a", b"v", 60)
+    backend.invalidate(["k", "never-stored"])
+    assert backend.get("k") is None
+    assert lease(backend, token="b").status is Status.LEASED
+
+
+def test_tags_invalidate_every_key_stored_under_them(backend):
+    for key in ("a", "b"):
+        found = lease(backend, key=key, token=key, tags=("exam:1",))
+        assert len(found.versions) == 1
+        assert backend.fill(key, key, key.encode(), 60, ("exam:1",), found.versions)
+    found = lease(backend, key="c", token="c", tags=("exam:2",))
+    backend.fill("c", "c", b"c", 60, ("exam:2",), found.versions)
+    backend.invalidate(tags=["exam:1"])
+    assert backend.get("a") is None and backend.get("b") is None
+    assert backend.get("c") == b"c"
+
+
+def test_tag_invalidated_between_lookup_and_fill_refuses_the_fill(backend):
+    found = lease(backend, token="r", tags=("exam:1",))
+    backend.invalidate(tags=["exam:1"])
+    assert not backend.fill("k", "r", b"old", 60, ("exam:1",), found.versions)
+    assert backend.get("k") is None
+
+
+def test_new_tag_versions_are_fresh_so_lost_metadata_never_resurrects(backend):
+    found = lease(backend, token="a", tags=("t",))
+    backend.fill("k", "a", b"v", 60, ("t",), found.versions)
+    # lose the tag metadata (restart, eviction, expiry), then use the tag again
+    backend.invalidate(tags=["t"])
+    again = lease(backend, key="k2", token="b", tags=("t",))
+    assert again.versions != found.versions
+    assert backend.get("k") is None
+
+
+def test_release_tells_others_to_bypass_instead_of_queueing(backend):
+    lease(backend, token="a")
+    backend.release("k", "a")
+    assert lease(backend, token="b").status is Status.BYPASS
+    backend.release("k", "not-the-holder")  # harmless
+    backend.invalidate(["k"])
+    assert lease(backend, token="c").status is Status.LEASED
+
+
+def test_lease_expires_so_a_killed_loader_leaves_no_stuck_key(backend):
+    lease(backend, token="dead", lease_ttl=0.05)
+    time.sleep(0.12)
+    assert lease(backend, token="alive").status is Status.LEASED
+    assert not backend.fill("k", "dead", b"late", 60)  # lost to its timeout: refused, no error
+    assert backend.fill("k", "alive", b"fresh", 60)
+    assert backend.get("k") == b"fresh"
+
+
+def test_values_expire_after_their_ttl(backend):
+    lease(backend, token="a")
+    backend.fill("k", "a", b"v", 1)
+    assert backend.get("k") == b"v"
+    time.sleep(1.2)
+    assert backend.get("k") is None
+
+
+def test_bytes_round_trip_exactly(backend):
+    blob = bytes(range(256)) * 200 + "é✓".encode()
+    lease(backend, token="a")
+    backend.fill("k", "a", blob, 60)
+    assert lease(backend, token="b").value == blob
+
+
+def test_clear_empties_the_backend(backend):
+    lease(backend, token="a")
+    backend.fill("k", "a", b"v", 60)
+    backend.clear()
+    assert backend.get("k") is None
+
+
+def test_redis_keys_live_under_the_prefix_only(redis_url, redis_prefix):
+    import redis
+
+    b = RedisBackend(redis_url, prefix=redis_prefix)
+    found = b.lookup("exam:1:questions", "a", 5, 60, ("exam:1",))
+    b.fill("exam:1:questions", "a", b"v", 60, ("exam:1",), found.versions)
+    client = redis.Redis.from_url(redis_url)
+    mine = sorted(k.decode() for k in client.scan_iter(match=redis_prefix + "*"))
+    assert mine == [f"{redis_prefix}t:exam:1", f"{redis_prefix}v:exam:1:questions"]
+    assert client.ttl(f"{redis_prefix}v:exam:1:questions") > 0
+    assert client.ttl(f"{redis_prefix}t:exam:1") >= 59  # tag metadata expires too
+    b.close()
+
+
+def test_tag_bookkeeping_is_one_small_key_per_tag(redis_url, redis_prefix):
+    """No per-tag member sets that grow without bound (the cacheops 72M-member set)."""
+    import redis
+
+    b = RedisBackend(redis_url, prefix=redis_prefix)
+    for i in range(300):
+        found = b.lookup(f"k{i}", "a", 5, 60, ("hot",))
+        b.fill(f"k{i}", "a", b"v", 60, ("hot",), found.versions)
+    client = redis.Redis.from_url(redis_url)
+    assert client.type(f"{redis_prefix}t:hot") == b"string"
+    assert client.strlen(f"{redis_prefix}t:hot") < 64
+    b.invalidate(tags=["hot"])
+    assert all(b.get(f"k{i}") is None for i in range(300))
+    b.close()
