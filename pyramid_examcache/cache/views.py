@@ -22,12 +22,12 @@ anonymous request.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Iterable
 
 from pyramid.exceptions import ConfigurationError
 from pyramid.response import Response
+from pyramid.util import takes_one_arg
 
 from . import codec
 from .templates import escape, fields, fill
@@ -102,15 +102,12 @@ def serve_cached(spec: CacheSpec, view, context, request):
     except KeyError as exc:
         log.warning("cache key %r: no matchdict value for %s; not caching", spec.key, exc)
         return view(context, request)
-    may_store = spec.per_user or not _authenticated(request)
-
-    def encode(response) -> bytes | None:
-        if not may_store or not _storable(response):
-            return None
-        return codec.encode_response(response.headers.get("Content-Type", "application/octet-stream"),
-                                     response.body)
-
-    response, data = request.cache.fetch(key, lambda: view(context, request), spec.ttl, tags, encode)
+    if spec.per_user or not _authenticated(request):
+        response, data = request.cache.fetch(key, lambda: view(context, request), spec.ttl, tags,
+                                             _encode)
+    else:  # may read what anonymous requests stored, must not store (G5)
+        data = request.cache.peek(key)
+        response = None if data is not None else view(context, request)
     if response is None:  # a hit: serve the stored bytes as they are
         content_type, body = codec.decode_response(data)
         response = Response(body=body, headerlist=[("Content-Type", content_type)])
@@ -118,6 +115,13 @@ def serve_cached(spec: CacheSpec, view, context, request):
         return response
     response.headers["X-Cache"] = "MISS"
     return response
+
+
+def _encode(response) -> bytes | None:
+    if not _storable(response):
+        return None
+    return codec.encode_response(response.headers.get("Content-Type", "application/octet-stream"),
+                                 response.body)
 
 
 def cached_view(view, info):
@@ -148,12 +152,17 @@ def cached(key: str, ttl: int | None = None, tags: Iterable[str] = (), vary: Ite
     spec = CacheSpec(key, ttl, tags, vary)
 
     def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(*args):
-            request = args[-1]
-            context = args[0] if len(args) == 2 else getattr(request, "context", None)
-            return serve_cached(spec, lambda c, r: fn(*args), context, request)
+        request_only = takes_one_arg(fn, argname="request")
 
+        def call(context, request):
+            return fn(request) if request_only else fn(context, request)
+
+        def wrapper(context, request):
+            return serve_cached(spec, call, context, request)
+
+        wrapper.__name__ = getattr(fn, "__name__", "cached_view")
+        wrapper.__doc__ = fn.__doc__
+        wrapper.__module__ = fn.__module__
         return wrapper
 
     return decorate
