@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 1024
 _FIRST_POLL = 0.002
-_MAX_POLL = 0.05
+_MAX_POLL = 0.01
 
 
 def check_key(key: str, what: str = "key") -> str:
