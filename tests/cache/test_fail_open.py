@@ -1,0 +1,87 @@
+"""G4 against a private redis-server that the test pauses (SIGSTOP: the worst
+case, every call waits for its timeout), stops and restarts."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from pyramid_examcache.cache import get_policy
+
+from . import itemapp
+from .servers import Client, thread_server
+
+
+@pytest.fixture
+def served(pg_url, private_redis):
+    itemapp.create_schema(pg_url)
+    app = itemapp.make_app(pg_url, **{"examcache.redis_url": private_redis.url,
+                                      "examcache.key_prefix": "failopen:",
+                                      "examcache.socket_timeout": "0.25",
+                                      "examcache.breaker_reset": "1.0"})
+    with thread_server(app) as base:
+        yield app, base
+    app.registry["test.engine"].dispose()
+    get_policy(app.registry).close()
+
+
+def timed_get(client, path):
+    started = time.monotonic()
+    status, headers, body = client.request("GET", path)
+    return status, headers.get("X-Cache"), body, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_redis_paused_serves_from_the_database_and_keeps_the_invalidation(served, private_redis):
+    app, base = served
+    client = Client(base)
+    assert timed_get(client, "/items/1")[1] == "MISS"
+    assert timed_get(client, "/items/1")[1] == "HIT"
+
+    private_redis.pause()
+    try:
+        results = [timed_get(client, "/items/1") for _ in range(30)]
+        status, _, body = client.request("PUT", "/items/1?v=5")
+        assert status == 200  # the write commits although its invalidation cannot be sent
+    finally:
+        private_redis.resume()
+    latencies = [r[3] for r in results]
+    print(f"\n[G4 paused] 30 GETs: all 200={all(r[0] == 200 for r in results)} "
+          f"max={max(latencies)*1000:.0f}ms median={statistics.median(latencies)*1000:.1f}ms "
+          f"total={sum(latencies):.2f}s stats={get_policy(app.registry).stats.snapshot()}")
+    assert [r[0] for r in results] == [200] * 30
+    assert max(latencies) < 1.0
+    assert sum(latencies) < 3 * 0.25 + 1.5  # the breaker: ~3 timeouts paid, not 30
+    assert statistics.median(latencies) < 0.05
+    assert get_policy(app.registry).stats.snapshot()["deferred"] >= 1
+
+    # Redis is back with the old entry (version 0) still in it: the deferred
+    # invalidation must be applied before anything is served from the cache.
+    deadline = time.monotonic() + 5
+    seen = []
+    while time.monotonic() < deadline:
+        status, xcache, body, _ = timed_get(client, "/items/1")
+        seen.append((xcache, body))
+        assert b'"version": 5' in body, f"stale value served after Redis returned: {body}"
+        if xcache == "HIT":
+            break
+        time.sleep(0.1)
+    assert seen[-1][0] == "HIT", "hits did not resume after Redis returned"
+    client.close()
+
+
+@pytest.mark.slow
+def test_redis_stopped_then_restarted(served, private_redis):
+    app, base = served
+    client = Client(base)
+    timed_get(client, "/items/2")
+    private_redis.stop()
+    results = [timed_get(client, "/items/2") for _ in range(20)]
+    assert [r[0] for r in results] == [200] * 20
+    assert max(r[3] for r in results) < 0.5  # connection refused is fast
+    private_redis.start()
+    time.sleep(1.1)  # the breaker's reset
+    caches = [timed_get(client, "/items/2")[1] for _ in range(3)]
+    assert caches[-1] == "HIT"
+    client.close()
