@@ -50,6 +50,7 @@ sees its own writes and nothing uncommitted reaches the cache.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable, Sequence
@@ -93,6 +94,8 @@ class CachePolicy:
         self.stats = Stats()
         self._clock = clock
         self._errors = backend.errors or (Exception,)
+        self._retry_lock = threading.Lock()
+        self._retry_timer: threading.Timer | None = None
 
     # -- health -----------------------------------------------------------------
     def _failed(self, exc: BaseException, what: str) -> None:
@@ -241,6 +244,23 @@ class CachePolicy:
         self.breaker.defer(keys, tags)
         log.warning("cache invalidation of %d keys/%d tags deferred until the backend returns",
                     len(keys), len(tags))
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        """Retry deferred invalidations in the background even if this process
+        serves no cached read for a while (other processes read the store)."""
+        with self._retry_lock:
+            if self._retry_timer is not None and self._retry_timer.is_alive():
+                return
+            self._retry_timer = threading.Timer(self.settings.breaker_reset + 0.05, self._retry)
+            self._retry_timer.daemon = True
+            self._retry_timer.start()
+
+    def _retry(self) -> None:
+        with self._retry_lock:
+            self._retry_timer = None
+        if not self.flush_pending() and self.breaker.has_pending:
+            self._schedule_retry()
 
     def flush_pending(self) -> bool:
         """Try to apply deferred invalidations now; True when none remain."""
@@ -251,6 +271,9 @@ class CachePolicy:
         self.backend.clear()
 
     def close(self) -> None:
+        with self._retry_lock:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
         self.backend.close()
 
 
