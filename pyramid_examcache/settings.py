@@ -16,7 +16,7 @@ from pyramid.settings import asbool
 
 CACHE_SCHEMES = ("redis", "rediss", "unix", "memory")
 QUEUE_SCHEMES = ("redis", "rediss", "unix", "sqlite", "memory")
-MAIL_TRANSPORTS = ("smtp", "file")
+MAIL_TRANSPORTS = ("smtp", "file", "memory")
 
 
 def _error(name: str, value: Any, allowed: str) -> ConfigurationError:
@@ -134,6 +134,11 @@ class MailSettings:
     workers: int = 2
     relay_interval: int = 60
     session_attr: str = "dbsession"
+    outbox_url: str | None = None
+    lease: float = 120.0
+    requeue_after: int = 900
+    queue_timeout: float = 2.0
+    shutdown_timeout: float = 30.0
 
 
 def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
@@ -160,6 +165,10 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
         if not os.path.isabs(path):
             queue_url = "sqlite:///" + os.path.join(here, path)
     session_attr = str(settings.get(p + "session_attr", MailSettings.session_attr)).strip()
+    default_sender = str(settings.get(p + "default_sender", MailSettings.default_sender)).strip()
+    if "@" not in default_sender or any(c in default_sender for c in "\r\n"):
+        raise _error(p + "default_sender", default_sender,
+                     "must be a mail address, e.g. no-reply@example.com or 'Name <a@b.c>'")
     if not session_attr.isidentifier():
         raise _error(p + "session_attr", session_attr, "must be a request attribute name")
     return MailSettings(
@@ -170,7 +179,7 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
         tls=tls,
         ssl=ssl,
         timeout=as_number(settings, p + "timeout", MailSettings.timeout, allow_zero=False),
-        default_sender=str(settings.get(p + "default_sender", MailSettings.default_sender)).strip(),
+        default_sender=default_sender,
         transport=transport,
         file_dir=file_dir,
         queue_url=queue_url,
@@ -185,4 +194,28 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
         relay_interval=as_number(settings, p + "relay_interval", MailSettings.relay_interval,
                                  integer=True, minimum=1),
         session_attr=session_attr,
+        outbox_url=_outbox_url(settings),
+        lease=as_number(settings, p + "lease", MailSettings.lease, allow_zero=False),
+        requeue_after=as_number(settings, p + "requeue_after", MailSettings.requeue_after,
+                                integer=True, minimum=1),
+        queue_timeout=as_number(settings, p + "queue_timeout", MailSettings.queue_timeout,
+                                allow_zero=False),
+        shutdown_timeout=as_number(settings, p + "shutdown_timeout", MailSettings.shutdown_timeout),
     )
+
+
+def _outbox_url(settings: Mapping[str, Any]) -> str | None:
+    """``mail.outbox_url``, else ``sqlalchemy.url``: the database holding the outbox table."""
+    for name in ("mail.outbox_url", "sqlalchemy.url"):
+        raw = settings.get(name)
+        if raw is None or not str(raw).strip():
+            continue
+        url = str(raw).strip()
+        try:
+            from sqlalchemy.engine import make_url
+
+            make_url(url)
+        except Exception as exc:  # noqa: BLE001 -- any parse error is a configuration error
+            raise _error(name, raw, f"is not a SQLAlchemy database URL ({exc})") from None
+        return url
+    return None

@@ -1,5 +1,57 @@
-"""The Huey-backed transactional mailer (filled in by the mailer work)."""
+"""The Huey-backed transactional mailer.
+
+``config.include('pyramid_examcache.mail')`` (done by ``config.include('pyramid_examcache')``)
+validates the ``mail.*`` settings, registers one :class:`~.queue.MailQueue` per application
+and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
+
+    job = request.mailer.send_queued(to, subject, html, text=None, **headers)
+    job.id                                  # known before the commit
+    request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts', 'failedReason'}
+    request.mailer.send_now(to, subject, html)
+
+The outbox table lives in :mod:`.outbox`; the consumer is ``examcache-consumer CONFIG_URI``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pyramid.config import Configurator
+from zope.interface import Interface
+
+from ..settings import parse_mail_settings
+from .mailer import Mailer, MailJob
+from .outbox import create_outbox, drop_outbox, metadata, outbox_table
+from .queue import MailQueue, build_huey, build_queue
+from .transports import MailError, PermanentMailError, TransientMailError
+
+__all__ = ["IMailQueue", "MailError", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
+           "TransientMailError", "build_huey", "build_queue", "create_outbox", "drop_outbox",
+           "get_mail_queue", "includeme", "metadata", "outbox_table"]
 
 
-def includeme(config):
-    pass
+class IMailQueue(Interface):
+    """Marker for the application's :class:`~.queue.MailQueue` utility."""
+
+
+def get_mail_queue(registry: Any) -> MailQueue:
+    """The application's :class:`~.queue.MailQueue` (after ``config.commit()``)."""
+    queue = registry.queryUtility(IMailQueue)
+    if queue is None:
+        raise LookupError("pyramid_examcache.mail is not included in this application")
+    return queue
+
+
+def _mailer(request: Any) -> Mailer:
+    return Mailer(request, get_mail_queue(request.registry))
+
+
+def includeme(config: Configurator) -> None:
+    """Register the mail queue and ``request.mailer``; settings are read when actions run."""
+    parse_mail_settings(config.get_settings())  # fail fast on bad values
+
+    def register() -> None:
+        settings = parse_mail_settings(config.registry.settings)
+        config.registry.registerUtility(MailQueue(settings), IMailQueue)
+
+    config.action(("pyramid_examcache.mail", "queue"), register)
+    config.add_request_method(_mailer, "mailer", reify=True)

@@ -1,0 +1,183 @@
+"""The transactional outbox: one row per queued mail, in the application's own database.
+
+The row is written in the request's SQLAlchemy session, so it commits or aborts
+with the user's data (M1). It is also the durable home of the job's status (M4):
+``state`` moves ``waiting -> active -> (delayed -> active)* -> completed | failed``.
+
+Add the table to your schema in one of two ways:
+
+* include :data:`metadata` in Alembic's ``target_metadata`` (autogenerate sees it), or
+* call :func:`create_outbox` / :func:`drop_outbox` from a hand-written migration::
+
+      from pyramid_examcache.mail.outbox import create_outbox, drop_outbox
+
+      def upgrade():
+          create_outbox(op)
+
+      def downgrade():
+          drop_outbox(op)
+
+Columns used for relaying (internal, but documented for operators):
+
+* ``enqueued_at`` -- when the row was last pushed to the broker; ``NULL`` means
+  "not yet pushed" and is what the relay looks for (M2).
+* ``lease_until`` -- while ``active``: the attempt is presumed dead after this time
+  (consumer killed) and the row is pushed again.
+* ``next_attempt_at`` -- while ``delayed``: when the retry is due.
+* ``attempts`` -- delivery attempts started; also the fencing token that keeps a
+  stale worker from overwriting a newer attempt's status.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (JSON, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
+                        and_, or_, select, update)
+from sqlalchemy.engine import Connection, Row
+
+TABLE_NAME = "examcache_mail_outbox"
+
+WAITING = "waiting"
+ACTIVE = "active"
+DELAYED = "delayed"
+COMPLETED = "completed"
+FAILED = "failed"
+STATES = (WAITING, ACTIVE, DELAYED, COMPLETED, FAILED)
+
+#: Seconds a ``delayed`` row may be early when claimed (clock granularity of the scheduler).
+EARLY_SLACK = 1.0
+
+
+def _columns() -> list[Column]:
+    return [
+        Column("id", String(64), primary_key=True),
+        Column("message_id", String(255), nullable=False),
+        Column("sender", String(320), nullable=False),
+        Column("recipients", JSON, nullable=False),
+        Column("subject", Text, nullable=False),
+        Column("html", Text, nullable=False),
+        Column("text", Text, nullable=True),
+        Column("headers", JSON, nullable=True),
+        Column("state", String(16), nullable=False, default=WAITING),
+        Column("progress", Integer, nullable=False, default=0),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("failed_reason", Text, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("enqueued_at", DateTime(timezone=True), nullable=True),
+        Column("lease_until", DateTime(timezone=True), nullable=True),
+        Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+    ]
+
+
+_INDEXES = (
+    (f"ix_{TABLE_NAME}_state_enqueued", ("state", "enqueued_at")),
+    (f"ix_{TABLE_NAME}_state_finished", ("state", "finished_at")),
+)
+
+#: Add this to your Alembic ``target_metadata`` (or create it with :func:`create_outbox`).
+metadata = MetaData()
+
+outbox_table = Table(TABLE_NAME, metadata, *_columns())
+for _name, _cols in _INDEXES:
+    Index(_name, *(outbox_table.c[c] for c in _cols))
+
+
+def create_outbox(op: Any) -> None:
+    """Create the outbox table and its indexes from an Alembic migration (``op``)."""
+    op.create_table(TABLE_NAME, *_columns())
+    for name, cols in _INDEXES:
+        op.create_index(name, TABLE_NAME, list(cols))
+
+
+def drop_outbox(op: Any) -> None:
+    """Drop the outbox table (and its indexes) from an Alembic migration (``op``)."""
+    for name, _cols in _INDEXES:
+        op.drop_index(name, table_name=TABLE_NAME)
+    op.drop_table(TABLE_NAME)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Datetimes come back naive from SQLite: read them as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def new_row(job_id: str, message_id: str, sender: str, recipients: list[str], subject: str,
+            html: str, text: str | None, headers: dict[str, str], now: dt.datetime) -> dict:
+    """The values of a freshly queued (``waiting``, not yet pushed) row."""
+    return dict(id=job_id, message_id=message_id, sender=sender, recipients=recipients,
+                subject=subject, html=html, text=text, headers=headers or None, state=WAITING,
+                progress=0, attempts=0, created_at=now, updated_at=now)
+
+
+# -- the state machine, one conditional UPDATE per transition ---------------------------------
+
+def claim(conn: Connection, job_id: str, lease: float, now: dt.datetime) -> Row | None:
+    """Start an attempt: ``waiting``/due ``delayed``/lease-expired ``active`` -> ``active``.
+
+    Returns the row (with ``attempts`` already counting this attempt) or ``None`` when the
+    row is unknown, finished, or being worked on by someone else -- the caller then does
+    nothing, which is what makes duplicate queue entries harmless.
+    """
+    t = outbox_table
+    claimable = or_(
+        t.c.state == WAITING,
+        and_(t.c.state == DELAYED,
+             or_(t.c.next_attempt_at.is_(None),
+                 t.c.next_attempt_at <= now + dt.timedelta(seconds=EARLY_SLACK))),
+        and_(t.c.state == ACTIVE, or_(t.c.lease_until.is_(None), t.c.lease_until < now)),
+    )
+    stmt = (update(t).where(t.c.id == job_id, claimable)
+            .values(state=ACTIVE, attempts=t.c.attempts + 1, progress=10,
+                    lease_until=now + dt.timedelta(seconds=lease), next_attempt_at=None,
+                    updated_at=now)
+            .returning(*t.c))
+    return conn.execute(stmt).first()
+
+
+def _finish(conn: Connection, job_id: str, attempt: int, values: dict) -> bool:
+    t = outbox_table
+    stmt = (update(t).where(t.c.id == job_id, t.c.state == ACTIVE, t.c.attempts == attempt)
+            .values(**values))
+    return conn.execute(stmt).rowcount == 1
+
+
+def mark_completed(conn: Connection, job_id: str, attempt: int, now: dt.datetime) -> bool:
+    return _finish(conn, job_id, attempt, dict(
+        state=COMPLETED, progress=100, failed_reason=None, lease_until=None,
+        finished_at=now, updated_at=now))
+
+
+def mark_failed(conn: Connection, job_id: str, attempt: int, reason: str,
+                now: dt.datetime) -> bool:
+    return _finish(conn, job_id, attempt, dict(
+        state=FAILED, progress=100, failed_reason=reason, lease_until=None,
+        finished_at=now, updated_at=now))
+
+
+def mark_delayed(conn: Connection, job_id: str, attempt: int, reason: str,
+                 next_attempt_at: dt.datetime, now: dt.datetime) -> bool:
+    return _finish(conn, job_id, attempt, dict(
+        state=DELAYED, progress=0, failed_reason=reason, lease_until=None,
+        next_attempt_at=next_attempt_at, updated_at=now))
+
+
+def release(conn: Connection, job_id: str, now: dt.datetime) -> bool:
+    """Give an interrupted ``active`` attempt back: ``waiting`` and not pushed (relay it)."""
+    t = outbox_table
+    stmt = (update(t).where(t.c.id == job_id, t.c.state == ACTIVE)
+            .values(state=WAITING, progress=0, lease_until=None, enqueued_at=None,
+                    updated_at=now))
+    return conn.execute(stmt).rowcount == 1
+
+
+def get(conn: Connection, job_id: str) -> Row | None:
+    return conn.execute(select(outbox_table).where(outbox_table.c.id == job_id)).first()

@@ -1,0 +1,113 @@
+"""Relay outbox rows to the broker (M2).
+
+Two entry points, both safe to run concurrently with each other and with workers:
+
+* :func:`push_one` -- the after-commit hook's fast path for one fresh row.
+* :func:`relay` -- the periodic job (and consumer start-up): every row that is due.
+
+A row is *due* when it was never pushed (``waiting`` with ``enqueued_at IS NULL``) or
+when its earlier push is presumed lost: an ``active`` attempt whose lease expired
+(consumer killed mid-send), a ``delayed`` retry or a ``waiting`` push older than
+``mail.requeue_after`` (a broker that lost its data).
+
+Exactly-once *pushing* per successful enqueue: a row is claimed by a conditional
+``UPDATE`` (or ``SELECT … FOR UPDATE SKIP LOCKED`` in batches on PostgreSQL) and its
+``enqueued_at`` is written in the same transaction as the push; a failed push rolls the
+claim back and leaves the row for the next relay run. Delivery stays at-least-once (a
+crash between push and commit re-pushes); the worker's own claim on the row makes a
+duplicate queue entry a no-op.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Engine
+
+from .outbox import ACTIVE, DELAYED, WAITING, outbox_table, utcnow
+
+if TYPE_CHECKING:
+    from .queue import MailQueue
+
+log = logging.getLogger(__name__)
+
+
+def push_one(engine: Engine, queue: MailQueue, job_id: str, now: dt.datetime | None = None) -> bool:
+    """Push a never-pushed ``waiting`` row to the broker; ``False`` if not pushed (or already)."""
+    t = outbox_table
+    now = now or utcnow()
+    claim = (update(t).where(t.c.id == job_id, t.c.state == WAITING, t.c.enqueued_at.is_(None))
+             .values(enqueued_at=now))
+    try:
+        if queue.immediate:  # the task runs inside enqueue(): commit the claim first
+            with engine.begin() as conn:
+                if conn.execute(claim).rowcount != 1:
+                    return False
+            queue.enqueue(job_id)
+            return True
+        with engine.begin() as conn:  # the row stays locked until the push is recorded
+            if conn.execute(claim).rowcount != 1:
+                return False
+            queue.enqueue(job_id)
+        return True
+    except Exception as exc:  # noqa: BLE001 -- broker down: the periodic relay retries
+        log.warning("mail %s not pushed to the queue (%s); the relay will retry", job_id, exc)
+        return False
+
+
+def _due(now: dt.datetime, requeue_after: float):
+    t = outbox_table
+    stale = now - dt.timedelta(seconds=requeue_after)
+    return or_(
+        and_(t.c.state == WAITING, or_(t.c.enqueued_at.is_(None), t.c.enqueued_at < stale)),
+        and_(t.c.state == ACTIVE, t.c.lease_until < now),
+        and_(t.c.state == DELAYED, t.c.next_attempt_at < stale),
+    )
+
+
+def relay(engine: Engine, queue: MailQueue, *, limit: int = 500,
+          now: dt.datetime | None = None) -> int:
+    """Push every due row (up to ``limit``) to the broker; returns how many were pushed.
+
+    Stops at the first broker error, keeping what was pushed so far.
+    """
+    t = outbox_table
+    now = now or utcnow()
+    query = (select(t.c.id, t.c.state).where(_due(now, queue.settings.requeue_after))
+             .order_by(t.c.created_at).limit(limit).with_for_update(skip_locked=True))
+    pushed: list = []
+    with engine.begin() as conn:
+        rows = conn.execute(query).all()
+        if queue.immediate:
+            pushed = rows
+        else:
+            for row in rows:
+                try:
+                    queue.enqueue(row.id)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("relay stopped, the queue is unreachable (%s)", exc)
+                    break
+                pushed.append(row)
+        _record_pushed(conn, pushed, now)
+    if queue.immediate:
+        for row in pushed:
+            queue.enqueue(row.id)
+    if pushed:
+        log.info("relayed %d mail(s) to the queue", len(pushed))
+    return len(pushed)
+
+
+def _record_pushed(conn, rows: list, now: dt.datetime) -> None:
+    t = outbox_table
+    by_state: dict[str, list[str]] = {}
+    for row in rows:
+        by_state.setdefault(row.state, []).append(row.id)
+    for state, ids in by_state.items():
+        values: dict = {"enqueued_at": now, "updated_at": now}
+        if state == ACTIVE:  # the dead attempt is over: the row waits for a new one
+            values.update(state=WAITING, progress=0, lease_until=None)
+        elif state == DELAYED:
+            values.update(next_attempt_at=now)
+        conn.execute(update(t).where(t.c.id.in_(ids), t.c.state == state).values(**values))

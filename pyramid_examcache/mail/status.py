@@ -1,0 +1,42 @@
+"""Job status (M4): read from the outbox row, and its retention."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.engine import Row
+
+from .outbox import COMPLETED, FAILED, outbox_table
+
+_COLUMNS = (outbox_table.c.id, outbox_table.c.state, outbox_table.c.progress,
+            outbox_table.c.attempts, outbox_table.c.failed_reason)
+
+
+def status_of(row: Row) -> dict[str, Any]:
+    """``{'id', 'state', 'progress', 'attempts', 'failedReason'}`` of an outbox row."""
+    return {"id": row.id, "state": row.state, "progress": row.progress,
+            "attempts": row.attempts, "failedReason": row.failed_reason}
+
+
+def job_status(executor: Any, job_id: str) -> dict[str, Any] | None:
+    """The status of ``job_id`` read through ``executor`` (a Session or Connection), or ``None``.
+
+    ``failedReason`` is the last failure: the reason of a ``failed`` job, or of the last
+    transient failure of a ``delayed`` one; ``None`` once ``completed``.
+    """
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
+        return None
+    row = executor.execute(select(*_COLUMNS).where(outbox_table.c.id == job_id)).first()
+    return status_of(row) if row is not None else None
+
+
+def purge_finished(conn: Any, keep_completed: float, keep_failed: float,
+                   now: dt.datetime) -> int:
+    """Delete completed rows older than ``keep_completed`` s and failed ones older than ``keep_failed`` s."""
+    t = outbox_table
+    stmt = delete(t).where(or_(
+        and_(t.c.state == COMPLETED, t.c.finished_at < now - dt.timedelta(seconds=keep_completed)),
+        and_(t.c.state == FAILED, t.c.finished_at < now - dt.timedelta(seconds=keep_failed)),
+    ))
+    return conn.execute(stmt).rowcount

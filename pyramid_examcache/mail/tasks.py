@@ -1,0 +1,132 @@
+"""The Huey tasks: deliver one job, relay the outbox, purge finished jobs.
+
+``deliver`` updates the outbox row itself (the durable job status, M4) and decides on
+retries from the row's ``attempts`` -- which survive consumer restarts -- rather than
+from Huey's in-message counter: a transient failure on attempt *n* (n <= ``mail.retries``)
+marks the row ``delayed`` and re-schedules the task after
+``retry_delay * retry_backoff ** (n - 1)`` seconds (2, 4, 8 s by default) with
+:class:`huey.exceptions.RetryTask`; a permanent failure marks it ``failed`` at once (M3).
+Huey's own ``retries``/``retry_delay``/``retry_backoff`` (same settings) cover unexpected
+errors such as the database being briefly unreachable.
+
+``relay`` and ``purge`` are periodic tasks that run on every periodic check of the
+scheduler: every ``mail.relay_interval`` seconds under ``examcache-consumer`` (every minute
+under a stock Huey consumer).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from huey.exceptions import RetryTask
+from huey.signals import SIGNAL_INTERRUPTED
+
+from . import outbox
+from .message import build_message, check_address
+from .relay import push_one, relay
+from .status import purge_finished
+from .transports import classify
+
+if TYPE_CHECKING:
+    from .queue import MailQueue
+
+log = logging.getLogger(__name__)
+
+DELIVER = "examcache.mail.deliver"
+RELAY = "examcache.mail.relay"
+PURGE = "examcache.mail.purge"
+
+COMPLETED, FAILED, DELAYED, SKIPPED = "completed", "failed", "delayed", "skipped"
+
+
+class MailTasks(NamedTuple):
+    deliver: Any
+    relay: Any
+    purge: Any
+
+
+def _every_check(timestamp: dt.datetime) -> bool:
+    return True
+
+
+def retry_delay(settings: Any, attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    return settings.retry_delay * settings.retry_backoff ** (attempt - 1)
+
+
+def deliver_job(queue: MailQueue, job_id: str) -> str:
+    """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a retry)."""
+    settings, engine = queue.settings, queue.engine
+    with engine.begin() as conn:
+        row = outbox.claim(conn, job_id, settings.lease, outbox.utcnow())
+    if row is None:
+        log.info("mail %s: nothing to do (unknown, finished or in progress elsewhere)", job_id)
+        return SKIPPED
+    attempt = row.attempts
+    if attempt > settings.retries + 1:  # earlier attempts died mid-send (consumer killed)
+        reason = f"gave up after {attempt - 1} attempts"
+        if row.failed_reason:
+            reason = f"{reason}: {row.failed_reason}"
+        with engine.begin() as conn:
+            outbox.mark_failed(conn, job_id, attempt, reason, outbox.utcnow())
+        return FAILED
+    try:
+        message = build_message(sender=row.sender, recipients=row.recipients,
+                                subject=row.subject, html=row.html, text=row.text,
+                                headers=row.headers, message_id=row.message_id)
+        queue.transport.send(message, check_address(row.sender),
+                             [check_address(r) for r in row.recipients])
+    except Exception as exc:  # noqa: BLE001 -- classified below
+        error = classify(exc)
+        now = outbox.utcnow()
+        if error.transient and attempt <= settings.retries:
+            delay = retry_delay(settings, attempt)
+            log.warning("mail %s attempt %d failed (%s); retrying in %.1fs",
+                        job_id, attempt, error, delay)
+            with engine.begin() as conn:
+                outbox.mark_delayed(conn, job_id, attempt, str(error),
+                                    now + dt.timedelta(seconds=delay), now)
+            raise RetryTask(f"transient failure: {error}", delay=delay) from exc
+        log.error("mail %s failed on attempt %d: %s", job_id, attempt, error)
+        with engine.begin() as conn:
+            outbox.mark_failed(conn, job_id, attempt, str(error), now)
+        return FAILED
+    with engine.begin() as conn:
+        outbox.mark_completed(conn, job_id, attempt, outbox.utcnow())
+    log.info("mail %s delivered (attempt %d, %s)", job_id, attempt, row.message_id)
+    return COMPLETED
+
+
+def register_tasks(queue: MailQueue) -> MailTasks:
+    """Register the mail tasks (and the interrupted-task handler) on ``queue.huey``."""
+    huey, settings = queue.huey, queue.settings
+
+    @huey.task(retries=settings.retries, retry_delay=settings.retry_delay,
+               retry_backoff=settings.retry_backoff, name=DELIVER)
+    def deliver(job_id: str) -> str:
+        return deliver_job(queue, job_id)
+
+    @huey.periodic_task(_every_check, name=RELAY)
+    def relay_outbox() -> int:
+        return relay(queue.engine, queue)
+
+    @huey.periodic_task(_every_check, name=PURGE)
+    def purge_outbox() -> int:
+        with queue.engine.begin() as conn:
+            return purge_finished(conn, settings.keep_completed, settings.keep_failed,
+                                  outbox.utcnow())
+
+    @huey.signal(SIGNAL_INTERRUPTED)
+    def requeue_interrupted(signal: str, task: Any, *args: Any) -> None:
+        """A task cut off by shutdown: give its row back and push it again (or leave it to the relay)."""
+        if task.name != deliver.name or not task.args:
+            return
+        job_id = task.args[0]
+        with queue.engine.begin() as conn:
+            released = outbox.release(conn, job_id, outbox.utcnow())
+        if released:
+            push_one(queue.engine, queue, job_id)
+            log.warning("mail %s interrupted by shutdown; re-queued", job_id)
+
+    return MailTasks(deliver, relay_outbox, purge_outbox)
