@@ -1,0 +1,50 @@
+"""demo_app: an exam platform wired to pyramid_examcache.
+
+``main`` is the paste ``app_factory`` (``use = egg:pyramid_examcache`` in the
+.ini files); :func:`make_config` builds the same configuration without
+committing it, so tests can add test-only tweens or views before
+``make_wsgi_app()``.
+"""
+from __future__ import annotations
+
+import os
+
+from pyramid.config import Configurator
+from pyramid.tweens import INGRESS
+
+from .settings import parse_demo_settings
+
+
+def ensure_sqlite_dir(url: str | None) -> None:
+    """Create the directory of a ``sqlite:///path`` file (SQLite will not)."""
+    if url and url.startswith("sqlite") and ":///" in url:
+        path = url.split(":///", 1)[1].split("?", 1)[0]
+        directory = os.path.dirname(path)
+        if path and path != ":memory:" and directory:
+            os.makedirs(directory, exist_ok=True)
+
+
+def make_config(settings: dict) -> Configurator:
+    """The application's configuration (not yet committed)."""
+    demo = parse_demo_settings(settings)
+    ensure_sqlite_dir(settings.get("sqlalchemy.url"))
+    ensure_sqlite_dir(settings.get("mail.queue_url"))
+    config = Configurator(settings=settings)
+    config.registry["demo.settings"] = demo
+
+    from .security import BearerTokenSecurityPolicy, make_password_hasher
+
+    config.registry["demo.password_hasher"] = make_password_hasher(demo)
+    config.set_security_policy(BearerTokenSecurityPolicy(demo.secret))
+
+    config.include(".models")  # pyramid_tm, request.dbsession
+    config.include("pyramid_examcache")  # request.cache, cache= views, ORM hook, request.mailer
+    config.include(".routes")
+    config.add_tween("demo_app.tweens.body_limit_tween_factory", under=INGRESS)
+    config.scan(".views")
+    return config
+
+
+def main(global_config, **settings):
+    """Return the demo's WSGI application (paste ``app_factory``)."""
+    return make_config(settings).make_wsgi_app()

@@ -1,0 +1,73 @@
+"""``examcache-initdb CONFIG_URI``: run the Alembic migrations on the .ini's
+``sqlalchemy.url``, then load the sample data (idempotent: run it again and
+nothing is duplicated)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+
+from alembic import command
+from alembic.config import Config
+from pyramid.paster import bootstrap, setup_logging
+from sqlalchemy.orm import Session
+
+from pyramid_examcache.cache import get_policy
+from pyramid_examcache.cache.orm import bind
+
+from ..sample import TEACHER_PASSWORD, load_sample_data
+from ..security import hash_password
+
+log = logging.getLogger(__name__)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """The Alembic configuration shipped in the package, pointed at ``url``."""
+    ini = resources.files("demo_app") / "alembic.ini"
+    cfg = Config(str(ini))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine, revision: str = "head") -> None:
+    """Run the migrations up to ``revision`` on ``engine``."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+def setup_database(registry) -> dict[str, int]:
+    """Migrate the app's database and load the sample data; returns what was added."""
+    engine = registry["dbengine"]
+    upgrade(engine)
+    hasher = registry["demo.password_hasher"]
+    # a session outside any request: bound to the cache policy, its flushes
+    # invalidate the declared keys when it commits (a server may be running)
+    with Session(bind=engine) as session:
+        bind(session, get_policy(registry))
+        with session.begin():
+            added = load_sample_data(session, hash_password(hasher, TEACHER_PASSWORD))
+    return added
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("config_uri", help="Configuration file, e.g. development.ini")
+    return parser.parse_args(argv[1:])
+
+
+def main(argv=sys.argv) -> int:
+    args = parse_args(argv)
+    setup_logging(args.config_uri)
+    with bootstrap(args.config_uri) as env:
+        added = setup_database(env["registry"])
+    print(f"database ready; added {added['users']} user(s), {added['exams']} exam(s), "
+          f"{added['questions']} question(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""``/api/auth/*``: register (queues the verification mail), verify, login."""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import time
+from urllib.parse import urlencode
+
+from pyramid.httpexceptions import HTTPConflict, HTTPForbidden, HTTPGone, HTTPUnauthorized
+from pyramid.view import view_config
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ..models import User
+from ..security import (check_password, hash_password, hash_verification_token,
+                        make_login_token, new_verification_token)
+from ..settings import get_demo_settings
+from ..validation import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN, Fields, ValidationFailed, json_object
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def verification_mail(user: User, link: str, hours: float) -> dict[str, str]:
+    name = html.escape(user.name)
+    href = html.escape(link, quote=True)
+    valid = f"{hours:g} hour{'s' if hours != 1 else ''}"
+    return {
+        "subject": "Verify your email address",
+        "html": (f"<p>Hello {name},</p>\n"
+                 f"<p>Please confirm your email address by opening this link "
+                 f"(valid for {valid}):</p>\n"
+                 f'<p><a href="{href}">{href}</a></p>\n'),
+        "text": (f"Hello {user.name},\n\nPlease confirm your email address by opening this "
+                 f"link (valid for {valid}):\n\n{link}\n"),
+    }
+
+
+@view_config(route_name="register", request_method="POST", renderer="json")
+def register(request):
+    fields = Fields(json_object(request), allowed=("email", "password", "name"))
+    email = fields.email()
+    password = fields.string("password", min_length=PASSWORD_MIN, max_length=PASSWORD_MAX,
+                             strip=False)
+    name = fields.string("name", max_length=NAME_MAX)
+    fields.done("invalid registration")
+
+    session = request.dbsession
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise HTTPConflict("an account with this email address already exists")
+    settings = get_demo_settings(request)
+    token, token_hash = new_verification_token()
+    user = User(email=email, name=name, verified=False,
+                password_hash=hash_password(request.registry["demo.password_hasher"], password),
+                verify_token_hash=token_hash,
+                verify_expires_at=utcnow() + dt.timedelta(seconds=settings.verify_ttl))
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent registration won the race; the transaction aborts
+        raise HTTPConflict("an account with this email address already exists") from None
+
+    link = f"{request.application_url}/api/auth/verify?{urlencode({'token': token})}"
+    job = request.mailer.send_queued(to=[email], **verification_mail(user, link,
+                                                                     settings.verify_ttl / 3600))
+    request.response.status_code = 201
+    return {"user": user.to_json(), "email": {"queued": True, "jobId": job.id}}
+
+
+@view_config(route_name="verify", request_method="GET", renderer="json")
+def verify(request):
+    token = request.GET.get("token", "")
+    if not token.strip():
+        raise ValidationFailed("invalid verification request", {"token": "this parameter is required"})
+    if len(token) > 200:
+        raise ValidationFailed("invalid or already used verification link")
+    user = request.dbsession.scalar(
+        select(User).where(User.verify_token_hash == hash_verification_token(token)))
+    if user is None:
+        raise ValidationFailed("invalid or already used verification link")
+    if user.verify_expires_at is None or as_utc(user.verify_expires_at) < utcnow():
+        raise HTTPGone("this verification link has expired")
+    user.verified = True
+    user.verify_token_hash = None  # single use
+    user.verify_expires_at = None
+    return {"message": "email address verified", "user": user.to_json()}
+
+
+@view_config(route_name="login", request_method="POST", renderer="json")
+def login(request):
+    fields = Fields(json_object(request), allowed=("email", "password"))
+    email = fields.email()
+    password = fields.string("password", min_length=1, max_length=PASSWORD_MAX, strip=False)
+    fields.done("invalid login")
+
+    hasher = request.registry["demo.password_hasher"]
+    user = request.dbsession.scalar(select(User).where(User.email == email))
+    if not check_password(hasher, user.password_hash if user else None, password):
+        raise HTTPUnauthorized("invalid email or password", headers={"WWW-Authenticate": "Bearer"})
+    if not user.verified:
+        raise HTTPForbidden("verify your email address before logging in")
+    if hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(hasher, password)
+    settings = get_demo_settings(request)
+    token = make_login_token(settings.secret, user.id, settings.token_ttl, now=time.time())
+    return {"token": token, "tokenType": "Bearer", "expiresIn": settings.token_ttl,
+            "user": user.to_json()}

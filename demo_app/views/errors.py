@@ -1,0 +1,66 @@
+"""Every error is JSON: ``{"status": 404, "message": "..."}``, plus ``errors``
+(per field) for 400.  Unexpected exceptions are logged and answer a JSON 500
+without details; client input must never get there."""
+from __future__ import annotations
+
+import logging
+
+from pyramid.httpexceptions import HTTPException, HTTPMethodNotAllowed, HTTPNotFound
+from pyramid.response import Response
+from pyramid.view import exception_view_config, notfound_view_config
+
+from ..validation import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+
+def json_error(exc: HTTPException, message: str | None = None, **extra) -> Response:
+    """A JSON response with the status (and headers, e.g. Allow) of ``exc``."""
+    body = {"status": exc.code, "message": message or exc.detail or exc.title}
+    body.update(extra)
+    response = Response(json_body=body, status=exc.code, charset="utf-8")
+    for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
+    return response
+
+
+@notfound_view_config()
+def not_found(exc, request):
+    detail = exc.detail if isinstance(exc, HTTPNotFound) and isinstance(exc.detail, str) else None
+    # the router's detail is the bare path; a predicate mismatch's names the view
+    if detail and (detail == request.path_info or detail.startswith("predicate mismatch")):
+        detail = None
+    return json_error(HTTPNotFound(), detail or f"no such resource: {request.path_info[:200]}")
+
+
+@exception_view_config(HTTPException)
+def http_error(exc, request):
+    return json_error(exc)
+
+
+@exception_view_config(ValidationFailed)
+def validation_failed(exc, request):
+    from pyramid.httpexceptions import HTTPBadRequest
+
+    extra = {"errors": exc.errors} if exc.errors else {}
+    return json_error(HTTPBadRequest(), exc.message, **extra)
+
+
+@exception_view_config(Exception)
+def server_error(exc, request):
+    log.error("unhandled error on %s %s", request.method, request.path_qs[:300],
+              exc_info=(type(exc), exc, exc.__traceback__))
+    response = Response(json_body={"status": 500, "message": "internal server error"},
+                        status=500, charset="utf-8")
+    return response
+
+
+def method_not_allowed(methods: tuple[str, ...]):
+    allow = ", ".join(methods)
+
+    def view(request):
+        raise HTTPMethodNotAllowed(f"method {request.method} not allowed; allowed: {allow}",
+                                   headers={"Allow": allow})
+
+    return view
