@@ -47,6 +47,14 @@ def validation_failed(exc, request):
     return json_error(HTTPBadRequest(), exc.message, **extra)
 
 
+@exception_view_config(UnicodeDecodeError)
+def undecodable(exc, request):
+    # a path or query string that is not UTF-8 (pyramid's URLDecodeError, webob's GET)
+    from pyramid.httpexceptions import HTTPBadRequest
+
+    return json_error(HTTPBadRequest(), "the request URL is not valid UTF-8")
+
+
 @exception_view_config(Exception)
 def server_error(exc, request):
     log.error("unhandled error on %s %s", request.method, request.path_qs[:300],
