@@ -203,7 +203,7 @@ class MemoryTransport:
         html_part = message.get_body(("html",))
         text_part = message.get_body(("plain",))
         captured = CapturedMail(
-            to=list(recipients), sender=sender, subject=str(message["Subject"]),
+            to=list(recipients), sender=str(message["From"]), subject=str(message["Subject"]),
             html=html_part.get_content() if html_part is not None else "",
             text=text_part.get_content() if text_part is not None else "",
             message_id=str(message["Message-ID"]),

@@ -1,0 +1,123 @@
+"""``examcache-consumer CONFIG_URI``: run the Huey consumer for mail and the periodic jobs.
+
+Reads the ``[app:main]`` section of the .ini (``CONFIG_URI#name`` for another app
+section) without loading the web application, sets up logging from the ini's logging
+sections, builds the queue from ``mail.queue_url`` and the outbox engine from
+``mail.outbox_url`` (default: ``sqlalchemy.url``), relays what is due at start-up (mails
+committed while the broker was down, attempts cut off by a killed consumer) and runs
+Huey's consumer with ``mail.workers`` threads. Periodic jobs -- relay the outbox, purge
+finished jobs -- run every ``mail.relay_interval`` seconds.
+
+SIGTERM and SIGINT stop it gracefully: workers finish the mail in hand (up to
+``mail.shutdown_timeout`` seconds); a mail still in flight after that is handed back
+to the outbox and re-queued.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+import plaster
+from huey.consumer import Consumer, Scheduler
+from pyramid.exceptions import ConfigurationError
+
+from ..mail.queue import MailQueue
+from ..mail.relay import relay
+from ..settings import MailSettings, parse_mail_settings
+
+log = logging.getLogger("pyramid_examcache.consumer")
+
+#: How often the scheduler looks for due retries (seconds); Huey's own minimum is 1 s.
+SCHEDULER_TICK = 0.25
+
+
+def read_settings(config_uri: str) -> dict[str, Any]:
+    """The settings of the ini's app section, without importing the app (``here`` included)."""
+    uri = plaster.parse_uri(config_uri)
+    name = uri.fragment or "main"
+    loader = plaster.get_loader(config_uri, protocols=["wsgi"])
+    section = loader.get_settings(f"app:{name}")
+    if not section:
+        raise ConfigurationError(f"{uri.path}: no [app:{name}] section with settings")
+    settings = dict(section)
+    here = getattr(section, "global_conf", {}).get("here") or os.path.dirname(
+        os.path.abspath(uri.path))
+    settings.setdefault("here", here)
+    return settings
+
+
+def make_consumer(queue: MailQueue, settings: MailSettings, **options: Any) -> Consumer:
+    """A Huey consumer whose scheduler ticks every 0.25 s and runs periodic jobs every
+    ``relay_interval`` s, and where SIGINT and SIGTERM both mean "stop gracefully"."""
+
+    class MailScheduler(Scheduler):
+        periodic_task_seconds = settings.relay_interval
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.interval = SCHEDULER_TICK
+
+    class MailConsumer(Consumer):
+        scheduler_class = MailScheduler
+
+    options.setdefault("workers", settings.workers)
+    consumer = MailConsumer(queue.huey, periodic=True, max_delay=1.0,
+                            shutdown_timeout=settings.shutdown_timeout,
+                            graceful_signal="TERM", **options)
+    consumer._signal_actions[signal.SIGINT] = (False, True)  # graceful as well
+    return consumer
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="examcache-consumer",
+        description=("Run the pyramid_examcache mail consumer (Huey) configured from a "
+                     "PasteDeploy .ini: delivers queued mail with retries, relays the outbox "
+                     "and purges finished jobs. Uses the [app:main] section's mail.* settings "
+                     "and mail.outbox_url (default sqlalchemy.url); the web app is not loaded."),
+        epilog="SIGTERM/SIGINT stop gracefully, finishing or re-queueing the mail in hand.")
+    parser.add_argument("config_uri", help="the .ini file, e.g. development.ini (or file.ini#name)")
+    parser.add_argument("-w", "--workers", type=int, default=None,
+                        help="worker threads (default: mail.workers)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    config_uri = args.config_uri
+    try:
+        plaster.setup_logging(config_uri)
+    except Exception:  # noqa: BLE001 -- an ini without logging sections
+        logging.basicConfig(level=logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO)
+    try:
+        settings = parse_mail_settings(read_settings(config_uri))
+        if settings.queue_url.startswith("memory:"):
+            raise ConfigurationError("mail.queue_url = memory:// runs mail in the web process; "
+                                     "the consumer needs redis:// or sqlite:///")
+        queue = MailQueue(settings, consumer=True)
+        queue.engine  # noqa: B018 -- fail now when mail.outbox_url / sqlalchemy.url is missing
+    except ConfigurationError as exc:
+        print(f"examcache-consumer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pushed = relay(queue.engine, queue)
+        log.info("start-up relay: %d mail(s) pushed to the queue", pushed)
+    except Exception:  # noqa: BLE001 -- the periodic relay retries
+        log.exception("start-up relay failed; the periodic relay will retry")
+    options = {"workers": args.workers} if args.workers else {}
+    consumer = make_consumer(queue, settings, **options)
+    try:
+        consumer.run()
+    finally:
+        queue.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""request.mailer in a real (committing) Pyramid app, with the in-process testing setup."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from webtest import TestApp
+
+from pyramid_examcache.mail import get_mail_queue
+from pyramid_examcache.mail.outbox import outbox_table
+from pyramid_examcache.testing import get_mail_capture, mail_testing_settings
+
+from .support import make_app
+
+
+@pytest.fixture
+def app(db, pg_url):
+    return make_app(pg_url, {"mail.default_sender": "Exams <no-reply@exams.example>"},
+                    engine=db, extra=lambda config: config.include("pyramid_examcache.testing"))
+
+
+def count_rows(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(outbox_table)).scalar_one()
+
+
+def test_committed_mail_is_sent_after_commit_and_captured(app):
+    testapp = TestApp(app)
+    res = testapp.post_json("/register", {"email": "ann@example.com"}, status=201)
+    job_id = res.json["jobId"]
+    assert res.json["queued"] is True and job_id
+    capture = get_mail_capture(testapp)
+    [mail] = capture.outbox
+    assert mail.to == ["ann@example.com"]
+    assert mail.subject == "Welcome"
+    assert "Hello ann@example.com" in mail.html and "Hello ann@example.com" in mail.text
+    assert mail.message_id == f"<{job_id}@exams.example>" and mail.job_id == job_id
+    assert mail.headers["Reply-To"] == "help@example.com"
+    assert mail.sender == "Exams <no-reply@exams.example>"
+    status = testapp.get(f"/jobs/{job_id}").json
+    assert status == {"id": job_id, "state": "completed", "progress": 100, "attempts": 1,
+                      "failedReason": None}
+
+
+def test_aborted_request_writes_and_sends_nothing(app):
+    testapp = TestApp(app)
+    with pytest.raises(RuntimeError, match="boom"):
+        testapp.post_json("/register", {"email": "bob@example.com", "fail": True})
+    assert get_mail_capture(app).outbox == []
+    assert count_rows(app.engine) == 0
+
+
+def test_unknown_job_is_none(app):
+    testapp = TestApp(app)
+    testapp.get("/jobs/nope", status=404)
+    testapp.get(f"/jobs/{'x' * 100}", status=404)
+
+
+def test_testing_settings_alone_work(db, pg_url):
+    app = make_app(pg_url, mail_testing_settings(), engine=db)
+    TestApp(app).post_json("/register", {"email": "cy@example.com"}, status=201)
+    assert [m.to for m in get_mail_capture(app.registry).outbox] == [["cy@example.com"]]
+
+
+def test_without_a_transaction_the_row_is_written_and_sent_at_once(app):
+    """Outside pyramid_tm (a script, a thread) send_queued writes and relays immediately."""
+    from pyramid.scripting import prepare
+    from sqlalchemy.orm import Session
+
+    env = prepare(registry=app.registry)
+    try:
+        request = env["request"]
+        request.dbsession = Session(bind=app.engine)
+        job = request.mailer.send_queued(["a@example.com", "b@example.com"], "Hi", "<b>x</b>",
+                                         text="x")
+        assert request.mailer.job_status(job.id)["state"] == "completed"
+        [mail] = get_mail_capture(request).outbox
+        assert mail.to == ["a@example.com", "b@example.com"] and mail.text.strip() == "x"
+    finally:
+        request.dbsession.close()
+        env["closer"]()
+
+
+def test_missing_session_attribute_is_explained(db, pg_url):
+    app = make_app(pg_url, {**mail_testing_settings(), "mail.session_attr": "nosuch"}, engine=db)
+    with pytest.raises(RuntimeError, match="mail.session_attr"):
+        TestApp(app).post_json("/register", {"email": "d@example.com"})
+
+
+def test_send_now_sends_synchronously(app):
+    from pyramid.scripting import prepare
+
+    env = prepare(registry=app.registry)
+    try:
+        message_id = env["request"].mailer.send_now("e@example.com", "Now", "<p>now</p>")
+    finally:
+        env["closer"]()
+    assert get_mail_capture(app).last.message_id == message_id
+    assert count_rows(app.engine) == 0
+
+
+def test_queue_is_one_per_application(app):
+    assert get_mail_queue(app.registry) is get_mail_queue(app.registry)
+    assert get_mail_queue(app.registry).immediate
