@@ -1,0 +1,192 @@
+"""End to end: the web app (WebTest, real commits) -> PostgreSQL outbox -> Redis (a private
+redis-server) -> ``examcache-consumer`` subprocess -> aiosmtpd. Real sleeps only here."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import select
+from webtest import TestApp
+
+from pyramid_examcache.mail.outbox import outbox_table
+
+from .support import ConsumerProcess, make_app, wait_until, write_ini
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def mail_settings(smtp_server, private_redis, pg_url):
+    return {
+        "sqlalchemy.url": pg_url,
+        "mail.transport": "smtp",
+        "mail.host": "127.0.0.1",
+        "mail.port": smtp_server.port,
+        "mail.default_sender": "no-reply@exams.example",
+        "mail.queue_url": private_redis.url,
+        "mail.queue_name": f"mailtest-{uuid.uuid4().hex[:8]}",
+        "mail.retry_delay": "0.5",
+        "mail.relay_interval": "1",
+        "mail.workers": "2",
+        "mail.lease": "3",
+        "mail.shutdown_timeout": "5",
+    }
+
+
+@pytest.fixture
+def system(db, pg_url, mail_settings, tmp_path):
+    """Builds (web app, consumer) from one settings dict; consumers are stopped afterwards."""
+    consumers: list[ConsumerProcess] = []
+
+    def build(**overrides):
+        settings = {**mail_settings, **{k: str(v) for k, v in overrides.items()}}
+        app = make_app(pg_url, settings, engine=db)
+        ini = write_ini(str(tmp_path / "mail.ini"), settings)
+        consumer = ConsumerProcess(ini, str(tmp_path / "consumer.log"))
+        consumers.append(consumer)
+        return TestApp(app), consumer
+
+    yield build
+    for consumer in consumers:
+        consumer.stop()
+
+
+def row(engine, job_id):
+    with engine.connect() as conn:
+        return conn.execute(select(outbox_table).where(outbox_table.c.id == job_id)).first()
+
+
+def state_of(testapp, job_id):
+    res = testapp.get(f"/jobs/{job_id}", expect_errors=True)
+    return res.json if res.status_int == 200 else None
+
+
+def test_committed_mail_delivered_once_aborted_never(system, smtp_server, db):
+    """M1: a committed send is delivered exactly once; an aborted one never."""
+    testapp, consumer = system()
+    consumer.start()
+    job_id = testapp.post_json("/register", {"email": "ann@example.com"}, status=201).json["jobId"]
+    with pytest.raises(RuntimeError):
+        testapp.post_json("/register", {"email": "bob@example.com", "fail": True})
+    wait_until(lambda: (state_of(testapp, job_id) or {}).get("state") == "completed",
+               message="completed")
+    time.sleep(2.5)  # two relay rounds: nothing else may arrive
+    assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
+    [msg] = smtp_server.handler.accepted
+    assert msg["To"] == "ann@example.com" and msg["Subject"] == "Welcome"
+    assert state_of(testapp, job_id) == {"id": job_id, "state": "completed", "progress": 100,
+                                         "attempts": 1, "failedReason": None}
+    with db.connect() as conn:
+        assert conn.execute(select(outbox_table.c.id)).scalars().all() == [job_id]
+
+
+def test_redis_down_at_commit_mail_delivered_when_it_returns(system, smtp_server, private_redis, db):
+    """M2: the broker is unreachable at commit time; the request still succeeds and the
+    mail goes out once Redis is back (periodic relay)."""
+    testapp, consumer = system()
+    consumer.start()
+    private_redis.stop()
+    started = time.monotonic()
+    jobs = [testapp.post_json("/register", {"email": f"u{i}@example.com"}, status=201).json["jobId"]
+            for i in range(3)]
+    assert time.monotonic() - started < 3.0  # a dead broker costs little per request
+    for job_id in jobs:
+        r = row(db, job_id)
+        assert r.state == "waiting" and r.enqueued_at is None
+    time.sleep(1.5)
+    assert smtp_server.handler.accepted == []
+    private_redis.start()
+    wait_until(lambda: len(smtp_server.handler.accepted) == 3, timeout=20, message="3 delivered")
+    assert sorted(smtp_server.accepted_ids()) == sorted(f"<{j}@exams.example>" for j in jobs)
+    for job_id in jobs:
+        assert state_of(testapp, job_id)["state"] == "completed"
+
+
+def test_consumer_killed_mid_send_is_delivered_after_restart(system, smtp_server, db):
+    """M2: SIGKILL while the mail is in flight (SMTP RCPT stalls); the row is left
+    'active'; the restarted consumer re-queues it once its lease expires."""
+    testapp, consumer = system()
+    smtp_server.handler.rcpt_delays = [6.0]
+    consumer.start()
+    job_id = testapp.post_json("/register", {"email": "kim@example.com"}, status=201).json["jobId"]
+    assert smtp_server.handler.rcpt_seen.wait(10)
+    consumer.kill()
+    r = row(db, job_id)
+    assert r.state == "active" and r.attempts == 1
+    assert smtp_server.handler.accepted == []
+    consumer.start()
+    wait_until(lambda: smtp_server.handler.accepted, timeout=20, message="delivered")
+    wait_until(lambda: state_of(testapp, job_id)["state"] == "completed", message="completed")
+    time.sleep(1.5)
+    assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
+    assert state_of(testapp, job_id)["attempts"] == 2
+
+
+def test_transient_failures_retry_with_exponential_backoff(system, smtp_server, db):
+    """M3: 451, 451, 250 -> delivered on the 3rd attempt after waits of ~2 s and ~4 s."""
+    testapp, consumer = system(**{"mail.retry_delay": 2, "mail.retry_backoff": 2})
+    smtp_server.handler.replies = ["451 4.3.0 Try again later", "451 4.3.0 Try again later"]
+    consumer.start()
+    job_id = testapp.post_json("/register", {"email": "lee@example.com"}, status=201).json["jobId"]
+    seen = set()
+
+    def done():
+        status = state_of(testapp, job_id)
+        seen.add(status["state"])
+        return status["state"] == "completed"
+
+    wait_until(done, timeout=20, interval=0.1, message="completed")
+    status = state_of(testapp, job_id)
+    assert status["attempts"] == 3 and status["failedReason"] is None
+    assert "delayed" in seen
+    attempts = smtp_server.handler.attempts
+    assert [a.reply[:3] for a in attempts] == ["451", "451", "250"]
+    assert {a.message_id for a in attempts} == {f"<{job_id}@exams.example>"}
+    first_wait = attempts[1].at - attempts[0].at
+    second_wait = attempts[2].at - attempts[1].at
+    assert 2.0 <= first_wait < 3.0, first_wait
+    assert 4.0 <= second_wait < 5.0, second_wait
+
+
+def test_permanent_failure_fails_at_once(system, smtp_server, db):
+    """M3: 550 -> failed after one attempt, with the SMTP reply as failedReason."""
+    testapp, consumer = system()
+    smtp_server.handler.replies = ["550 5.1.1 <nobody@example.com>: user unknown"]
+    consumer.start()
+    job_id = testapp.post_json("/register", {"email": "nobody@example.com"}, status=201).json["jobId"]
+    wait_until(lambda: state_of(testapp, job_id)["state"] == "failed", message="failed")
+    time.sleep(1.5)
+    assert state_of(testapp, job_id) == {
+        "id": job_id, "state": "failed", "progress": 100, "attempts": 1,
+        "failedReason": "550 5.1.1 <nobody@example.com>: user unknown"}
+    assert len(smtp_server.handler.attempts) == 1 and smtp_server.handler.accepted == []
+
+
+def test_status_retention(system, smtp_server, db):
+    """M4: completed jobs are purged after mail.keep_completed; failed ones are kept."""
+    testapp, consumer = system(**{"mail.keep_completed": 1, "mail.keep_failed": 3600})
+    smtp_server.handler.replies = ["250 ok", "550 5.7.1 rejected"]
+    consumer.start()
+    ok = testapp.post_json("/register", {"email": "ok@example.com"}, status=201).json["jobId"]
+    wait_until(lambda: (state_of(testapp, ok) or {}).get("state") == "completed", message="done")
+    bad = testapp.post_json("/register", {"email": "bad@example.com"}, status=201).json["jobId"]
+    wait_until(lambda: (state_of(testapp, bad) or {}).get("state") == "failed", message="failed")
+    wait_until(lambda: state_of(testapp, ok) is None, timeout=6, message="completed purged")
+    testapp.get(f"/jobs/{ok}", status=404)
+    time.sleep(1.2)
+    assert state_of(testapp, bad)["state"] == "failed"
+
+
+def test_sigterm_stops_gracefully(system, smtp_server, db):
+    """SIGTERM while a mail is in flight: the consumer finishes it, then exits 0."""
+    import signal
+
+    testapp, consumer = system()
+    smtp_server.handler.rcpt_delays = [1.5]
+    consumer.start()
+    job_id = testapp.post_json("/register", {"email": "tim@example.com"}, status=201).json["jobId"]
+    assert smtp_server.handler.rcpt_seen.wait(10)
+    assert consumer.kill(signal.SIGTERM) == 0
+    assert state_of(testapp, job_id)["state"] == "completed"
+    assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
