@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from pyramid.config import Configurator
+from pyramid.renderers import JSON
 from pyramid.tweens import INGRESS
 
 from .settings import parse_demo_settings
@@ -37,6 +38,7 @@ def make_config(settings: dict) -> Configurator:
     config.registry["demo.password_hasher"] = make_password_hasher(demo)
     config.set_security_policy(BearerTokenSecurityPolicy(demo.secret))
 
+    config.add_renderer("json", JSON(separators=(",", ":")))  # compact, like the errors
     config.include(".models")  # pyramid_tm, request.dbsession
     config.include("pyramid_examcache")  # request.cache, cache= views, ORM hook, request.mailer
     config.include(".routes")
