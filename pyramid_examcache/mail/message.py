@@ -37,7 +37,8 @@ def recipients_list(to: str | Iterable[str]) -> list[str]:
 def make_message_id(job_id: str, sender: str) -> str:
     """``<job_id@sender-domain>``: the same for every attempt of one job (duplicates are recognisable)."""
     _name, addr = parseaddr(sender)
-    domain = addr.rpartition("@")[2] or "localhost"
+    domain = addr.rpartition("@")[2] if "@" in addr else ""
+    domain = domain or "localhost"
     return f"<{job_id}@{domain}>"
 
 

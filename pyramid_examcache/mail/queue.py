@@ -55,15 +55,17 @@ def make_huey(settings: MailSettings, *, consumer: bool = False) -> Huey:
 class MailQueue:
     """Settings + Huey instance + tasks + the lazily built engine and transport they use.
 
-    One per application (``registry``) and one per consumer process.
+    One per application (``registry``) and one per consumer process. ``engine``,
+    ``transport`` and ``huey`` may be given instead of being built from the settings.
     """
 
     def __init__(self, settings: MailSettings, *, consumer: bool = False,
-                 engine: Engine | None = None, transport: Transport | None = None) -> None:
+                 engine: Engine | None = None, transport: Transport | None = None,
+                 huey: Huey | None = None) -> None:
         from .tasks import register_tasks
 
         self.settings = settings
-        self.huey = make_huey(settings, consumer=consumer)
+        self.huey = huey if huey is not None else make_huey(settings, consumer=consumer)
         self._engine = engine
         self._owns_engine = False
         self._transport = transport

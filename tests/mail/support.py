@@ -31,6 +31,7 @@ class Attempt:
     at: float
     message_id: str
     reply: str
+    peer: Any = None
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ScriptedHandler:
     async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         reply = self.replies.pop(0) if self.replies else "250 Message accepted for delivery"
-        self.attempts.append(Attempt(time.monotonic(), str(msg["Message-ID"]), reply))
+        self.attempts.append(Attempt(time.monotonic(), str(msg["Message-ID"]), reply, session.peer))
         if reply.startswith("250"):
             self.accepted.append(msg)
         return reply

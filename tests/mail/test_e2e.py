@@ -190,3 +190,22 @@ def test_sigterm_stops_gracefully(system, smtp_server, db):
     assert consumer.kill(signal.SIGTERM) == 0
     assert state_of(testapp, job_id)["state"] == "completed"
     assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
+
+
+def test_sqlite_queue_and_file_transport(db, pg_url, tmp_path):
+    """The embedded set-up: SqliteHuey queue and .eml files, through the same consumer."""
+    settings = {"sqlalchemy.url": pg_url, "mail.queue_url": "sqlite:///huey.sqlite",
+                "mail.transport": "file", "mail.file_dir": "mail",
+                "mail.default_sender": "no-reply@exams.example", "mail.relay_interval": "1"}
+    ini = write_ini(str(tmp_path / "dev.ini"), settings)
+    app_settings = {**settings, "mail.queue_url": f"sqlite:///{tmp_path}/huey.sqlite"}
+    testapp = TestApp(make_app(pg_url, app_settings, engine=db))
+    consumer = ConsumerProcess(ini, str(tmp_path / "consumer.log"))
+    consumer.start()
+    try:
+        job_id = testapp.post_json("/register", {"email": "eve@example.com"}, status=201).json["jobId"]
+        [eml] = wait_until(lambda: list((tmp_path / "mail").glob("*.eml")), message="an .eml file")
+        assert f"{job_id}@exams.example" in eml.name
+        wait_until(lambda: state_of(testapp, job_id)["state"] == "completed", message="completed")
+    finally:
+        consumer.stop()
