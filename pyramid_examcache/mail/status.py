@@ -1,4 +1,11 @@
-"""Job status (M4): read from the outbox row, and its retention."""
+"""Job status (M4): read from the outbox row, and its retention.
+
+``state``: ``waiting`` (committed, queued or about to be), ``active`` (an attempt is
+running), ``delayed`` (a transient failure; the next attempt is scheduled), ``completed``,
+``failed``. ``progress``: 0 while waiting/delayed, 10 while active, 100 when finished.
+``attempts``: delivery attempts started. Finished rows are deleted by the periodic purge
+after ``mail.keep_completed`` / ``mail.keep_failed`` seconds.
+"""
 from __future__ import annotations
 
 import datetime as dt

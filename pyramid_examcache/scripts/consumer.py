@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("start-up relay failed; the periodic relay will retry")
     options = {"workers": args.workers} if args.workers else {}
     consumer = make_consumer(queue, settings, **options)
+    log.info("due retries are checked every %ss; relay and purge run every %ss",
+             SCHEDULER_TICK, settings.relay_interval)
     try:
         consumer.run()
     finally:

@@ -101,3 +101,12 @@ def test_send_now_sends_synchronously(app):
 def test_queue_is_one_per_application(app):
     assert get_mail_queue(app.registry) is get_mail_queue(app.registry)
     assert get_mail_queue(app.registry).immediate
+
+
+def test_works_under_the_package_include(db, pg_url):
+    """config.include('pyramid_examcache') (cache + mail), as users do."""
+    app = make_app(pg_url, {**mail_testing_settings(), "examcache.redis_url": "memory://"},
+                   engine=db, include="pyramid_examcache")
+    testapp = TestApp(app)
+    job_id = testapp.post_json("/register", {"email": "fay@example.com"}, status=201).json["jobId"]
+    assert get_mail_capture(testapp).last.job_id == job_id
