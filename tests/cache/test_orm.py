@@ -103,14 +103,14 @@ def test_tag_declared_by_a_model_invalidates_values_filled_under_it():
     assert not cached(policy, "exam:1:summary")
 
 
-def test_request_bound_session_defers_to_the_request_transaction_and_marks_it_dirty():
-    policy = CachePolicy(MemoryBackend())
+def request_with_session(policy):
+    """A committed question 10 in exam 1, ``question:10`` cached, and a request
+    inside an explicit transaction whose session carries the request."""
     factory = make_session()
     seed = factory()
     seed.add_all([Exam(id=1), Question(id=10, exam_id=1)])
     seed.commit()
     warm(policy, "question:10")
-
     request = DummyRequest()
     request.tm = transaction.TransactionManager(explicit=True)
     request.environ["tm.active"] = True
@@ -118,6 +118,12 @@ def test_request_bound_session_defers_to_the_request_transaction_and_marks_it_di
     request.tm.begin()
     session = factory(info={"request": request})
     zope.sqlalchemy.register(session, transaction_manager=request.tm)
+    return request, session
+
+
+def test_request_bound_session_defers_to_the_request_transaction_and_marks_it_dirty():
+    policy = CachePolicy(MemoryBackend())
+    request, session = request_with_session(policy)
     session.get(Question, 10).text = "new"
     session.flush()
     assert request.cache.is_dirty()
@@ -129,18 +135,7 @@ def test_request_bound_session_defers_to_the_request_transaction_and_marks_it_di
 
 def test_request_bound_session_abort_invalidates_nothing():
     policy = CachePolicy(MemoryBackend())
-    factory = make_session()
-    seed = factory()
-    seed.add_all([Exam(id=1), Question(id=10, exam_id=1)])
-    seed.commit()
-    warm(policy, "question:10")
-    request = DummyRequest()
-    request.tm = transaction.TransactionManager(explicit=True)
-    request.environ["tm.active"] = True
-    request.cache = RequestCache(policy, request)
-    request.tm.begin()
-    session = factory(info={"request": request})
-    zope.sqlalchemy.register(session, transaction_manager=request.tm)
+    request, session = request_with_session(policy)
     session.get(Question, 10).text = "new"
     session.flush()
     request.tm.abort()
