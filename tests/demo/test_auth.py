@@ -174,3 +174,31 @@ def test_job_status_of_a_waiting_mail(app, db):
             " 'a@example.com', '[\"b@example.com\"]', 's', 'h', 'waiting', 0, 0, now(), now())"))
     assert app.get("/api/jobs/job-w").json == {"id": "job-w", "state": "waiting", "progress": 0,
                                                "attempts": 0, "failedReason": None}
+
+
+def test_concurrent_duplicate_registrations_create_one_user_and_one_mail(app, mail, db):
+    import threading
+
+    from webtest import TestApp
+
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def register() -> None:
+        client = TestApp(app.app)
+        barrier.wait()
+        res = client.post_json("/api/auth/register", {**NEW, "email": "race@example.com"},
+                               expect_errors=True)
+        statuses.append(res.status_int)
+        assert res.json.get("message") or res.status_int == 201
+
+    threads = [threading.Thread(target=register) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(statuses) == [201] + [409] * 7
+    assert len(mail.outbox) == 1 and mail.last.to == ["race@example.com"]
+    with db.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(User)
+                           .where(User.email == "race@example.com")) == 1
