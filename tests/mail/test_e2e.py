@@ -209,3 +209,18 @@ def test_sqlite_queue_and_file_transport(db, pg_url, tmp_path):
         wait_until(lambda: state_of(testapp, job_id)["state"] == "completed", message="completed")
     finally:
         consumer.stop()
+
+
+def test_consumer_start_up_relays_mail_committed_while_redis_was_down(system, smtp_server,
+                                                                      private_redis, db):
+    """M2: no consumer, Redis down at commit; a consumer started later (periodic relay far
+    away: 60 s) pushes the waiting rows in its start-up relay."""
+    testapp, consumer = system(**{"mail.relay_interval": 60})
+    private_redis.stop()
+    job_id = testapp.post_json("/register", {"email": "sam@example.com"}, status=201).json["jobId"]
+    assert row(db, job_id).enqueued_at is None
+    private_redis.start()
+    consumer.start()
+    assert "start-up relay: 1 mail(s) pushed" in consumer.log()
+    wait_until(lambda: smtp_server.handler.accepted, timeout=10, message="delivered")
+    assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
