@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -45,21 +46,28 @@ def _pg_admin():
     return psycopg.connect(PG_ADMIN_URL, autocommit=True)
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh PostgreSQL database for this test session (SQLAlchemy URL)."""
-    name = f"examcache_test_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def private_database(label: str = "test"):
+    """Create a PostgreSQL database, yield its SQLAlchemy URL, drop it."""
+    name = f"examcache_{label}_{uuid.uuid4().hex[:10]}"
     with _pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    from sqlalchemy.pool import NullPool  # noqa: F401 -- engines are disposed by their tests
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with _pg_admin() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
-    with _pg_admin() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session (SQLAlchemy URL)."""
+    with private_database("test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ LOAD_DELAY = 0.005  # widens the load window equally for both caches
 
 
 @pytest.fixture
-def db(pg_url):
-    itemapp.create_schema(pg_url)
-    return pg_url
+def db(cache_pg_url):
+    itemapp.create_schema(cache_pg_url)
+    return cache_pg_url
 
 
 @pytest.fixture

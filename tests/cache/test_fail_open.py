@@ -14,9 +14,9 @@ from .servers import Client, thread_server
 
 
 @pytest.fixture
-def served(pg_url, private_redis):
-    itemapp.create_schema(pg_url)
-    app = itemapp.make_app(pg_url, **{"examcache.redis_url": private_redis.url,
+def served(cache_pg_url, private_redis):
+    itemapp.create_schema(cache_pg_url)
+    app = itemapp.make_app(cache_pg_url, **{"examcache.redis_url": private_redis.url,
                                       "examcache.key_prefix": "failopen:",
                                       "examcache.socket_timeout": "0.25",
                                       "examcache.breaker_reset": "1.0"})

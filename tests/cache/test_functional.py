@@ -14,9 +14,9 @@ from . import itemapp
 
 
 @pytest.fixture
-def db(pg_url):
-    itemapp.create_schema(pg_url)
-    return pg_url
+def db(cache_pg_url):
+    itemapp.create_schema(cache_pg_url)
+    return cache_pg_url
 
 
 @pytest.fixture
