@@ -5,8 +5,15 @@ from sqlalchemy import create_engine, text
 
 from pyramid_examcache.mail.outbox import metadata as outbox_metadata
 
-from ..conftest import free_port
+from ..conftest import free_port, private_database
 from .support import SMTPServer, app_metadata
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """The mail tests' own database: their outbox and test tables are not the demo's schema."""
+    with private_database("mail") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
