@@ -9,12 +9,16 @@ after ``mail.keep_completed`` / ``mail.keep_failed`` seconds.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.engine import Row
 
 from .outbox import COMPLETED, FAILED, outbox_table
+
+#: job ids are uuid4 hex; accept any short token of safe characters
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _COLUMNS = (outbox_table.c.id, outbox_table.c.state, outbox_table.c.progress,
             outbox_table.c.attempts, outbox_table.c.failed_reason)
@@ -32,8 +36,8 @@ def job_status(executor: Any, job_id: str) -> dict[str, Any] | None:
     ``failedReason`` is the last failure: the reason of a ``failed`` job, or of the last
     transient failure of a ``delayed`` one; ``None`` once ``completed``.
     """
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
-        return None
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        return None  # not an id we ever issue (and NUL bytes would upset PostgreSQL)
     row = executor.execute(select(*_COLUMNS).where(outbox_table.c.id == job_id)).first()
     return status_of(row) if row is not None else None
 

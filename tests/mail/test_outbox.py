@@ -67,6 +67,8 @@ def test_status_dict_through_all_states(db):
                                          "attempts": 2, "failedReason": "550 no"}
         assert job_status(conn, "missing") is None
         assert job_status(conn, "") is None
+        assert job_status(conn, "\x00") is None  # PostgreSQL refuses NUL: not an error, unknown
+        assert job_status(conn, "x" * 65) is None
 
 
 def test_release_returns_an_active_row_to_the_relay(db):
