@@ -22,8 +22,17 @@ from pyramid.exceptions import ConfigurationError
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
+from ..cache.breaker import Breaker
 from ..settings import MailSettings, parse_mail_settings
 from .transports import Transport, make_transport
+
+
+#: seconds the web side stops pushing to a broker after a failed push
+PUSH_RETRY_AFTER = 5.0
+
+
+class QueueUnavailable(ConnectionError):
+    """The broker failed a moment ago; the job stays in the outbox for the relay."""
 
 
 def make_huey(settings: MailSettings, *, consumer: bool = False) -> Huey:
@@ -71,6 +80,7 @@ class MailQueue:
         self._transport = transport
         self._lock = threading.Lock()
         self.tasks = register_tasks(self)
+        self.push_breaker = Breaker(threshold=1, reset_after=PUSH_RETRY_AFTER)
 
     @property
     def immediate(self) -> bool:
@@ -104,8 +114,20 @@ class MailQueue:
             return self._transport
 
     def enqueue(self, job_id: str) -> None:
-        """Push the delivery of ``job_id`` to the broker (raises if the broker is unreachable)."""
-        self.tasks.deliver(job_id)
+        """Push the delivery of ``job_id`` to the broker (raises if the broker is unreachable).
+
+        After a failed push the broker is not tried again for ``PUSH_RETRY_AFTER`` seconds
+        (a circuit breaker): requests committed meanwhile fail over to the relay at once
+        instead of each waiting ``mail.queue_timeout`` for a broker that is down.
+        """
+        if not self.push_breaker.allow():
+            raise QueueUnavailable("the mail queue failed recently; the relay will push this job")
+        try:
+            self.tasks.deliver(job_id)
+        except Exception:
+            self.push_breaker.failure()
+            raise
+        self.push_breaker.success()
 
     def close(self) -> None:
         if self._transport is not None:

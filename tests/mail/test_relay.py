@@ -108,3 +108,28 @@ def test_push_one_ignores_rows_that_are_not_fresh(db, state):
     assert not push_one(db, queue, job)
     assert not push_one(db, queue, "no-such-job")
     assert queue.pushed == []
+
+
+def test_a_failed_push_opens_a_breaker_so_later_requests_do_not_wait(private_redis):
+    """Redis hung (SIGSTOP): the first push pays mail.queue_timeout, the next ones fail
+    over to the relay at once instead of each paying it again."""
+    import time
+
+    from pyramid_examcache.mail.queue import QueueUnavailable, build_queue
+
+    queue = build_queue({"mail.queue_url": private_redis.url, "mail.queue_timeout": "0.3",
+                         "mail.transport": "memory"})
+    queue.enqueue("a" * 32)  # reachable: pushed
+    private_redis.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception):
+            queue.enqueue("b" * 32)
+        assert time.monotonic() - started >= 0.25
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailable):
+            queue.enqueue("c" * 32)
+        assert time.monotonic() - started < 0.05
+    finally:
+        private_redis.resume()
+        queue.close()
