@@ -1,0 +1,73 @@
+"""``python -m bench SCENARIO [--quick] --out DIR [--report FILE]``
+
+Scenarios: ``throughput``, ``stampede``, ``consistency``, ``mail-enqueue``,
+``mail-throughput``, ``memory``, or ``all``.  Starts its own redis-server and
+PostgreSQL database (dropped at the end), runs, and writes ``DIR/results.json``,
+``DIR/throughput.png`` (when the throughput scenario ran) and the Markdown
+report (``--report``, default ``DIR/RESULTS.md``).
+
+The committed report was produced by::
+
+    python -m bench all --out bench/results --report bench/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+SCENARIOS = ("throughput", "stampede", "consistency", "mail-enqueue", "mail-throughput", "memory")
+
+
+def _runner(name: str):
+    from .scenarios import consistency, mail, memory, stampede, throughput
+
+    return {"throughput": throughput.run, "stampede": stampede.run,
+            "consistency": consistency.run, "mail-enqueue": mail.run_enqueue,
+            "mail-throughput": mail.run_throughput, "memory": memory.run}[name]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all"))
+    parser.add_argument("--out", default="bench/results", help="directory for results.json and the chart")
+    parser.add_argument("--report", default=None, help="Markdown report (default OUT/RESULTS.md)")
+    parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test), not results")
+    args = parser.parse_args(argv)
+
+    from . import report
+    from .env import environment
+
+    os.makedirs(args.out, exist_ok=True)
+    names = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    results: dict = {"command": command, "quick": args.quick, "scenarios": {}}
+    started = time.time()
+    with environment() as env:
+        results["machine"] = report.machine(env)
+        for name in names:
+            t0 = time.time()
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            results["scenarios"][name] = _runner(name)(env, quick=args.quick)
+            results["scenarios"][name]["elapsed_s"] = round(time.time() - t0, 1)
+            print(f"[bench] {name} done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    results["elapsed_s"] = round(time.time() - started, 1)
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=1, sort_keys=True)
+    chart = None
+    if "throughput" in results["scenarios"]:
+        chart = report.chart(results["scenarios"]["throughput"],
+                             os.path.join(args.out, "throughput.png"))
+    path = args.report or os.path.join(args.out, "RESULTS.md")
+    with open(path, "w") as fh:
+        fh.write(report.markdown(results, chart, os.path.dirname(os.path.abspath(path))))
+    print(f"[bench] wrote {path} in {results['elapsed_s']}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""``python -m bench.serve {ours,peers} --ini X --port P --threads T [--counters]``:
+one bench target under waitress.  ``ours`` is the demo exactly as ``pserve``
+builds it (``demo_app:main``); with ``--counters`` it is wrapped to add
+``/_bench/counters`` (used by the stampede scenario only)."""
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("app", choices=("ours", "peers"))
+    parser.add_argument("--ini", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--counters", action="store_true")
+    args = parser.parse_args()
+
+    from pyramid.paster import get_appsettings, setup_logging
+
+    setup_logging(args.ini)
+    settings = dict(get_appsettings(args.ini))
+    if args.app == "peers":
+        from .peers.app import make_app
+
+        app = make_app(settings)
+    elif args.counters:
+        from demo_app import make_config
+
+        from . import counters
+
+        config = make_config(settings)
+        counters.include(config)
+        app = config.make_wsgi_app()
+    else:
+        from demo_app import main as demo_main
+
+        app = demo_main({}, **settings)
+    import waitress
+
+    waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,
+                   connection_limit=1000, channel_timeout=120, ident=None)
+
+
+if __name__ == "__main__":
+    main()

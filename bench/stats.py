@@ -1,0 +1,22 @@
+"""Small statistics helpers (medians, percentiles, ratios)."""
+from __future__ import annotations
+
+import statistics
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile(values, p: float):
+    """Nearest-rank percentile (p in 0..100)."""
+    values = sorted(values)
+    if not values:
+        return None
+    k = max(0, min(len(values) - 1, int(round(p / 100 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def ratio(a, b):
+    return None if not a or not b else a / b
