@@ -6,9 +6,12 @@ loaded one at a time; the rounds alternate between targets (A B C D E F, A B
 """
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shutil
 import subprocess
+import time
 
 from ..env import THREADS
 from ..stats import median, ratio
@@ -53,7 +56,58 @@ def wrk(url: str, seconds: float) -> dict:
     return parse_wrk(out)
 
 
-def run(env, quick: bool = False, rounds: int = 3, seconds: float = 5.0,
+def _system_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / hz, sum(values) / hz
+
+
+def _process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(limit: float = 0.15, patience: float = 20.0) -> float:
+    """Wait (up to ``patience`` s) until the machine is nearly idle before a run:
+    other work on a 2-core box moves req/s more than anything we measure.
+    Returns the busy share seen last."""
+    deadline = time.monotonic() + patience
+    while True:
+        b0, t0 = _system_busy()
+        time.sleep(0.5)
+        b1, t1 = _system_busy()
+        share = (b1 - b0) / max(t1 - t0, 1e-9)
+        if share <= limit or time.monotonic() >= deadline:
+            return share
+        time.sleep(1.0)
+
+
+def measured_run(server, url: str, seconds: float, redis_pid: int) -> dict:
+    """wrk plus CPU accounting: the server's and Redis's CPU per request, and the
+    CPU used by anything else on the machine during the run (noise)."""
+    idle_share = wait_quiet()
+    s0, r0 = _process_cpu(server.proc.pid), _process_cpu(redis_pid)
+    w0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    b0, _ = _system_busy()
+    result = wrk(url, seconds)
+    b1, _ = _system_busy()
+    w1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s1, r1 = _process_cpu(server.proc.pid), _process_cpu(redis_pid)
+    requests = result["rps"] * max(1, round(seconds))
+    wrk_cpu = (w1.ru_utime + w1.ru_stime) - (w0.ru_utime + w0.ru_stime)
+    result.update({
+        "server_cpu_us": (s1 - s0) / requests * 1e6 if requests else None,
+        "redis_cpu_us": (r1 - r0) / requests * 1e6 if requests else None,
+        "other_cpu_s": round(max(0.0, (b1 - b0) - (s1 - s0) - (r1 - r0) - wrk_cpu), 2),
+        "busy_before": round(idle_share, 3)})
+    return result
+
+
+def run(env, quick: bool = False, rounds: int = 5, seconds: float = 5.0,
         targets=None) -> dict:
     if quick:
         rounds, seconds = 1, 1.0
@@ -75,13 +129,19 @@ def run(env, quick: bool = False, rounds: int = 3, seconds: float = 5.0,
         reference = bodies.get("orm") or bodies.get("ours")
         same = {name: body == reference for name, body in bodies.items()}
         runs: dict[str, list[dict]] = {name: [] for name, *_ in targets}
+        redis = env.redis()
+        redis.config_resetstat()
         for _ in range(rounds):
             for name, _app, path, _ in targets:
-                runs[name].append(wrk(servers[name].base + path, seconds))
+                runs[name].append(measured_run(servers[name], servers[name].base + path,
+                                               seconds, env.redis_proc.pid))
+        commandstats = {k.removeprefix("cmdstat_"): {"calls": v["calls"],
+                                                      "usec_per_call": v["usec_per_call"]}
+                        for k, v in redis.info("commandstats").items() if v["calls"] >= 100}
     finally:
         for server in servers.values():
             server.stop()
-    result = {"connections": CONNECTIONS, "wrk_threads": WRK_THREADS, "server_threads": THREADS,
+    result = {"redis_commandstats": commandstats, "connections": CONNECTIONS, "wrk_threads": WRK_THREADS, "server_threads": THREADS,
               "rounds": rounds, "seconds": seconds, "body_bytes": len(reference),
               "same_body": same, "targets": {}}
     for name, _app, path, label in targets:
@@ -90,10 +150,16 @@ def run(env, quick: bool = False, rounds: int = 3, seconds: float = 5.0,
             "label": label, "path": path, "runs": r,
             "rps": median([x["rps"] for x in r]), "p50_ms": median([x["p50_ms"] for x in r]),
             "p99_ms": median([x["p99_ms"] for x in r]),
+            "server_cpu_us": median([x["server_cpu_us"] for x in r]),
+            "redis_cpu_us": median([x["redis_cpu_us"] for x in r]),
+            "other_cpu_s": [x["other_cpu_s"] for x in r],
             "errors": sum(x["non2xx"] + x["socket_errors"] for x in r)}
     ours = result["targets"].get("ours", {}).get("rps")
     result["ratios"] = {name: ratio(ours, t["rps"]) for name, t in result["targets"].items()
                         if name != "ours"}
+    ours_cpu = result["targets"].get("ours", {}).get("server_cpu_us")
+    result["cpu_ratios"] = {name: ratio(t["server_cpu_us"], ours_cpu)
+                            for name, t in result["targets"].items() if name != "ours"}
     result["goals"] = {
         "ours/seed >= 1.5": (result["ratios"].get("seed") or 0) >= 1.5,
         "ours/raw >= 0.9": (result["ratios"].get("raw") or 0) >= 0.9,
