@@ -12,6 +12,14 @@ PACKAGES = ("pyramid", "pyramid_tm", "waitress", "SQLAlchemy", "psycopg", "redis
             "huey", "aiosmtpd", "dogpile.cache", "webob")
 
 
+ORDER = ("ours", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm")
+
+
+def _ordered(targets: dict) -> list:
+    """Targets in a fixed order (results.json sorts its keys)."""
+    return sorted(targets.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99)
+
+
 def machine(env) -> dict:
     cpu = "?"
     try:
@@ -60,7 +68,7 @@ def chart(result: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["targets"])
+    names = [name for name, _ in _ordered(result["targets"])]
     rps = [result["targets"][n]["rps"] for n in names]
     runs = [[x["rps"] for x in result["targets"][n]["runs"]] for n in names]
     colors = ["#1f77b4" if n == "ours" else "#999999" for n in names]
@@ -68,15 +76,16 @@ def chart(result: dict, path: str) -> str:
     bars = ax.bar(names, rps, color=colors)
     for i, values in enumerate(runs):
         ax.scatter([i] * len(values), values, color="black", s=8, zorder=3)
-    for bar, n in zip(bars, names):
+    for bar, n, values in zip(bars, names, runs):
         t = result["targets"][n]
-        ax.annotate(f"{t['rps']:,.0f}/s\np50 {t['p50_ms']:.1f} ms", (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{t['rps']:,.0f}/s\np50 {t['p50_ms']:.1f} ms",
+                    (bar.get_x() + bar.get_width() / 2, max(values)), xytext=(0, 4),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("requests/s (median of rounds; dots = rounds)")
     ax.set_title(f"GET exam 1's questions ({result['body_bytes']:,} B JSON): wrk "
                  f"{result['connections']} connections, waitress {result['server_threads']} threads",
                  fontsize=9)
-    ax.set_ylim(0, max(max(v) for v in runs) * 1.2)
+    ax.set_ylim(0, max(max(v) for v in runs) * 1.25)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -113,7 +122,7 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                   "| target ÷ ours (CPU/req) | Redis CPU µs/req | req/s per round | other CPU s "
                   "per round | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
-        for name, x in t["targets"].items():
+        for name, x in _ordered(t["targets"]):
             ratio = t["ratios"].get(name)
             cpu_ratio = (t.get("cpu_ratios") or {}).get(name)
             lines.append(f"| **{name}**: {x['label']} | {_f(x['rps'], 0)} | {_f(x['p50_ms'], 2)} | "
@@ -147,7 +156,7 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                   f"round-robin over the processes. {t['rounds']} runs each.", "",
                   "| target | 1 process: loads (median) | runs | 4 processes: loads (median) | runs |",
                   "|---|---:|---|---:|---|"]
-        for name, x in t["targets"].items():
+        for name, x in _ordered(t["targets"]):
             lines.append(f"| **{name}**: {x['label']} | {_f(x['1p']['median'])} | "
                          f"{x['1p']['loads']} | {_f(x['4p']['median'])} | {x['4p']['loads']} |")
         lines += [""] + _goals(t["goals"]) + [""]
@@ -160,7 +169,7 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                   "| target | stale reads (median) | reads (median) | stale / reads, all runs | "
                   "fresh after the writer stopped | per run (stale/reads) |",
                   "|---|---:|---:|---:|---|---|"]
-        for name, x in t["targets"].items():
+        for name, x in _ordered(t["targets"]):
             share = x["stale_total"] / x["reads_total"] if x["reads_total"] else 0
             lines.append(f"| **{name}** | {_f(x['stale_median'])} | {_f(x['reads_median'])} | "
                          f"{x['stale_total']} / {x['reads_total']} ({share:.1%}) | "
