@@ -50,9 +50,9 @@ sees its own writes and nothing uncommitted reaches the cache.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
 from typing import Any, Callable, Iterable, Sequence
 
 from ..settings import CacheSettings
@@ -138,7 +138,7 @@ class CachePolicy:
             self.stats.incr("bypasses")
             return creator(), None
         backend = self.backend
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()  # the lease token (random, never reused)
         deadline = None
         delay = _FIRST_POLL
         while True:

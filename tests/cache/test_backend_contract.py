@@ -161,3 +161,19 @@ def test_tag_bookkeeping_is_one_small_key_per_tag(redis_url, redis_prefix):
     b.invalidate(tags=["hot"])
     assert all(b.get(f"k{i}") is None for i in range(300))
     b.close()
+
+
+def test_lookup_never_hits_a_value_whose_tag_was_invalidated(backend):
+    found = lease(backend, token="a", tags=("t1", "t2"))
+    backend.fill("k", "a", b"v", 60, ("t1", "t2"), found.versions)
+    assert lease(backend, token="b", tags=("t1", "t2")).status is Status.HIT
+    backend.invalidate(tags=["t2"])
+    assert lease(backend, token="c", tags=("t1", "t2")).status is Status.LEASED
+
+
+def test_lookup_validates_the_stored_tags_even_when_called_with_other_tags(backend):
+    found = lease(backend, token="a", tags=("t1",))
+    backend.fill("k", "a", b"v", 60, ("t1",), found.versions)
+    assert lease(backend, token="b", tags=()).status is Status.HIT
+    backend.invalidate(tags=["t1"])
+    assert lease(backend, token="c", tags=()).status is Status.LEASED
