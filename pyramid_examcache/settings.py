@@ -85,6 +85,7 @@ class CacheSettings:
     wait_timeout: float = 5.0
     breaker_threshold: int = 3
     breaker_reset: float = 2.0
+    near_cache_mb: float = 32.0
     enabled: bool = True
 
 
@@ -108,6 +109,7 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
                                     integer=True, minimum=1),
         breaker_reset=as_number(settings, p + "breaker_reset", CacheSettings.breaker_reset,
                                 allow_zero=False),
+        near_cache_mb=as_number(settings, p + "near_cache_mb", CacheSettings.near_cache_mb),
         enabled=as_bool(settings, p + "enabled", True),
     )
 

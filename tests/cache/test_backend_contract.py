@@ -177,3 +177,40 @@ def test_lookup_validates_the_stored_tags_even_when_called_with_other_tags(backe
     assert lease(backend, token="b", tags=()).status is Status.HIT
     backend.invalidate(tags=["t1"])
     assert lease(backend, token="c", tags=()).status is Status.LEASED
+
+
+@pytest.fixture
+def two_processes(redis_url, redis_prefix):
+    """Two backends with near caches on one Redis, as two processes would be."""
+    a = RedisBackend(redis_url, prefix=redis_prefix, near_cache_bytes=1 << 20)
+    b = RedisBackend(redis_url, prefix=redis_prefix, near_cache_bytes=1 << 20)
+    yield a, b
+    a.close(), b.close()
+
+
+def test_near_cache_serves_only_what_redis_holds_now(two_processes):
+    a, b = two_processes
+    found = a.lookup("k", "a1", 5, 60, ("t",))
+    assert a.fill("k", "a1", b"v1", 60, ("t",), found.versions)
+    assert a.lookup("k", "x", 5, 60, ("t",)).value == b"v1"  # from the near cache
+    # the other process invalidates and refills with new data
+    b.invalidate(["k"])
+    found = b.lookup("k", "b1", 5, 60, ("t",))
+    assert b.fill("k", "b1", b"v2", 60, ("t",), found.versions)
+    assert a.lookup("k", "y", 5, 60, ("t",)).value == b"v2"
+    assert a.lookup("k", "z", 5, 60, ("t",)).value == b"v2"
+    # a tag invalidated elsewhere: no hit from the near copy
+    b.invalidate(tags=["t"])
+    assert a.lookup("k", "w", 5, 60, ("t",)).status is Status.LEASED
+
+
+def test_near_cache_is_bounded():
+    from pyramid_examcache.cache.backends.near import NearCache
+
+    near = NearCache(max_bytes=1000)
+    for i in range(50):
+        near.put(f"k{i}", b"s", b"x" * 100)
+    assert len(near) <= 10
+    assert near.get("k49") is not None and near.get("k0") is None
+    near.put("huge", b"s", b"x" * 600)  # larger than a quarter of the budget: not kept
+    assert near.get("huge") is None

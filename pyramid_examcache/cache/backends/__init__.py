@@ -13,7 +13,8 @@ def make_backend(settings: CacheSettings) -> Backend:
     from .redis import RedisBackend
 
     return RedisBackend(settings.redis_url, prefix=settings.key_prefix,
-                        socket_timeout=settings.socket_timeout)
+                        socket_timeout=settings.socket_timeout,
+                        near_cache_bytes=int(settings.near_cache_mb * 1024 * 1024))
 
 
 __all__ = ["Backend", "Lookup", "Status", "MemoryBackend", "make_backend"]

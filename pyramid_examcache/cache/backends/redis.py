@@ -2,7 +2,8 @@
 
 Layout under the key prefix ``P``:
 
-* ``P v:<key>`` -- a hash ``{d: value bytes, t: tags, g: tag versions}`` with the TTL;
+* ``P v:<key>`` -- a hash ``{d: value bytes, t: tags, g: tag versions, s: stamp}`` with
+  the TTL (the stamp is the token of the fill that stored it, never reused);
 * ``P l:<key>`` -- the lease: the holder's random token (``""`` = "bypass"), PX lease_ttl;
 * ``P t:<tag>`` -- the tag's current version, a random string, with a TTL at
   least as long as any value stored under it.
@@ -20,6 +21,10 @@ deletes invalid values and grants leases.  Every key a script touches lives
 under one prefix on one Redis; this backend is for a single Redis (or a
 primary), not Redis Cluster.
 
+With a near cache (``examcache.near_cache_mb``, :mod:`.near`), a value this
+process already holds is validated by ``HMGET v s t g`` instead: same round
+trip, same proof, without the value's bytes.
+
 Connections come from one pool per application with short socket/connect
 timeouts and **no** client-side retries: a slow Redis must cost one timeout,
 not three (the policy's circuit breaker handles the rest).
@@ -35,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
+from .near import NearCache
 
 _SPLIT = r"""
 local function split(s)
@@ -93,7 +99,7 @@ for i = 1, #tags do
   local tk = ARGV[4] .. tags[i]
   if redis.call('TTL', tk) < ttl then redis.call('EXPIRE', tk, ttl) end
 end
-redis.call('HSET', KEYS[1], 'd', ARGV[2], 't', ARGV[5], 'g', ARGV[6])
+redis.call('HSET', KEYS[1], 'd', ARGV[2], 't', ARGV[5], 'g', ARGV[6], 's', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 return 1
 """
@@ -148,7 +154,7 @@ class RedisBackend(Backend):
     errors = (redis.RedisError, OSError)
 
     def __init__(self, url: str, prefix: str = "examcache:", socket_timeout: float = 0.25,
-                 client: redis.Redis | None = None) -> None:
+                 client: redis.Redis | None = None, near_cache_bytes: int = 0) -> None:
         self.client = client or make_client(url, socket_timeout)
         self.prefix = prefix
         self._tag_prefix = f"{prefix}t:"
@@ -157,6 +163,7 @@ class RedisBackend(Backend):
         self._release = self.client.register_script(RELEASE)
         self._get = self.client.register_script(GET)
         self._local = threading.local()
+        self._near = NearCache(near_cache_bytes) if near_cache_bytes > 0 else None
         self._conns: list = []
         self._conns_lock = threading.Lock()
 
@@ -166,17 +173,31 @@ class RedisBackend(Backend):
     def _l(self, key: str) -> str:
         return f"{self.prefix}l:{key}"
 
+    def _valid(self, tags, stored_tags, stored_versions, current) -> bool:
+        """Were the value's tags (as stored) ``tags``, with the versions just read?"""
+        return stored_tags == SEP.join(tags).encode() and (
+            not tags or stored_versions == SEP.encode().join(
+                v if v is not None else b"\x00" for v in current))
+
     def lookup(self, key, token, lease_ttl, ttl, tags=()):
         value_key = self._v(key)
-        # the hit path: value, then tag versions, in one pipelined round trip
-        packed = _pack(b"HMGET", value_key, b"d", b"t", b"g")
-        if tags:
-            packed += b"".join(_pack(b"GET", self._tag_prefix + tag) for tag in tags)
-        replies = self._roundtrip(packed, 1 + len(tags))
-        data, stored_tags, stored_versions = replies[0]
-        if data is not None and stored_tags == SEP.join(tags).encode() and (
-                not tags or stored_versions == SEP.encode().join(
-                    v if v is not None else b"\x00" for v in replies[1:])):
+        tag_gets = b"".join(_pack(b"GET", self._tag_prefix + tag) for tag in tags)
+        near = self._near.get(key) if self._near is not None else None
+        if near is not None:
+            # the near-cache path: only the stamp and tag versions cross the wire
+            replies = self._roundtrip(_pack(b"HMGET", value_key, b"s", b"t", b"g") + tag_gets,
+                                      1 + len(tags))
+            stamp, stored_tags, stored_versions = replies[0]
+            if stamp == near[0] and self._valid(tags, stored_tags, stored_versions, replies[1:]):
+                return Lookup(Status.HIT, near[1])
+            self._near.discard(key)
+        # the hit path: value, stamp, then tag versions, in one pipelined round trip
+        replies = self._roundtrip(_pack(b"HMGET", value_key, b"d", b"s", b"t", b"g") + tag_gets,
+                                  1 + len(tags))
+        data, stamp, stored_tags, stored_versions = replies[0]
+        if data is not None and self._valid(tags, stored_tags, stored_versions, replies[1:]):
+            if self._near is not None and stamp:
+                self._near.put(key, stamp, data)
             return Lookup(Status.HIT, data)
         # a miss (or anything unusual): the atomic script decides and leases
         status, payload = self._eval(
@@ -191,10 +212,12 @@ class RedisBackend(Backend):
         return Lookup(Status(status))
 
     def fill(self, key, token, value, ttl, tags=(), versions=()):
-        return bool(self._fill(
-            keys=[self._v(key), self._l(key)],
-            args=[token, value, int(ttl), self._tag_prefix, SEP.join(tags), SEP.join(versions)],
-        ))
+        stored = bool(self._eval(
+            FILL, self._fill.sha, (self._v(key), self._l(key)),
+            (token, value, int(ttl), self._tag_prefix, SEP.join(tags), SEP.join(versions))))
+        if stored and self._near is not None:
+            self._near.put(key, token.encode(), bytes(value))
+        return stored
 
     def release(self, key, token):
         self._release(keys=[self._l(key)], args=[token, BYPASS_MS])
@@ -202,6 +225,9 @@ class RedisBackend(Backend):
     def invalidate(self, keys=(), tags=()):
         names = [name for key in keys for name in (self._v(key), self._l(key))]
         names += [self._tag_prefix + tag for tag in tags]
+        if self._near is not None:
+            for key in keys:
+                self._near.discard(key)
         if names:
             self.client.delete(*names)
 
@@ -238,6 +264,8 @@ class RedisBackend(Backend):
             return self._roundtrip(_pack(b"EVAL", script, len(keys), *keys, *args), 1)[0]
 
     def clear(self):
+        if self._near is not None:
+            self._near.clear()
         batch = []
         for name in self.client.scan_iter(match=self.prefix + "*", count=1000):
             batch.append(name)
