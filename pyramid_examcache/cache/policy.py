@@ -187,14 +187,14 @@ class CachePolicy:
             self.stats.incr("stores" if stored else "stale_rejected")
         return value, data
 
-    def peek(self, key: str, bypass: bool = False) -> bytes | None:
+    def peek(self, key: str, bypass: bool = False, tags: Sequence[str] = ()) -> bytes | None:
         """The stored bytes of ``key`` if valid, without taking a lease (for a
         caller that may read but must not store); None on a miss or failure."""
         check_key(key)
         if bypass or not self._ready():
             return None
         try:
-            data = self.backend.get(key)
+            data = self.backend.get(key, tuple(tags))
         except self._errors as exc:
             self._failed(exc, "peek")
             return None
@@ -312,8 +312,8 @@ class RequestCache:
     def fetch(self, key, creator, ttl, tags, encode):
         return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
 
-    def peek(self, key: str) -> bytes | None:
-        return self.policy.peek(key, bypass=self.is_dirty())
+    def peek(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
+        return self.policy.peek(key, bypass=self.is_dirty(), tags=tags)
 
     def invalidate(self, *keys: str, tags: Iterable[str] = ()) -> None:
         """Invalidate ``keys`` and ``tags`` after the request's transaction

@@ -106,7 +106,7 @@ def serve_cached(spec: CacheSpec, view, context, request):
         response, data = request.cache.fetch(key, lambda: view(context, request), spec.ttl, tags,
                                              _encode)
     else:  # may read what anonymous requests stored, must not store (G5)
-        data = request.cache.peek(key)
+        data = request.cache.peek(key, tags)
         response = None if data is not None else view(context, request)
     if response is None:  # a hit: serve the stored bytes as they are
         content_type, body = codec.decode_response(data)

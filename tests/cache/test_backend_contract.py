@@ -214,3 +214,14 @@ def test_near_cache_is_bounded():
     assert near.get("k49") is not None and near.get("k0") is None
     near.put("huge", b"s", b"x" * 600)  # larger than a quarter of the budget: not kept
     assert near.get("huge") is None
+
+
+def test_get_validates_whatever_tags_the_caller_expects(backend):
+    found = lease(backend, token="a", tags=("t",))
+    backend.fill("k", "a", b"v", 60, ("t",), found.versions)
+    assert backend.get("k", ("t",)) == b"v"
+    assert backend.get("k", ("other",)) == b"v"  # a wrong hint still answers right
+    assert backend.get("k") == b"v"
+    backend.invalidate(tags=["t"])
+    assert backend.get("k", ("t",)) is None
+    assert backend.get("k") is None

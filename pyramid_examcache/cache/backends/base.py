@@ -84,8 +84,10 @@ class Backend(abc.ABC):
     def invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None: ...
 
     @abc.abstractmethod
-    def get(self, key: str) -> bytes | None:
-        """The stored value if valid, without leasing (for tests and tools)."""
+    def get(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
+        """The stored value if valid, without leasing (``tags``: those the caller
+        expects it was stored under, a hint for a faster read; validity is always
+        checked against the tags it was stored with)."""
 
     @abc.abstractmethod
     def clear(self) -> None:

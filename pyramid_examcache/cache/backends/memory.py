@@ -122,7 +122,7 @@ class MemoryBackend(Backend):
                 self._tags.pop(tag, None)
             self._cond.notify_all()
 
-    def get(self, key):
+    def get(self, key, tags=()):
         with self._cond:
             return self._valid(key)
 

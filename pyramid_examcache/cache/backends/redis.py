@@ -179,7 +179,9 @@ class RedisBackend(Backend):
             not tags or stored_versions == SEP.encode().join(
                 v if v is not None else b"\x00" for v in current))
 
-    def lookup(self, key, token, lease_ttl, ttl, tags=()):
+    def _read(self, key: str, tags) -> bytes | None:
+        """The value of ``key`` if it is valid and was stored under exactly ``tags``
+        (one pipelined round trip, no Lua; see the module docstring); else None."""
         value_key = self._v(key)
         tag_gets = b"".join(_pack(b"GET", self._tag_prefix + tag) for tag in tags)
         near = self._near.get(key) if self._near is not None else None
@@ -189,16 +191,22 @@ class RedisBackend(Backend):
                                       1 + len(tags))
             stamp, stored_tags, stored_versions = replies[0]
             if stamp == near[0] and self._valid(tags, stored_tags, stored_versions, replies[1:]):
-                return Lookup(Status.HIT, near[1])
+                return near[1]
             self._near.discard(key)
-        # the hit path: value, stamp, then tag versions, in one pipelined round trip
         replies = self._roundtrip(_pack(b"HMGET", value_key, b"d", b"s", b"t", b"g") + tag_gets,
                                   1 + len(tags))
         data, stamp, stored_tags, stored_versions = replies[0]
         if data is not None and self._valid(tags, stored_tags, stored_versions, replies[1:]):
             if self._near is not None and stamp:
                 self._near.put(key, stamp, data)
+            return data
+        return None
+
+    def lookup(self, key, token, lease_ttl, ttl, tags=()):
+        data = self._read(key, tags)
+        if data is not None:
             return Lookup(Status.HIT, data)
+        value_key = self._v(key)
         # a miss (or anything unusual): the atomic script decides and leases
         status, payload = self._eval(
             LOOKUP, self._lookup.sha, (value_key, self._l(key)),
@@ -231,8 +239,11 @@ class RedisBackend(Backend):
         if names:
             self.client.delete(*names)
 
-    def get(self, key):
-        return self._get(keys=[self._v(key)], args=[self._tag_prefix])
+    def get(self, key, tags=()):
+        data = self._read(key, tags)
+        if data is not None:
+            return data
+        return self._eval(GET, self._get.sha, (self._v(key),), (self._tag_prefix,))
 
     def _connection(self):
         """This thread's own connection (no pool checkout per call: on a hit
