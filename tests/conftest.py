@@ -40,6 +40,17 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def stop_processes(procs, timeout: float = 10.0) -> None:
+    """Terminate child processes, then kill those that do not exit in ``timeout``."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _pg_admin():
     import psycopg
 

@@ -217,8 +217,7 @@ class CachePolicy:
         values).  ``creator`` runs at most once per cold key across threads and
         processes (G3); a backend failure never raises (G4).
         """
-        value, data = self.fetch(key, creator, ttl, tuple(tags) if not isinstance(tags, str)
-                                 else (tags,), codec.encode_json, bypass)
+        value, data = self.fetch(key, creator, ttl, tags, codec.encode_json, bypass)
         if data is None:
             return value
         return codec.decode_json(data)

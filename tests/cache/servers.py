@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import waitress
 
-from ..conftest import free_port, wait_for_port
+from ..conftest import free_port, stop_processes, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -72,13 +72,7 @@ def process_servers(n: int, db: str, redis_url: str, prefix: str, load_delay: fl
             wait_for_port(int(base.rsplit(":", 1)[1]), timeout=30)
         yield bases
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, readers: int = 6):

@@ -29,7 +29,7 @@ from demo_app.models import Exam, Question, User
 from demo_app.scripts import initialize_db
 from pyramid_examcache.testing import get_mail_capture
 
-from ..conftest import free_port, wait_for_port
+from ..conftest import free_port, stop_processes, wait_for_port
 from .conftest import FAST_ARGON2, close_testapp, make_testapp
 from .helpers import bearer, login, register_verified
 
@@ -187,13 +187,7 @@ def test_walkthrough_with_pserve_and_the_consumer(dev_ini, tmp_path):
         assert headers["X-Cache"] == "MISS"
         assert body["questions"][0]["text"] == "Edited through pserve"
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         for log in logs.values():
             log.close()
     shutil.rmtree(tmp_path / "var", ignore_errors=True)
