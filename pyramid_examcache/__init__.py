@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from pyramid.config import Configurator
 
+from .cache.orm import register
+
+__all__ = ["includeme", "register"]
+
 
 def includeme(config: Configurator) -> None:
     config.include("pyramid_examcache.cache")

@@ -87,6 +87,10 @@ class CacheSettings:
     breaker_reset: float = 2.0
     near_cache_mb: float = 32.0
     enabled: bool = True
+    invalidation_log: bool = True
+    invalidation_log_url: str | None = None
+    relay_interval: float = 1.0
+    relay_after: float = 2.0
 
 
 def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
@@ -111,6 +115,11 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
                                 allow_zero=False),
         near_cache_mb=as_number(settings, p + "near_cache_mb", CacheSettings.near_cache_mb),
         enabled=as_bool(settings, p + "enabled", True),
+        invalidation_log=as_bool(settings, p + "invalidation_log", True),
+        invalidation_log_url=_database_url(settings, (p + "invalidation_log_url", "sqlalchemy.url")),
+        relay_interval=as_number(settings, p + "relay_interval", CacheSettings.relay_interval,
+                                 allow_zero=False),
+        relay_after=as_number(settings, p + "relay_after", CacheSettings.relay_after),
     )
 
 
@@ -208,7 +217,12 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
 
 def _outbox_url(settings: Mapping[str, Any]) -> str | None:
     """``mail.outbox_url``, else ``sqlalchemy.url``: the database holding the outbox table."""
-    for name in ("mail.outbox_url", "sqlalchemy.url"):
+    return _database_url(settings, ("mail.outbox_url", "sqlalchemy.url"))
+
+
+def _database_url(settings: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is set, checked as a SQLAlchemy URL."""
+    for name in names:
         raw = settings.get(name)
         if raw is None or not str(raw).strip():
             continue

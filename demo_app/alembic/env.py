@@ -11,10 +11,11 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from demo_app.models.meta import Base
+from pyramid_examcache.cache.invalidation_log import metadata as cache_metadata
 from pyramid_examcache.mail.outbox import metadata as mail_metadata
 
 config = context.config
-target_metadata = [Base.metadata, mail_metadata]
+target_metadata = [Base.metadata, mail_metadata, cache_metadata]
 
 
 def _url() -> str:

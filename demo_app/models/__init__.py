@@ -1,13 +1,14 @@
 """Models and the cookiecutter's session wiring.
 
 ``request.dbsession`` is a SQLAlchemy session bound to the request's
-transaction manager (pyramid_tm + zope.sqlalchemy) and carrying the request in
-``session.info`` -- which is how pyramid_examcache's ORM hook finds
-``request.cache`` to invalidate the keys the models declare, after the commit.
+transaction manager (pyramid_tm + zope.sqlalchemy) and registered with
+pyramid_examcache (``pyramid_examcache.register``), which invalidates the keys
+the models declare once the database has committed.
 """
 from __future__ import annotations
 
 import zope.sqlalchemy
+from pyramid_examcache import register as register_cache
 from sqlalchemy import engine_from_config
 from sqlalchemy.orm import configure_mappers, sessionmaker
 
@@ -31,9 +32,11 @@ def get_session_factory(engine):
     return factory
 
 
-def get_tm_session(session_factory, transaction_manager, request=None):
-    """A session joined to ``transaction_manager``; pass ``request`` so the
-    cache add-on can defer the models' invalidations to that request's commit.
+def get_tm_session(session_factory, transaction_manager, request=None, cache=None):
+    """A session joined to ``transaction_manager``, whose flushes invalidate the
+    models' cache keys after the commit: through ``request`` (its transaction is
+    then marked dirty by writes), or through ``cache`` (a CachePolicy, for
+    scripts).
 
     ::
 
@@ -42,8 +45,10 @@ def get_tm_session(session_factory, transaction_manager, request=None):
             dbsession = get_tm_session(session_factory, transaction.manager)
             dbsession.add(...)
     """
-    dbsession = session_factory(info={"request": request})
+    dbsession = session_factory()
     zope.sqlalchemy.register(dbsession, transaction_manager=transaction_manager)
+    if request is not None or cache is not None:
+        register_cache(dbsession, request if request is not None else cache)
     return dbsession
 
 

@@ -14,7 +14,7 @@ from pyramid.paster import bootstrap, setup_logging
 from sqlalchemy.orm import Session
 
 from pyramid_examcache.cache import get_policy
-from pyramid_examcache.cache.orm import bind
+from pyramid_examcache import register
 
 from ..sample import TEACHER_PASSWORD, load_sample_data
 from ..security import hash_password
@@ -44,10 +44,10 @@ def setup_database(registry) -> dict[str, int]:
     engine = registry["dbengine"]
     upgrade(engine)
     hasher = registry["demo.password_hasher"]
-    # a session outside any request: bound to the cache policy, its flushes
+    # a session outside any request: registered with the cache policy, its flushes
     # invalidate the declared keys when it commits (a server may be running)
     with Session(bind=engine) as session:
-        bind(session, get_policy(registry))
+        register(session, get_policy(registry))
         with session.begin():
             added = load_sample_data(session, hash_password(hasher, TEACHER_PASSWORD))
     return added

@@ -82,5 +82,6 @@ def update_question(request):
         question.choices = choices
     if position is not None:
         question.position = position
-    request.dbsession.flush()  # the ORM hook queues the invalidations now, within the view
+    # no flush() here: zope.sqlalchemy flushes inside the commit, and the
+    # invalidations still wait for the database COMMIT (pyramid_examcache.register)
     return question.to_json()

@@ -7,6 +7,8 @@ from zope.interface import Interface
 
 from ..settings import parse_cache_settings
 from .backends import make_backend
+from .invalidation_log import InvalidationLog
+from .orm import register
 from .policy import CachePolicy, RequestCache
 from .views import cached, cached_view
 
@@ -26,20 +28,23 @@ def _request_cache(request) -> RequestCache:
 
 def includeme(config: Configurator) -> None:
     """Validate ``examcache.*``, build the backend once, add ``request.cache``
-    and the ``cache=`` view option, hook SQLAlchemy flushes."""
+    and the ``cache=`` view option; with a Redis backend, the durable invalidation
+    log's relay (G6).  Sessions opt in to ORM invalidation with :func:`register`."""
     settings = parse_cache_settings(config.get_settings())
 
     def register() -> None:
         policy = CachePolicy(make_backend(settings), settings)
+        if settings.invalidation_log and not settings.redis_url.startswith("memory://"):
+            policy.log = InvalidationLog(
+                policy.invalidate_now, policy.usable, url=settings.invalidation_log_url,
+                interval=settings.relay_interval, relay_after=settings.relay_after)
+            policy.log.start()
         config.registry.registerUtility(policy, ICachePolicy)
 
     config.action(("pyramid_examcache", "cache-policy"), register, order=-10)
     config.add_request_method(_request_cache, "cache", reify=True)
     config.add_view_deriver(cached_view)
 
-    from . import orm
 
-    orm.install()
-
-
-__all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "get_policy", "cached", "includeme"]
+__all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "get_policy", "cached", "includeme",
+           "register"]

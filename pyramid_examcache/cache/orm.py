@@ -1,4 +1,4 @@
-"""Automatic invalidation from SQLAlchemy flushes.
+"""Automatic invalidation from SQLAlchemy flushes, applied at the real COMMIT.
 
 A mapped class declares the cache keys and tags its rows affect as templates
 filled from the row's attributes::
@@ -7,76 +7,158 @@ filled from the row's attributes::
         __cache_keys__ = ("exam:{exam_id}:questions", "question:{id}")
         __cache_tags__ = ("exam:{exam_id}",)
 
-Every insert, update and delete flushed in a session queues those keys for
-invalidation; for an update, keys are computed with the old *and* the new
-values of the changed attributes (a question moved to another exam
-invalidates both exams).  The invalidation happens only after the commit:
+A session opts in with :func:`register` (as with ``zope.sqlalchemy.register``)::
 
-* a session built the cookiecutter way (``session_factory(info={"request":
-  request})`` and registered with zope.sqlalchemy) hands the keys to
-  ``request.cache.invalidate()``, i.e. to the request's transaction (G1), and
-  marks the transaction dirty so the request neither reads nor fills the cache
-  afterwards;
-* a session bound with :func:`bind` (scripts, workers) applies them on the
-  session's own ``after_commit`` and drops them on rollback.
+    dbsession = session_factory()
+    zope.sqlalchemy.register(dbsession, transaction_manager=request.tm)
+    pyramid_examcache.register(dbsession, request)        # or a CachePolicy in scripts
 
-Bulk ``UPDATE``/``DELETE`` statements through the ORM cannot name their rows;
-they only mark the transaction dirty: invalidate those keys yourself.
+One path for every way a transaction ends (the cookiecutter's views, which never
+flush, zope.sqlalchemy's flush inside ``tpc_begin``, savepoints, scripts without
+pyramid_tm), keyed to the session's own SQLAlchemy transaction:
+
+* ``before_flush`` / ``after_flush`` -- every insert, update and delete of a
+  declaring model adds its keys (for an update, with the old *and* the new
+  values of changed attributes) to ``session.info``, tagged with the innermost
+  SQLAlchemy transaction (a savepoint, if any); a registered request's
+  transaction is marked dirty, so the request neither reads nor fills the cache
+  afterwards (G2b);
+* ``before_commit`` of the outermost transaction -- one row with all the keys
+  (and the request's explicit ``request.cache.invalidate()`` keys) is written to
+  the durable log in the same transaction (G6, :mod:`.invalidation_log`);
+* ``after_commit`` -- only now, after the database COMMIT, the keys are
+  invalidated (G1), whatever pyramid_tm's ``tm.active`` says;
+* ``after_soft_rollback`` -- a rolled-back savepoint drops the keys it
+  collected; a rolled-back transaction drops them all.
+
+Bulk ``UPDATE``/``DELETE`` statements and ``text()`` DML cannot name their rows:
+they only mark the transaction dirty -- call ``request.cache.invalidate()`` for
+what they change (it joins the same commit and the same log row).  Statements
+sent through ``session.connection()`` directly are not seen at all.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+import signal
 from typing import Any, Iterable
 
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import ObjectDeletedError
+from sqlalchemy.sql.elements import TextClause
 
 from .templates import fields as _fields, fill
 
 log = logging.getLogger(__name__)
 
-_PENDING = "examcache.pending"
-_POLICY = "examcache.policy"
+_STATE = "examcache"
 _installed = False
+#: first words of a ``text()`` statement that does not write
+_READ_ONLY = ("select", "show", "explain", "values", "pragma")
+
+
+class _SessionState:
+    """What one registered session owes the cache (kept in ``session.info``)."""
+
+    __slots__ = ("policy", "cache", "pending", "explicit", "row")
+
+    def __init__(self, policy, cache) -> None:
+        self.policy = policy
+        self.cache = cache  # the request's RequestCache, or None
+        self.pending: list[tuple[Any, set[str], set[str]]] = []  # (SessionTransaction, keys, tags)
+        self.explicit: tuple[set[str], set[str]] = (set(), set())
+        self.row: tuple[Any, str] | None = None  # (engine, log row id) of this commit
+
+    def collected(self) -> tuple[set[str], set[str]]:
+        keys: set[str] = set()
+        tags: set[str] = set()
+        for _, k, t in self.pending:
+            keys |= k
+            tags |= t
+        return keys, tags
+
+    def reset(self) -> None:
+        self.pending = []
+        self.explicit = (set(), set())
+        self.row = None
 
 
 def install() -> None:
-    """Listen on every SQLAlchemy session (idempotent)."""
+    """Install the session event listeners (idempotent; they ignore sessions
+    that were not registered)."""
     global _installed
     if _installed:
         return
+    event.listen(Session, "before_flush", _before_flush)
     event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "before_commit", _before_commit)
     event.listen(Session, "after_commit", _after_commit)
-    event.listen(Session, "after_soft_rollback", _after_rollback)
+    event.listen(Session, "after_soft_rollback", _after_soft_rollback)
     event.listen(Session, "do_orm_execute", _on_execute)
     _installed = True
 
 
-def bind(session: Session, policy) -> Session:
-    """Make a session without a request invalidate through ``policy`` on commit."""
-    session.info[_POLICY] = policy
+def register(session: Session, target) -> Session:
+    """Opt ``session`` in to commit-time invalidation.
+
+    ``target`` is a request (its ``request.cache``: the request's transaction is
+    marked dirty by writes, and its explicit invalidations join this session's
+    commit), a ``request.cache``, or a :class:`~.policy.CachePolicy` (scripts,
+    workers).  Returns ``session``.
+    """
+    from .policy import CachePolicy, RequestCache
+
+    install()
+    if isinstance(target, CachePolicy):
+        policy, cache = target, None
+    elif isinstance(target, RequestCache):
+        policy, cache = target.policy, target
+    else:
+        cache = getattr(target, "cache", None)
+        if not isinstance(cache, RequestCache):
+            raise TypeError("register(session, target): target must be a request with "
+                            "request.cache, a RequestCache or a CachePolicy, "
+                            f"got {type(target).__name__}")
+        policy = cache.policy
+    session.info[_STATE] = _SessionState(policy, cache)
     return session
 
 
-def keys_for(obj: Any, *, include_old: bool = True) -> tuple[set[str], set[str]]:
-    """The keys and tags ``obj`` declares, for its current and previous values."""
+def _values(obj: Any, name: str, include_old: bool, load: bool) -> list[Any]:
+    state = inspect(obj)
+    if load:
+        current = getattr(obj, name, None)
+    elif name in state.dict:
+        current = state.dict[name]
+    else:  # expired and not to be loaded (the row is gone): the identity, if it is a key column
+        current = None
+        mapper = state.mapper
+        if state.identity is not None:
+            for column, value in zip(mapper.primary_key, state.identity):
+                prop = mapper.get_property_by_column(column)
+                if prop.key == name:
+                    current = value
+        if current is None:
+            return []
+    values = [current]
+    if include_old and name in state.attrs:
+        history = state.attrs[name].history
+        values += [v for v in history.deleted if v is not None and v != current]
+    return values
+
+
+def keys_for(obj: Any, *, include_old: bool = True, load: bool = True) -> tuple[set[str], set[str]]:
+    """The keys and tags ``obj`` declares, for its current and previous values
+    (``load=False``: only what is loaded, for rows already deleted)."""
     cls = type(obj)
     key_tpls = getattr(cls, "__cache_keys__", ())
     tag_tpls = getattr(cls, "__cache_tags__", ())
     if not key_tpls and not tag_tpls:
         return set(), set()
-    state = inspect(obj)
     names = {n for t in itertools.chain(key_tpls, tag_tpls) for n in _fields(t)}
-    current: dict[str, Any] = {}
-    choices: dict[str, list[Any]] = {}
-    for name in names:
-        current[name] = getattr(obj, name, None)
-        values = [current[name]]
-        if include_old and name in state.attrs:
-            history = state.attrs[name].history
-            values += [v for v in history.deleted if v is not None and v != current[name]]
-        choices[name] = values
+    choices = {name: _values(obj, name, include_old, load) for name in names}
 
     def expand(templates: Iterable[str]) -> set[str]:
         out = set()
@@ -92,52 +174,127 @@ def keys_for(obj: Any, *, include_old: bool = True) -> tuple[set[str], set[str]]
     return expand(key_tpls), expand(tag_tpls)
 
 
-def _target(session: Session):
-    request = session.info.get("request")
-    cache = getattr(request, "cache", None) if request is not None else None
-    return cache
+def _innermost(session: Session):
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _collect(st: _SessionState, session: Session, keys: set[str], tags: set[str]) -> None:
+    if keys or tags:
+        st.pending.append((_innermost(session), keys, tags))
+
+
+def _before_flush(session: Session, flush_context, instances) -> None:
+    st = session.info.get(_STATE)
+    if st is None or not session.deleted:
+        return
+    # the rows still exist: attributes expired before a delete can be loaded now
+    keys: set[str] = set()
+    tags: set[str] = set()
+    for obj in session.deleted:
+        try:
+            k, t = keys_for(obj)
+        except ObjectDeletedError:
+            k, t = keys_for(obj, load=False)
+        keys |= k
+        tags |= t
+    _collect(st, session, keys, tags)
 
 
 def _after_flush(session: Session, flush_context) -> None:
+    st = session.info.get(_STATE)
+    if st is None:
+        return
     keys: set[str] = set()
     tags: set[str] = set()
     wrote = False
-    for obj in itertools.chain(session.new, session.dirty, session.deleted):
+    for obj in itertools.chain(session.new, session.dirty):
         if obj in session.dirty and not session.is_modified(obj, include_collections=False):
             continue
         wrote = True
         k, t = keys_for(obj)
         keys |= k
         tags |= t
+    for obj in session.deleted:  # rows deleted by this flush (cascades included): no loading
+        wrote = True
+        k, t = keys_for(obj, load=False)
+        keys |= k
+        tags |= t
     if not wrote:
         return
-    cache = _target(session)
-    if cache is not None:
-        if keys or tags:
-            cache.invalidate(*keys, tags=tags)
-        else:
-            cache.mark_dirty()
+    _collect(st, session, keys, tags)
+    if st.cache is not None:
+        st.cache.mark_dirty()
+
+
+def _before_commit(session: Session) -> None:
+    st = session.info.get(_STATE)
+    if st is None or session.in_nested_transaction():
         return
-    if _POLICY in session.info:
-        pending = session.info.setdefault(_PENDING, (set(), set()))
-        pending[0].update(keys)
-        pending[1].update(tags)
+    session.flush()  # commit() flushes after this event: collect that flush's keys now
+    if st.cache is not None:
+        txn_state = st.cache._txn_state()
+        if txn_state is not None and (txn_state.keys or txn_state.tags):
+            st.explicit = (set(txn_state.keys), set(txn_state.tags))
+    keys, tags = st.collected()
+    keys |= st.explicit[0]
+    tags |= st.explicit[1]
+    journal = st.policy.log
+    if journal is not None and (keys or tags):
+        conn = session.connection()
+        row_id = journal.record(conn, keys, tags)
+        if row_id is not None:
+            st.row = (conn.engine, row_id)
 
 
 def _after_commit(session: Session) -> None:
-    pending = session.info.pop(_PENDING, None)
-    policy = session.info.get(_POLICY)
-    if pending and policy is not None:
-        policy.invalidate_now(pending[0], pending[1])
+    st = session.info.get(_STATE)
+    if st is None:
+        return
+    keys, tags = st.collected()
+    explicit_keys, explicit_tags = st.explicit
+    row = st.row
+    st.reset()
+    if not (keys or tags or explicit_keys or explicit_tags):
+        return
+    if os.environ.get("EXAMCACHE_FAULT") == "kill-after-commit":  # tests: die before the DEL
+        os.kill(os.getpid(), signal.SIGKILL)
+    if explicit_keys or explicit_tags:
+        txn_state = st.cache._txn_state() if st.cache is not None else None
+        if txn_state is not None:  # applied here: the after-commit hook need not repeat them
+            txn_state.keys -= explicit_keys
+            txn_state.tags -= explicit_tags
+    applied = st.policy.invalidate_now(keys | explicit_keys, tags | explicit_tags)
+    if applied and row is not None:
+        st.policy.log.applied(*row)
 
 
-def _after_rollback(session: Session, previous_transaction) -> None:
-    if previous_transaction.parent is None:
-        session.info.pop(_PENDING, None)
+def _after_soft_rollback(session: Session, previous_transaction) -> None:
+    st = session.info.get(_STATE)
+    if st is None:
+        return
+    if not previous_transaction.nested:
+        st.reset()
+        return
+
+    def inside(txn) -> bool:
+        while txn is not None:
+            if txn is previous_transaction:
+                return True
+            txn = txn.parent
+        return False
+
+    st.pending = [entry for entry in st.pending if not inside(entry[0])]
 
 
 def _on_execute(state) -> None:
+    st = state.session.info.get(_STATE)
+    if st is None or st.cache is None:
+        return
     if state.is_update or state.is_delete or state.is_insert:
-        cache = _target(state.session)
-        if cache is not None:
-            cache.mark_dirty()
+        st.cache.mark_dirty()
+        return
+    statement = state.statement
+    if isinstance(statement, TextClause):
+        first = statement.text.lstrip().split(None, 1)[:1]
+        if not first or first[0].lower() not in _READ_ONLY:
+            st.cache.mark_dirty()

@@ -58,7 +58,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ..settings import CacheSettings
 from . import codec
 from .backends.base import SEP, Backend, Status
-from .breaker import Breaker
+from ..breaker import Breaker, BreakerOpen
+from .deferred import DeferredInvalidations
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ def _as_tuple(tags: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(check_key(t, "tag") for t in tags)
 
 
+_FAILED = object()  # what _call returns when the backend could not be used
+#: invalidations are sent in chunks of this many keys (or tags): one DEL each,
+#: so a bulk edit never becomes one command too big for the socket timeout
+CHUNK = 256
+
+
 class CachePolicy:
     """Application-wide cache front end.  Thread-safe; build one per app."""
 
@@ -89,37 +96,68 @@ class CachePolicy:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.settings = settings or CacheSettings()
-        self.breaker = Breaker(self.settings.breaker_threshold, self.settings.breaker_reset,
-                               clock=clock)
-        self.stats = Stats()
-        self._clock = clock
         self._errors = backend.errors or (Exception,)
+        self.breaker = Breaker(self.settings.breaker_threshold, self.settings.breaker_reset,
+                               errors=self._errors, clock=clock)
+        self.deferred = DeferredInvalidations()
+        self.stats = Stats()
+        #: the durable invalidation log (G6), when this policy has one (see ``includeme``)
+        self.log = None
+        self._clock = clock
+        self._apply_lock = threading.Lock()
         self._retry_lock = threading.Lock()
         self._retry_timer: threading.Timer | None = None
 
-    # -- health -----------------------------------------------------------------
-    def _failed(self, exc: BaseException, what: str) -> None:
-        self.stats.incr("errors")
-        self.breaker.failure()
-        log.warning("cache backend failed during %s (%s: %s); serving without the cache",
-                    what, type(exc).__name__, exc)
+    # -- every backend call goes through the breaker ------------------------------
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` through the breaker; ``_FAILED`` when the backend is open,
+        failing or slow (never raises for those: fail open, G4)."""
+        try:
+            return self.breaker.call(fn, *args)
+        except BreakerOpen:
+            return _FAILED
+        except self._errors as exc:
+            self.stats.incr("errors")
+            log.warning("cache backend failed during %s (%s: %s); serving without the cache",
+                        what, type(exc).__name__, exc)
+            return _FAILED
 
     def _ready(self) -> bool:
-        """May the cache be used now?  Applies deferred invalidations first."""
-        if not self.settings.enabled or not self.breaker.allow():
+        """May the cache be read now?  Deferred invalidations are applied first:
+        a process that could not invalidate never serves from the cache until
+        it has (while another thread applies them, readers wait for it)."""
+        if not self.settings.enabled:
             return False
-        if self.breaker.has_pending:
-            keys, tags, clear_all = self.breaker.take_pending()
-            try:
-                if clear_all:
-                    self.backend.clear()
-                self.backend.invalidate(keys, tags)
-            except self._errors as exc:
-                self._failed(exc, "deferred invalidation")
-                return False
-            self.breaker.done_pending(keys, tags, clear_all)
-            log.info("applied %d deferred cache invalidations", len(keys) + len(tags))
+        if self.deferred or self._apply_lock.locked():
+            return self.flush_pending()
         return True
+
+    def flush_pending(self) -> bool:
+        """Apply deferred invalidations now; True when none remain."""
+        with self._apply_lock:
+            keys, tags, clear_all = self.deferred.take()
+            if not (keys or tags or clear_all):
+                return True
+            if clear_all and self._call("deferred clear", self.backend.clear) is _FAILED:
+                self.deferred.restore(keys, tags, clear_all)
+                return False
+            left = self._send(list(keys), list(tags))
+            if left is not None:
+                self.deferred.restore(*left)
+                return False
+        log.info("applied %d deferred cache invalidations", len(keys) + len(tags) + clear_all)
+        return True
+
+    def _send(self, keys: list[str], tags: list[str]) -> tuple[list[str], list[str]] | None:
+        """Invalidate in chunks; None when all were applied, else what was not."""
+        invalidate = self.backend.invalidate
+        for i in range(0, len(keys), CHUNK):
+            if self._call("invalidate", invalidate, keys[i:i + CHUNK], ()) is _FAILED:
+                return keys[i:], tags
+        for i in range(0, len(tags), CHUNK):
+            if self._call("invalidate", invalidate, (), tags[i:i + CHUNK]) is _FAILED:
+                return [], tags[i:]
+        return None
 
     # -- get-or-set ---------------------------------------------------------------
     def fetch(self, key: str, creator: Callable[[], Any], ttl: int | None,
@@ -142,13 +180,11 @@ class CachePolicy:
         deadline = None
         delay = _FIRST_POLL
         while True:
-            try:
-                found = backend.lookup(key, token, self.settings.lock_timeout, ttl, tags)
-            except self._errors as exc:
-                self._failed(exc, "lookup")
+            found = self._call("lookup", backend.lookup, key, token, self.settings.lock_timeout,
+                               ttl, tags)
+            if found is _FAILED:
                 self.stats.incr("bypasses")
                 return creator(), None
-            self.breaker.success()
             status = found.status
             if status is Status.HIT:
                 self.stats.incr("hits")
@@ -179,11 +215,8 @@ class CachePolicy:
         if data is None:
             self._release(key, token)
             return value, None
-        try:
-            stored = backend.fill(key, token, data, ttl, tags, found.versions)
-        except self._errors as exc:
-            self._failed(exc, "fill")
-        else:
+        stored = self._call("fill", backend.fill, key, token, data, ttl, tags, found.versions)
+        if stored is not _FAILED:
             self.stats.incr("stores" if stored else "stale_rejected")
         return value, data
 
@@ -193,20 +226,14 @@ class CachePolicy:
         check_key(key)
         if bypass or not self._ready():
             return None
-        try:
-            data = self.backend.get(key, tuple(tags))
-        except self._errors as exc:
-            self._failed(exc, "peek")
+        data = self._call("peek", self.backend.get, key, tuple(tags))
+        if data is _FAILED:
             return None
-        self.breaker.success()
         self.stats.incr("hits" if data is not None else "misses")
         return data
 
     def _release(self, key: str, token: str) -> None:
-        try:
-            self.backend.release(key, token)
-        except self._errors as exc:
-            self._failed(exc, "release")
+        self._call("release", self.backend.release, key, token)
 
     def get_or_set(self, key: str, creator: Callable[[], Any], ttl: int | None = None,
                    tags: Iterable[str] = (), *, bypass: bool = False) -> Any:
@@ -223,27 +250,24 @@ class CachePolicy:
         return codec.decode_json(data)
 
     # -- invalidation ---------------------------------------------------------------
-    def invalidate_now(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
-        """Invalidate at once.  On a backend failure the invalidation is kept
-        and applied before this process uses the cache again (never dropped)."""
+    def invalidate_now(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> bool:
+        """Invalidate at once; True when applied.  On a backend failure what was
+        not applied is kept, retried in the background, and applied before this
+        process reads the cache again (never dropped); False is returned."""
         keys = [check_key(k) for k in keys]
         tags = list(_as_tuple(tags))
         if not keys and not tags:
-            return
+            return True
         self.stats.incr("invalidations", len(keys) + len(tags))
-        if self.breaker.allow():
-            try:
-                self.backend.invalidate(keys, tags)
-            except self._errors as exc:
-                self._failed(exc, "invalidate")
-            else:
-                self.breaker.success()
-                return
-        self.stats.incr("deferred", len(keys) + len(tags))
-        self.breaker.defer(keys, tags)
+        left = self._send(keys, tags)
+        if left is None:
+            return True
+        self.stats.incr("deferred", len(left[0]) + len(left[1]))
+        self.deferred.add(*left)
         log.warning("cache invalidation of %d keys/%d tags deferred until the backend returns",
-                    len(keys), len(tags))
+                    len(left[0]), len(left[1]))
         self._schedule_retry()
+        return False
 
     def _schedule_retry(self) -> None:
         """Retry deferred invalidations in the background even if this process
@@ -258,12 +282,12 @@ class CachePolicy:
     def _retry(self) -> None:
         with self._retry_lock:
             self._retry_timer = None
-        if not self.flush_pending() and self.breaker.has_pending:
+        if not self.flush_pending():
             self._schedule_retry()
 
-    def flush_pending(self) -> bool:
-        """Try to apply deferred invalidations now; True when none remain."""
-        return self._ready() and not self.breaker.has_pending
+    def usable(self) -> bool:
+        """Is the backend believed reachable (the breaker not open)?"""
+        return self.settings.enabled and self.breaker.state != "open"
 
     def clear(self) -> None:
         """Delete every value, lease and tag version under this policy's prefix."""
@@ -273,6 +297,8 @@ class CachePolicy:
         with self._retry_lock:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
+        if self.log is not None:
+            self.log.close()
         self.backend.close()
 
 

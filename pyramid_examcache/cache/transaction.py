@@ -6,13 +6,23 @@ applied by an after-commit hook, only when the commit succeeded.  On abort or
 a failed commit they are dropped with the transaction: the data they would
 have invalidated did not change.
 
-We always join ``request.tm.get()`` (pyramid_tm may run an explicit manager),
-never the thread-global ``transaction.get()``.
+We always join ``request.tm`` (pyramid_tm may run an explicit manager), never
+the thread-global ``transaction.get()``.
+
+"Is there a transaction?" is answered from the transaction itself, never from
+``environ['tm.active']`` alone: pyramid_tm deletes that key *before* it calls
+``commit()``, and zope.sqlalchemy flushes inside the commit (``tpc_begin``), so
+code running in that flush -- or in a before-commit hook -- would otherwise see
+"no transaction" and invalidate before the database has committed.  A
+transaction that is active, committing or doomed gets the invalidation as an
+after-commit hook (applied only if the commit succeeds); one that has
+committed, or none at all, means "apply now".
 """
 from __future__ import annotations
 
 import logging
 
+from transaction._transaction import Status
 from transaction.interfaces import NoTransaction
 
 log = logging.getLogger(__name__)
@@ -29,15 +39,28 @@ class TxnState:
         self.dirty = False
 
 
+_OPEN = frozenset({Status.ACTIVE, Status.COMMITTING, Status.DOOMED})
+
+
 def current_transaction(request):
-    """The request's active transaction, or None when pyramid_tm manages none."""
-    environ = getattr(request, "environ", None) or {}
-    if not environ.get("tm.active"):
+    """The request's transaction if it is still open (active, committing or
+    doomed), else None."""
+    environ = getattr(request, "environ", None)
+    if environ is not None and environ.get("tm.active"):
+        try:
+            return request.tm.get()
+        except NoTransaction:
+            return None
+    manager = getattr(request, "tm", None)
+    if manager is None:
         return None
-    try:
-        return request.tm.get()
-    except NoTransaction:
-        return None
+    # Outside pyramid_tm's window (inside its commit, or a script's ``with
+    # request.tm:``): look at the manager's transaction without creating one.
+    inner = getattr(manager, "manager", manager)  # ThreadTransactionManager wraps one
+    txn = getattr(inner, "_txn", None)
+    if txn is not None and txn.status in _OPEN:
+        return txn
+    return None
 
 
 def transaction_state(request, policy, create: bool = False) -> TxnState | None:

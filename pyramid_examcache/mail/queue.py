@@ -22,7 +22,7 @@ from pyramid.exceptions import ConfigurationError
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from ..cache.breaker import Breaker
+from ..breaker import Breaker, BreakerOpen
 from ..settings import MailSettings, parse_mail_settings
 from .transports import Transport, make_transport
 
@@ -120,14 +120,11 @@ class MailQueue:
         (a circuit breaker): requests committed meanwhile fail over to the relay at once
         instead of each waiting ``mail.queue_timeout`` for a broker that is down.
         """
-        if not self.push_breaker.allow():
-            raise QueueUnavailable("the mail queue failed recently; the relay will push this job")
         try:
-            self.tasks.deliver(job_id)
-        except Exception:
-            self.push_breaker.failure()
-            raise
-        self.push_breaker.success()
+            self.push_breaker.call(self.tasks.deliver, job_id)
+        except BreakerOpen:
+            raise QueueUnavailable("the mail queue failed recently; the relay will push this job"
+                                   ) from None
 
     def close(self) -> None:
         if self._transport is not None:

@@ -29,6 +29,8 @@ from pyramid.httpexceptions import HTTPNotFound
 from sqlalchemy import Column, Integer, String, create_engine, select
 from sqlalchemy.orm import declarative_base, sessionmaker
 
+from pyramid_examcache import register
+
 Base = declarative_base()
 
 
@@ -74,11 +76,14 @@ def item_view(request):
 
 
 def update_view(request):
+    """The cookiecutter's way: change the object and return; zope.sqlalchemy
+    flushes inside the commit (``flush=1`` flushes in the view instead)."""
     item = get_item(request)
     item.version = int(request.params["v"])
     if "payload" in request.params:
         item.payload = request.params["payload"]
-    request.dbsession.flush()
+    if request.params.get("flush") or request.params.get("fail"):
+        request.dbsession.flush()
     if request.params.get("fail"):
         raise RuntimeError("failing after the write, on purpose")
     return item_json(item)
@@ -133,8 +138,9 @@ def make_app(db_url: str, **settings):
         config.include("pyramid_examcache.cache")
 
         def dbsession(request):
-            session = factory(info={"request": request})
+            session = factory()
             zope.sqlalchemy.register(session, transaction_manager=request.tm)
+            register(session, request)
             return session
 
         config.add_request_method(dbsession, "dbsession", reify=True)

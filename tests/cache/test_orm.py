@@ -40,10 +40,6 @@ class Plain(Base):
     id = Column(Integer, primary_key=True)
 
 
-def setup_module():
-    orm.install()
-
-
 def make_session():
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
@@ -72,9 +68,9 @@ def test_keys_for_uses_old_and_new_values():
     assert orm.keys_for(Plain(id=1)) == (set(), set())
 
 
-def test_bound_session_invalidates_on_commit_only():
+def test_a_script_session_invalidates_on_commit_only():
     policy = CachePolicy(MemoryBackend())
-    session = orm.bind(make_session()(), policy)
+    session = orm.register(make_session()(), policy)
     session.add_all([Exam(id=1), Question(id=10, exam_id=1)])
     session.commit()
     warm(policy, "exam:1:questions", "question:10", "exam:1")
@@ -94,7 +90,7 @@ def test_bound_session_invalidates_on_commit_only():
 
 def test_tag_declared_by_a_model_invalidates_values_filled_under_it():
     policy = CachePolicy(MemoryBackend())
-    session = orm.bind(make_session()(), policy)
+    session = orm.register(make_session()(), policy)
     session.add_all([Exam(id=1), Question(id=10, exam_id=1)])
     session.commit()
     policy.get_or_set("exam:1:summary", lambda: "s", tags=["exam:1"])
@@ -116,8 +112,9 @@ def request_with_session(policy):
     request.environ["tm.active"] = True
     request.cache = RequestCache(policy, request)
     request.tm.begin()
-    session = factory(info={"request": request})
+    session = factory()
     zope.sqlalchemy.register(session, transaction_manager=request.tm)
+    orm.register(session, request)
     return request, session
 
 

@@ -11,7 +11,6 @@ from pyramid.exceptions import ConfigurationError
 from pyramid.testing import DummyRequest
 
 from pyramid_examcache.cache.backends.memory import MemoryBackend
-from pyramid_examcache.cache.breaker import Breaker
 from pyramid_examcache.cache.policy import CachePolicy, RequestCache
 from pyramid_examcache.settings import CacheSettings, parse_cache_settings
 
@@ -165,26 +164,6 @@ def test_an_invalidation_that_failed_is_applied_before_the_cache_is_read_again()
     clock.now += 1.5
     assert policy.get_or_set("k", lambda: "new") == "new"
     assert backend.get("k") == b'j"new"'
-
-
-def test_breaker_half_open_lets_one_probe_through():
-    clock = FakeClock()
-    breaker = Breaker(threshold=1, reset_after=1.0, clock=clock)
-    breaker.failure()
-    assert not breaker.allow()
-    clock.now += 1.1
-    assert breaker.allow()
-    assert not breaker.allow()  # a second caller does not probe concurrently
-    breaker.failure()
-    assert breaker.state == "open"
-
-
-def test_pending_invalidations_degrade_to_clear_all_when_too_many():
-    breaker = Breaker(max_pending=3)
-    breaker.defer(["a", "b"], ["t"])
-    breaker.defer(["c"], [])
-    keys, tags, clear_all = breaker.take_pending()
-    assert clear_all and not keys and not tags
 
 
 # -- request-bound: transactions ---------------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Iterable, Sequence
 
 import redis
@@ -150,6 +151,28 @@ def _pack(*args: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (SCAN MATCH, KEYS)."""
+    return "".join("\\" + c if c in "*?[]\\^-" else c for c in text)
+
+
+class _ThreadConnection:
+    """One thread's connection; disconnected when the thread (and so this holder) goes."""
+
+    __slots__ = ("conn", "pid", "__weakref__")
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:
+        if self.pid == os.getpid():  # never close a parent's socket from a forked child
+            try:
+                self.conn.disconnect()
+            except Exception:  # noqa: BLE001 -- interpreter shutdown, socket already gone
+                pass
+
+
 class RedisBackend(Backend):
     errors = (redis.RedisError, OSError)
 
@@ -164,7 +187,9 @@ class RedisBackend(Backend):
         self._get = self.client.register_script(GET)
         self._local = threading.local()
         self._near = NearCache(near_cache_bytes) if near_cache_bytes > 0 else None
-        self._conns: list = []
+        # every thread's connection, weakly: a thread that ends drops its holder
+        # (thread-local data dies with the thread), which disconnects it
+        self._conns: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
 
     def _v(self, key: str) -> str:
@@ -247,16 +272,16 @@ class RedisBackend(Backend):
 
     def _connection(self):
         """This thread's own connection (no pool checkout per call: on a hit
-        that is a third of the client's CPU).  Recreated after a fork."""
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
+        that is a third of the client's CPU).  Recreated after a fork; closed
+        when the thread ends."""
+        holder = getattr(self._local, "holder", None)
+        if holder is None or holder.pid != os.getpid():
             pool = self.client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            local.conn, local.pid = conn, os.getpid()
+            holder = _ThreadConnection(pool.connection_class(**pool.connection_kwargs))
+            self._local.holder = holder
             with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+                self._conns.add(holder)
+        return holder.conn
 
     def _roundtrip(self, packed: bytes, replies: int) -> list:
         """Send pipelined commands, read ``replies`` replies (errors are raised)."""
@@ -278,7 +303,7 @@ class RedisBackend(Backend):
         if self._near is not None:
             self._near.clear()
         batch = []
-        for name in self.client.scan_iter(match=self.prefix + "*", count=1000):
+        for name in self.client.scan_iter(match=glob_escape(self.prefix) + "*", count=1000):
             batch.append(name)
             if len(batch) >= 500:
                 self.client.delete(*batch)
@@ -291,8 +316,8 @@ class RedisBackend(Backend):
 
     def close(self):
         with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.disconnect()
+            holders, self._conns = list(self._conns), weakref.WeakSet()
+        for holder in holders:
+            holder.conn.disconnect()
         self.client.close()
         self.client.connection_pool.disconnect()

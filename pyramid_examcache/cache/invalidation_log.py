@@ -1,0 +1,258 @@
+"""The durable invalidation log (G6): committed invalidations survive the process.
+
+Facebook's memcache replays deletes from the database's commit log (NSDI 2013,
+"mcsqueal").  We do the same with one table in the application's database:
+
+1. **Record** -- a writing transaction of a registered session (:mod:`.orm`)
+   inserts one row ``(id, keys, tags, created_at)`` *in the same transaction* as
+   its data, just before the database COMMIT (one extra INSERT per writing
+   transaction; reads are untouched).  The row exists if and only if the data
+   committed.
+2. **Apply** -- after the COMMIT, the writer invalidates in Redis as before and,
+   when that worked, queues the row's id for deletion (deleted in batches by
+   the relay, outside any request).
+3. **Relay** -- a daemon thread in every web process (and ``examcache-consumer``)
+   wakes every ``examcache.relay_interval`` seconds, deletes the applied ids it
+   queued, then re-applies every row older than ``examcache.relay_after``
+   seconds and deletes it.  On PostgreSQL a transaction-level advisory lock lets
+   one relay work at a time; the others skip that round.
+
+A writer that dies between its COMMIT and its ``DEL``, or that cannot reach
+Redis while the other processes can, leaves its row; another process's relay
+applies it within ``relay_after + relay_interval`` (+ one round) seconds --
+3 s with the defaults, inside G6's 5 s.  Re-applying is idempotent: an
+invalidation deletes values, leases and tag versions, so applying it twice
+costs at most one extra miss, and a fill racing a replay is refused by the
+lease protocol exactly as a fill racing the original invalidation.
+
+The table: add :data:`metadata` to Alembic's ``target_metadata``, or call
+:func:`create_invalidation_log` / :func:`drop_invalidation_log` in a migration.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import uuid
+import weakref
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import (JSON, Column, DateTime, Index, MetaData, String, Table, delete, func, select,
+                        text)
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "examcache_invalidation_log"
+#: PostgreSQL advisory lock key of the relay (``hashtext('examcache_invalidation_log')``-like constant)
+ADVISORY_LOCK = 0x6578616D  # "exam"
+#: rows re-applied per relay round
+BATCH = 500
+
+
+def _columns() -> list[Column]:
+    return [
+        Column("id", String(32), primary_key=True),
+        Column("keys", JSON, nullable=False),
+        Column("tags", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
+_INDEX = (f"ix_{TABLE_NAME}_created_at", ("created_at",))
+
+#: Add this to your Alembic ``target_metadata`` (or use :func:`create_invalidation_log`).
+metadata = MetaData()
+log_table = Table(TABLE_NAME, metadata, *_columns())
+Index(_INDEX[0], *(log_table.c[c] for c in _INDEX[1]))
+
+
+def create_invalidation_log(op: Any) -> None:
+    """Create the log table from an Alembic migration (``op``)."""
+    op.create_table(TABLE_NAME, *_columns())
+    op.create_index(_INDEX[0], TABLE_NAME, list(_INDEX[1]))
+
+
+def drop_invalidation_log(op: Any) -> None:
+    """Drop the log table from an Alembic migration (``op``)."""
+    op.drop_index(_INDEX[0], table_name=TABLE_NAME)
+    op.drop_table(TABLE_NAME)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class InvalidationLog:
+    """One policy's durable log: recording, the queue of applied rows, the relay thread.
+
+    ``apply(keys, tags) -> bool`` is the policy's own invalidation (True when
+    Redis acknowledged it); ``usable()`` says whether the backend is believed up
+    (a relay that cannot reach Redis skips its round instead of holding rows).
+    """
+
+    def __init__(self, apply: Callable[[list[str], list[str]], bool],
+                 usable: Callable[[], bool], *, url: str | None = None,
+                 interval: float = 1.0, relay_after: float = 2.0,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self._apply = apply
+        self._usable = usable
+        self.url = url
+        self.interval = interval
+        self.relay_after = relay_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._has_table: dict[Any, bool] = {}
+        self._done: dict[Engine, list[str]] = {}
+        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self._own_engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        self.stats = {"recorded": 0, "applied_by_writer": 0, "relayed": 0, "relay_errors": 0}
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _restart(me))
+
+    # -- the writer's side --------------------------------------------------------
+    def record(self, conn: Connection, keys: Iterable[str], tags: Iterable[str]) -> str | None:
+        """Insert the row in ``conn``'s transaction; its id, or None when the
+        database has no log table (logged once per database)."""
+        engine = conn.engine
+        if not self._table_exists(conn):
+            return None
+        row_id = uuid.uuid4().hex
+        conn.execute(log_table.insert().values(id=row_id, keys=sorted(keys), tags=sorted(tags),
+                                               created_at=self._clock()))
+        self.stats["recorded"] += 1
+        if engine not in self._engines:
+            self._engines.add(engine)
+        self.start()
+        return row_id
+
+    def applied(self, engine: Engine, row_id: str) -> None:
+        """The writer applied row ``row_id`` itself: delete it in the next round."""
+        self.stats["applied_by_writer"] += 1
+        with self._lock:
+            self._done.setdefault(engine, []).append(row_id)
+
+    def _table_exists(self, conn: Connection) -> bool:
+        key = conn.engine.url
+        known = self._has_table.get(key)
+        if known is None:
+            from sqlalchemy import inspect
+
+            known = self._has_table[key] = inspect(conn).has_table(TABLE_NAME)
+            if not known:
+                log.error("no table %s in %s: committed cache invalidations are not durable "
+                          "(G6) -- create it (pyramid_examcache.cache.invalidation_log."
+                          "create_invalidation_log) or set examcache.invalidation_log = false",
+                          TABLE_NAME, conn.engine.url.render_as_string(hide_password=True))
+        return known
+
+    # -- the relay ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start this process's relay thread (again after a fork); idempotent."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None:
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="examcache-relay", daemon=True)
+            self._thread.start()
+
+    def _engines_to_relay(self) -> list[Engine]:
+        engines = list(self._engines)
+        if self.url and self._own_engine is None:
+            from sqlalchemy import create_engine
+
+            self._own_engine = create_engine(self.url, pool_size=1, max_overflow=1,
+                                             pool_pre_ping=True)
+        if self._own_engine is not None and all(e.url != self._own_engine.url for e in engines):
+            engines.append(self._own_engine)
+        return engines
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception as exc:  # noqa: BLE001 -- the relay must outlive any error
+                self.stats["relay_errors"] += 1
+                log.warning("invalidation relay round failed (%s: %s); retrying",
+                            type(exc).__name__, exc)
+
+    def run_once(self) -> int:
+        """One relay round over every known database; returns rows re-applied."""
+        relayed = 0
+        for engine in self._engines_to_relay():
+            with self._lock:
+                done = self._done.pop(engine, [])
+            if done:
+                try:
+                    with engine.begin() as conn:
+                        for i in range(0, len(done), BATCH):
+                            conn.execute(delete(log_table).where(
+                                log_table.c.id.in_(done[i:i + BATCH])))
+                except Exception:
+                    with self._lock:  # keep them for the next round
+                        self._done.setdefault(engine, []).extend(done)
+                    raise
+            if self._usable():
+                relayed += self._relay(engine)
+        self.stats["relayed"] += relayed
+        return relayed
+
+    def _relay(self, engine: Engine) -> int:
+        with engine.begin() as conn:
+            if not self._table_exists(conn):
+                return 0
+            if conn.dialect.name == "postgresql" and not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK}).scalar():
+                return 0  # another process relays this round
+            cutoff = self._clock() - dt.timedelta(seconds=self.relay_after)
+            rows = conn.execute(select(log_table.c.id, log_table.c["keys"], log_table.c.tags)
+                                .where(log_table.c.created_at < cutoff)
+                                .order_by(log_table.c.created_at).limit(BATCH)).all()
+            if not rows:
+                return 0
+            keys = sorted({k for row in rows for k in row[1]})
+            tags = sorted({t for row in rows for t in row[2]})
+            if not self._apply(keys, tags):
+                return 0  # kept: applied by a later round (here or elsewhere)
+            conn.execute(delete(log_table).where(log_table.c.id.in_([row[0] for row in rows])))
+            log.info("relayed %d logged invalidation(s) (%d keys, %d tags)",
+                     len(rows), len(keys), len(tags))
+            return len(rows)
+
+    def pending_rows(self) -> int:
+        """Rows in the log of this policy's databases (for operators and tests)."""
+        total = 0
+        for engine in self._engines_to_relay():
+            with engine.connect() as conn:
+                if self._table_exists(conn):
+                    total += conn.execute(select(func.count()).select_from(log_table)).scalar()
+        return total
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        self._thread = None
+        if self._own_engine is not None:
+            self._own_engine.dispose()
+            self._own_engine = None
+
+
+def _restart(ref: "weakref.ref[InvalidationLog]") -> None:
+    """In a forked child (pre-fork servers): threads do not survive a fork."""
+    journal = ref()
+    if journal is not None and journal._thread is not None:
+        journal._thread = None
+        journal._lock = threading.Lock()  # a parent thread may have held it at the fork
+        journal._own_engine = None  # never share the parent's connections
+        journal._done.clear()
+        journal.start()
