@@ -26,10 +26,12 @@ import transaction
 import zope.sqlalchemy
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPNotFound
-from sqlalchemy import Column, Integer, String, create_engine, select
+import pyramid_retry
+from sqlalchemy import Column, Integer, String, create_engine, select, text, update
 from sqlalchemy.orm import declarative_base, sessionmaker
 
 from pyramid_examcache import register
+from pyramid_examcache.cache.invalidation_log import metadata as log_metadata
 
 Base = declarative_base()
 
@@ -75,9 +77,35 @@ def item_view(request):
     return data
 
 
+class SlowVote:
+    """A second transaction resource whose vote sleeps: it votes before
+    zope.sqlalchemy's (which sorts last and COMMITs in its own vote), so the
+    database COMMIT comes ``delay`` seconds after the flush in ``tpc_begin``."""
+
+    transaction_manager = None
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def abort(self, txn): pass
+    def tpc_begin(self, txn): pass
+    def commit(self, txn): pass
+    def tpc_vote(self, txn): time.sleep(self.delay)
+    def tpc_finish(self, txn): pass
+    def tpc_abort(self, txn): pass
+    def sortKey(self): return "0-slow-vote"
+
+
+def _maybe_slow_commit(request) -> None:
+    delay = float(request.params.get("delay", 0))
+    if delay:
+        request.tm.get().join(SlowVote(delay))
+
+
 def update_view(request):
     """The cookiecutter's way: change the object and return; zope.sqlalchemy
     flushes inside the commit (``flush=1`` flushes in the view instead)."""
+    _maybe_slow_commit(request)
     item = get_item(request)
     item.version = int(request.params["v"])
     if "payload" in request.params:
@@ -86,6 +114,56 @@ def update_view(request):
         request.dbsession.flush()
     if request.params.get("fail"):
         raise RuntimeError("failing after the write, on purpose")
+    return item_json(item)
+
+
+def savepoint_update(request):
+    item = get_item(request)
+    savepoint = request.dbsession.begin_nested()
+    item.version = int(request.params["v"])
+    request.dbsession.flush()
+    if request.params.get("keep"):
+        savepoint.commit()
+    else:
+        savepoint.rollback()
+    return item_json(get_item(request))
+
+
+def bulk_update(request):
+    _maybe_slow_commit(request)
+    item_id = int(request.matchdict["id"])
+    request.dbsession.execute(update(Item).where(Item.id == item_id)
+                              .values(version=int(request.params["v"])))
+    request.cache.invalidate(f"item:{item_id}")
+    return {"id": item_id, "version": int(request.params["v"])}
+
+
+def text_update(request):
+    _maybe_slow_commit(request)
+    item_id = int(request.matchdict["id"])
+    request.dbsession.execute(text("UPDATE cache_test_item SET version = :v WHERE id = :id"),
+                              {"v": int(request.params["v"]), "id": item_id})
+    zope.sqlalchemy.mark_changed(request.dbsession, transaction_manager=request.tm)
+    request.cache.invalidate(f"item:{item_id}")
+    return {"id": item_id, "version": int(request.params["v"])}
+
+
+class Conflict(Exception):
+    """A retryable failure (what a serialization failure is to pyramid_retry)."""
+
+
+pyramid_retry.mark_error_retryable(Conflict)
+
+
+def retried_update(request):
+    _maybe_slow_commit(request)
+    item = get_item(request)
+    item.version = int(request.params["v"])
+    request.dbsession.flush()
+    if request.retry_attempt == 0:  # the first attempt wrote, then conflicts
+        item.version = -1
+        request.dbsession.flush()
+        raise Conflict("conflict on the first attempt")
     return item_json(item)
 
 
@@ -131,9 +209,11 @@ def naive_put(request):
 def make_app(db_url: str, **settings):
     settings.setdefault("examcache.redis_url", "memory://")
     settings["sqlalchemy.url"] = db_url
+    settings.setdefault("retry.attempts", "3")
     engine = create_engine(db_url, pool_size=20, max_overflow=20)
     factory = sessionmaker(bind=engine)
     with Configurator(settings=settings) as config:
+        config.include("pyramid_retry")
         config.include("pyramid_tm")
         config.include("pyramid_examcache.cache")
 
@@ -152,6 +232,16 @@ def make_app(db_url: str, **settings):
         config.add_route("naive", "/naive/items/{id}")
         config.add_route("wtr", "/items/{id}/write-then-read")
         config.add_route("inv", "/invalidate/{id}")
+        config.add_route("savepoint", "/savepoint/items/{id}")
+        config.add_route("bulk", "/bulk/items/{id}")
+        config.add_route("text", "/text/items/{id}")
+        config.add_route("retried", "/retry/items/{id}")
+        config.add_view(savepoint_update, route_name="savepoint", request_method="PUT",
+                        renderer="json")
+        config.add_view(bulk_update, route_name="bulk", request_method="PUT", renderer="json")
+        config.add_view(text_update, route_name="text", request_method="PUT", renderer="json")
+        config.add_view(retried_update, route_name="retried", request_method="PUT",
+                        renderer="json")
         config.add_view(item_view, route_name="item", request_method="GET", renderer="json",
                         cache="item:{id}", cache_tags=("group:0",))
         config.add_view(update_view, route_name="item", request_method="PUT", renderer="json")
@@ -166,6 +256,8 @@ def create_schema(db_url: str, n_items: int = 5) -> None:
     engine = create_engine(db_url)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
+    log_metadata.drop_all(engine)
+    log_metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(Item.__table__.insert(), [{"id": i, "grp": 0, "version": 0, "payload": ""}
                                                for i in range(1, n_items + 1)])
@@ -189,10 +281,12 @@ def main() -> None:
     parser.add_argument("--load-delay", default="0")
     parser.add_argument("--load-counter", default="")
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--setting", action="append", default=[], help="key=value")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.setting)
     app = make_app(args.db, **{"examcache.redis_url": args.redis, "examcache.key_prefix": args.prefix,
                                "test.load_delay": args.load_delay,
-                               "test.load_counter": args.load_counter})
+                               "test.load_counter": args.load_counter, **extra})
     import waitress
 
     waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,

@@ -56,20 +56,29 @@ def thread_server(app, threads: int = 16):
 
 
 @contextmanager
-def process_servers(n: int, db: str, redis_url: str, prefix: str, load_delay: float = 0.0,
-                    load_counter: str = "", threads: int = 16):
+def process_servers(n: int, db: str, redis_url: str | list[str], prefix: str,
+                    load_delay: float = 0.0, load_counter: str = "", threads: int = 16,
+                    settings: dict | None = None, env: list[dict] | None = None,
+                    procs_out: list | None = None):
+    """``n`` itemapp processes.  ``redis_url`` may be one URL per process (e.g. one
+    through a proxy); ``settings`` are extra ``key=value`` app settings; ``env``
+    extra environment per process; ``procs_out`` receives the Popen objects."""
     procs, bases = [], []
+    urls = redis_url if isinstance(redis_url, list) else [redis_url] * n
+    extra = [arg for k, v in (settings or {}).items() for arg in ("--setting", f"{k}={v}")]
     try:
-        for _ in range(n):
+        for i in range(n):
             port = free_port()
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tests.cache.itemapp", "--port", str(port), "--db", db,
-                 "--redis", redis_url, "--prefix", prefix, "--load-delay", str(load_delay),
-                 "--load-counter", load_counter, "--threads", str(threads)],
-                cwd=ROOT))
+                 "--redis", urls[i], "--prefix", prefix, "--load-delay", str(load_delay),
+                 "--load-counter", load_counter, "--threads", str(threads), *extra],
+                cwd=ROOT, env={**os.environ, **((env or [{}] * n)[i])}))
             bases.append(f"http://127.0.0.1:{port}")
         for base in bases:
             wait_for_port(int(base.rsplit(":", 1)[1]), timeout=30)
+        if procs_out is not None:
+            procs_out.extend(procs)
         yield bases
     finally:
         stop_processes(procs)
