@@ -160,7 +160,7 @@ def retried_update(request):
     item = get_item(request)
     item.version = int(request.params["v"])
     request.dbsession.flush()
-    if request.retry_attempt == 0:  # the first attempt wrote, then conflicts
+    if request.environ["retry.attempt"] == 0:  # the first attempt wrote, then conflicts
         item.version = -1
         request.dbsession.flush()
         raise Conflict("conflict on the first attempt")

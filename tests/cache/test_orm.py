@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import transaction
 import zope.sqlalchemy
 from pyramid.testing import DummyRequest
@@ -14,7 +15,7 @@ from pyramid_examcache.cache.backends.memory import MemoryBackend
 from pyramid_examcache.cache.policy import CachePolicy, RequestCache
 from pyramid_examcache.settings import CacheSettings
 
-from .test_policy import BrokenBackend
+from .test_policy import BrokenBackend, FailingVote
 
 Base = declarative_base()
 
@@ -99,13 +100,14 @@ def test_tag_declared_by_a_model_invalidates_values_filled_under_it():
     assert not cached(policy, "exam:1:summary")
 
 
-def request_with_session(policy):
+def request_with_session(policy, seed=True):
     """A committed question 10 in exam 1, ``question:10`` cached, and a request
-    inside an explicit transaction whose session carries the request."""
+    inside an explicit transaction whose session is registered with it."""
     factory = make_session()
-    seed = factory()
-    seed.add_all([Exam(id=1), Question(id=10, exam_id=1)])
-    seed.commit()
+    if seed:
+        first = factory()
+        first.add_all([Exam(id=1), Question(id=10, exam_id=1)])
+        first.commit()
     warm(policy, "question:10")
     request = DummyRequest()
     request.tm = transaction.TransactionManager(explicit=True)
@@ -151,3 +153,147 @@ def test_deferred_invalidations_are_retried_in_the_background():
         time.sleep(0.05)
     assert backend.get("k") is None, "no read happened, yet the invalidation must land"
     policy.close()
+
+
+def test_a_session_that_was_not_registered_is_left_alone():
+    policy = CachePolicy(MemoryBackend())
+    session = make_session()()
+    session.add_all([Exam(id=1), Question(id=10, exam_id=1)])
+    session.commit()
+    warm(policy, "question:10")
+    session.get(Question, 10).text = "changed"
+    session.commit()
+    assert cached(policy, "question:10")
+    assert "examcache" not in session.info
+
+
+def test_deleting_an_expired_object_invalidates_its_keys():
+    policy = CachePolicy(MemoryBackend())
+    session = orm.register(make_session()(), policy)
+    session.add_all([Exam(id=1), Question(id=10, exam_id=1)])
+    session.commit()  # expires every attribute
+    warm(policy, "question:10", "exam:1:questions")
+    question = session.get(Question, 10)
+    session.expire(question)
+    session.delete(question)
+    session.commit()
+    assert not cached(policy, "question:10")
+    assert not cached(policy, "exam:1:questions")
+
+
+def test_savepoints_rolled_back_drop_only_their_own_keys():
+    policy = CachePolicy(MemoryBackend())
+    session = orm.register(make_session()(), policy)
+    session.add_all([Exam(id=1), Exam(id=2), Exam(id=3)])
+    session.commit()
+    warm(policy, "exam:1", "exam:2", "exam:3")
+    session.get(Exam, 1).title = "outer"
+    session.flush()
+    with session.begin_nested():
+        session.get(Exam, 2).title = "released savepoint"
+    nested = session.begin_nested()
+    session.get(Exam, 3).title = "rolled back"
+    session.flush()
+    nested.rollback()
+    session.commit()
+    assert not cached(policy, "exam:1")
+    assert not cached(policy, "exam:2")
+    assert cached(policy, "exam:3")
+
+
+def test_a_rolled_back_script_transaction_invalidates_nothing():
+    policy = CachePolicy(MemoryBackend())
+    session = orm.register(make_session()(), policy)
+    session.add(Exam(id=1))
+    session.commit()
+    warm(policy, "exam:1")
+    session.get(Exam, 1).title = "x"
+    session.flush()
+    session.rollback()
+    session.commit()  # nothing left to apply
+    assert cached(policy, "exam:1")
+
+
+def test_an_invalidate_called_during_the_commit_waits_for_its_outcome():
+    """pyramid_tm removes tm.active before commit(): code running inside the
+    commit (a before-commit hook, zope.sqlalchemy's flush) must still defer."""
+    policy = CachePolicy(MemoryBackend())
+    request, session = request_with_session(policy)
+    txn = request.tm.get()
+    txn.addBeforeCommitHook(lambda: request.cache.invalidate("question:10"))
+    txn.join(FailingVote())
+    del request.environ["tm.active"]  # as pyramid_tm does before commit()
+    with pytest.raises(RuntimeError):
+        request.tm.commit()
+    request.tm.abort()
+    assert cached(policy, "question:10"), "invalidated although the commit failed"
+
+    request, session = request_with_session(policy, seed=False)
+    request.tm.get().addBeforeCommitHook(lambda: request.cache.invalidate("question:10"))
+    del request.environ["tm.active"]
+    request.tm.commit()
+    assert not cached(policy, "question:10")
+
+
+def test_a_zope_flush_inside_the_commit_invalidates_after_the_database_commit():
+    """The cookiecutter view: no flush in the view; zope.sqlalchemy flushes in
+    tpc_begin; a resource voting before it sees the cache still untouched."""
+    policy = CachePolicy(MemoryBackend())
+    request, session = request_with_session(policy)
+    session.get(Question, 10).text = "new"
+    seen = []
+
+    class Observer:
+        transaction_manager = None
+
+        def abort(self, txn): pass
+        def tpc_begin(self, txn): pass
+        def commit(self, txn): pass
+        def tpc_vote(self, txn): seen.append(cached(policy, "question:10"))
+        def tpc_finish(self, txn): pass
+        def tpc_abort(self, txn): pass
+        def sortKey(self): return "0-observer"
+
+    request.tm.get().join(Observer())
+    del request.environ["tm.active"]
+    request.tm.commit()
+    assert seen == [True], "invalidated before the database COMMIT"
+    assert not cached(policy, "question:10")
+
+
+def test_register_refuses_what_it_cannot_use():
+    with pytest.raises(TypeError, match="CachePolicy"):
+        orm.register(make_session()(), object())
+
+
+def test_the_durable_row_is_written_in_the_same_transaction(tmp_path):
+    from sqlalchemy import func, select
+
+    from pyramid_examcache.cache.invalidation_log import InvalidationLog, log_table
+    from pyramid_examcache.cache.invalidation_log import metadata as log_metadata
+
+    engine = create_engine(f"sqlite:///{tmp_path}/db.sqlite")
+    Base.metadata.create_all(engine)
+    log_metadata.create_all(engine)
+    policy = CachePolicy(MemoryBackend())
+    policy.log = InvalidationLog(policy.invalidate_now, policy.usable, relay_after=0)
+    try:
+        session = orm.register(sessionmaker(bind=engine)(), policy)
+        session.add(Exam(id=1))
+        session.commit()
+
+        def rows():
+            with engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(log_table)).scalar()
+
+        assert rows() == 1  # applied by the writer, deleted by the next relay round
+        policy.log.run_once()
+        assert rows() == 0
+        session.get(Exam, 1).title = "rolled back"
+        session.flush()
+        session.rollback()
+        assert rows() == 0
+        assert policy.log.stats["recorded"] == 1
+    finally:
+        policy.close()
+        engine.dispose()
