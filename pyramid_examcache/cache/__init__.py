@@ -5,7 +5,7 @@ from pyramid.config import Configurator
 from pyramid.interfaces import IRequest
 from zope.interface import Interface
 
-from ..settings import parse_cache_settings
+from ..settings import CacheSettings, parse_cache_settings
 from .backends import make_backend
 from .invalidation_log import InvalidationLog
 from .orm import register
@@ -22,6 +22,19 @@ def get_policy(registry) -> CachePolicy:
     return registry.getUtility(ICachePolicy)
 
 
+def build_policy(settings: CacheSettings) -> CachePolicy:
+    """The policy for validated settings: its backend and, for a Redis backend
+    with ``examcache.invalidation_log`` on, the durable log and its relay thread
+    (G6).  Used by ``includeme`` and by ``examcache-consumer``."""
+    policy = CachePolicy(make_backend(settings), settings)
+    if settings.invalidation_log and not settings.redis_url.startswith("memory://"):
+        policy.log = InvalidationLog(
+            policy.invalidate_now, policy.usable, url=settings.invalidation_log_url,
+            interval=settings.relay_interval, relay_after=settings.relay_after)
+        policy.log.start()
+    return policy
+
+
 def _request_cache(request) -> RequestCache:
     return RequestCache(get_policy(request.registry), request)
 
@@ -33,18 +46,12 @@ def includeme(config: Configurator) -> None:
     settings = parse_cache_settings(config.get_settings())
 
     def register() -> None:
-        policy = CachePolicy(make_backend(settings), settings)
-        if settings.invalidation_log and not settings.redis_url.startswith("memory://"):
-            policy.log = InvalidationLog(
-                policy.invalidate_now, policy.usable, url=settings.invalidation_log_url,
-                interval=settings.relay_interval, relay_after=settings.relay_after)
-            policy.log.start()
-        config.registry.registerUtility(policy, ICachePolicy)
+        config.registry.registerUtility(build_policy(settings), ICachePolicy)
 
     config.action(("pyramid_examcache", "cache-policy"), register, order=-10)
     config.add_request_method(_request_cache, "cache", reify=True)
     config.add_view_deriver(cached_view)
 
 
-__all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "get_policy", "cached", "includeme",
-           "register"]
+__all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "build_policy", "get_policy", "cached",
+           "includeme", "register"]

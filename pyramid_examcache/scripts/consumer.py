@@ -8,6 +8,11 @@ committed while the broker was down, attempts cut off by a killed consumer) and 
 Huey's consumer with ``mail.workers`` threads. Periodic jobs -- relay the outbox, purge
 finished jobs -- run every ``mail.relay_interval`` seconds.
 
+With a Redis cache (``examcache.redis_url``) and ``examcache.invalidation_log`` on, it also
+runs the relay of the durable invalidation log (G6) on ``examcache.invalidation_log_url``
+(default ``sqlalchemy.url``), so logged invalidations are re-applied even when no web
+process is running.
+
 SIGTERM and SIGINT stop it gracefully: workers finish the mail in hand (up to
 ``mail.shutdown_timeout`` seconds); a mail still in flight after that is handed back
 to the outbox and re-queued.
@@ -27,7 +32,8 @@ from pyramid.exceptions import ConfigurationError
 
 from ..mail.queue import MailQueue
 from ..mail.relay import relay
-from ..settings import MailSettings, parse_mail_settings
+from ..cache import build_policy
+from ..settings import MailSettings, parse_cache_settings, parse_mail_settings
 
 log = logging.getLogger("pyramid_examcache.consumer")
 
@@ -96,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO)
     try:
-        settings = parse_mail_settings(read_settings(config_uri))
+        raw = read_settings(config_uri)
+        settings = parse_mail_settings(raw)
+        cache_settings = parse_cache_settings(raw)
         if settings.queue_url.startswith("memory:"):
             raise ConfigurationError("mail.queue_url = memory:// runs mail in the web process; "
                                      "the consumer needs redis:// or sqlite:///")
@@ -110,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("start-up relay: %d mail(s) pushed to the queue", pushed)
     except Exception:  # noqa: BLE001 -- the periodic relay retries
         log.exception("start-up relay failed; the periodic relay will retry")
+    cache_policy = None
+    if (cache_settings.invalidation_log and cache_settings.invalidation_log_url
+            and not cache_settings.redis_url.startswith("memory://")):
+        cache_policy = build_policy(cache_settings)
+        log.info("relaying the cache invalidation log every %ss", cache_settings.relay_interval)
     options = {"workers": args.workers} if args.workers else {}
     consumer = make_consumer(queue, settings, **options)
     log.info("due retries are checked every %ss; relay and purge run every %ss",
@@ -118,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumer.run()
     finally:
         queue.close()
+        if cache_policy is not None:
+            cache_policy.close()
     return 0
 
 
