@@ -9,6 +9,7 @@ import pytest
 
 from pyramid_examcache.cache import get_policy
 
+from ..mail.support import wait_until
 from . import itemapp
 from .servers import Client, thread_server
 
@@ -71,16 +72,6 @@ def test_redis_paused_serves_from_the_database_and_keeps_the_invalidation(served
     client.close()
 
 
-def poll(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_redis_stopped_then_restarted(served, private_redis):
     app, base = served
@@ -91,7 +82,7 @@ def test_redis_stopped_then_restarted(served, private_redis):
     assert [r[0] for r in results] == [200] * 20
     assert max(r[3] for r in results) < 0.5  # connection refused is fast
     private_redis.start()
-    poll(lambda: timed_get(client, "/items/2")[1] == "HIT", 10, "hits to resume")
+    wait_until(lambda: timed_get(client, "/items/2")[1] == "HIT", 10, message="hits to resume")
     client.close()
 
 
@@ -117,8 +108,8 @@ def test_after_a_stall_with_a_deferred_invalidation_the_background_retry_restore
     finally:
         private_redis.resume()
     resumed = time.monotonic()
-    poll(lambda: not policy.deferred and policy.breaker.state == "closed",
-         10, "the background retry to apply the invalidation and close the breaker")
+    wait_until(lambda: not policy.deferred and policy.breaker.state == "closed", 10,
+               message="the background retry applying the invalidation and closing the breaker")
     took = time.monotonic() - resumed
     print(f"\n[G4 stall] breaker closed by the background retry {took:.2f}s after SIGCONT "
           f"(breaker_reset 1.0s)")
