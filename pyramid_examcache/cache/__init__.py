@@ -29,7 +29,8 @@ def build_policy(settings: CacheSettings) -> CachePolicy:
     policy = CachePolicy(make_backend(settings), settings)
     if settings.invalidation_log and not settings.redis_url.startswith("memory://"):
         policy.log = InvalidationLog(
-            policy.invalidate_now, policy.usable, url=settings.invalidation_log_url,
+            policy.invalidate_now, policy.usable, scope=settings.key_prefix,
+            url=settings.invalidation_log_url,
             interval=settings.relay_interval, relay_after=settings.relay_after)
         policy.log.start()
     return policy

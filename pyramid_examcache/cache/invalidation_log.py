@@ -4,26 +4,36 @@ Facebook's memcache replays deletes from the database's commit log (NSDI 2013,
 "mcsqueal").  We do the same with one table in the application's database:
 
 1. **Record** -- a writing transaction of a registered session (:mod:`.orm`)
-   inserts one row ``(id, keys, tags, created_at)`` *in the same transaction* as
-   its data, just before the database COMMIT (one extra INSERT per writing
-   transaction; reads are untouched).  The row exists if and only if the data
-   committed.
+   inserts one row ``(id, scope, keys, tags, created_at)`` *in the same
+   transaction* as its data, just before the database COMMIT (one extra INSERT
+   per writing transaction; reads are untouched).  The row exists if and only if
+   the data committed.  ``scope`` is the cache's key prefix: two deployments
+   sharing a database (blue/green with another ``examcache.key_prefix``) never
+   take each other's rows.  (Not the Redis URL: one Redis is often reached
+   under several addresses -- a proxy, a DNS alias.)
 2. **Apply** -- after the COMMIT, the writer invalidates in Redis as before and,
    when that worked, queues the row's id for deletion (deleted in batches by
    the relay, outside any request).
 3. **Relay** -- a daemon thread in every web process (and ``examcache-consumer``)
    wakes every ``examcache.relay_interval`` seconds, deletes the applied ids it
-   queued, then re-applies every row older than ``examcache.relay_after``
-   seconds and deletes it.  On PostgreSQL a transaction-level advisory lock lets
-   one relay work at a time; the others skip that round.
+   queued, then reads its scope's rows.  A row it has *seen* for at least
+   ``examcache.relay_after`` seconds (by its own monotonic clock: no two hosts'
+   clocks are ever compared) is re-applied and deleted.  No database lock or
+   transaction is held while Redis is called, so a relay that freezes mid-round
+   (SIGSTOP, a paused VM) blocks no other relay; on PostgreSQL a
+   transaction-level advisory lock around the short read only keeps relays from
+   reading in lockstep.
 
 A writer that dies between its COMMIT and its ``DEL``, or that cannot reach
-Redis while the other processes can, leaves its row; another process's relay
-applies it within ``relay_after + relay_interval`` (+ one round) seconds --
-3 s with the defaults, inside G6's 5 s.  Re-applying is idempotent: an
-invalidation deletes values, leases and tag versions, so applying it twice
-costs at most one extra miss, and a fill racing a replay is refused by the
-lease protocol exactly as a fill racing the original invalidation.
+Redis while the other processes can, leaves its row; any other process's relay
+sees it within ``relay_interval`` and applies it ``relay_after`` later, at the
+next round: at most ``relay_after + 2 * relay_interval`` seconds after the
+commit, 4 s with the defaults (measured: about 3 s), inside G6's 5 s.
+
+Re-applying is idempotent and safe for G2: an invalidation deletes values,
+leases and tag versions, so applying it again (or twice concurrently) costs at
+most one extra miss, and a fill racing a replay is refused by the lease
+protocol exactly as a fill racing the original invalidation.
 
 The table: add :data:`metadata` to Alembic's ``target_metadata``, or call
 :func:`create_invalidation_log` / :func:`drop_invalidation_log` in a migration.
@@ -34,33 +44,34 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import (JSON, Column, DateTime, Index, MetaData, String, Table, delete, func, select,
-                        text)
+from sqlalchemy import JSON, Column, DateTime, Index, MetaData, String, Table, delete, func, select
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "examcache_invalidation_log"
-#: PostgreSQL advisory lock key of the relay (``hashtext('examcache_invalidation_log')``-like constant)
-ADVISORY_LOCK = 0x6578616D  # "exam"
-#: rows re-applied per relay round
+#: rows read (and re-applied) per relay round
 BATCH = 500
+#: seconds after which a database found without the table is looked at again
+RECHECK_TABLE = 60.0
 
 
 def _columns() -> list[Column]:
     return [
         Column("id", String(32), primary_key=True),
+        Column("scope", String(255), nullable=False),
         Column("keys", JSON, nullable=False),
         Column("tags", JSON, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
     ]
 
 
-_INDEX = (f"ix_{TABLE_NAME}_created_at", ("created_at",))
+_INDEX = (f"ix_{TABLE_NAME}_scope", ("scope", "created_at"))
 
 #: Add this to your Alembic ``target_metadata`` (or use :func:`create_invalidation_log`).
 metadata = MetaData()
@@ -93,17 +104,20 @@ class InvalidationLog:
     """
 
     def __init__(self, apply: Callable[[list[str], list[str]], bool],
-                 usable: Callable[[], bool], *, url: str | None = None,
-                 interval: float = 1.0, relay_after: float = 2.0,
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 usable: Callable[[], bool], *, scope: str = "examcache:",
+                 url: str | None = None, interval: float = 1.0, relay_after: float = 2.0,
+                 monotonic: Callable[[], float] = time.monotonic, thread: bool = True) -> None:
         self._apply = apply
         self._usable = usable
+        self.scope = scope[:255]
         self.url = url
         self.interval = interval
         self.relay_after = relay_after
-        self._clock = clock
+        self._monotonic = monotonic
+        self._run_thread = thread
         self._lock = threading.Lock()
-        self._has_table: dict[Any, bool] = {}
+        self._has_table: dict[Any, tuple[bool, float]] = {}
+        self._first_seen: dict[str, float] = {}
         self._done: dict[Engine, list[str]] = {}
         self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._own_engine: Engine | None = None
@@ -122,8 +136,8 @@ class InvalidationLog:
         if not self._table_exists(conn):
             return None
         row_id = uuid.uuid4().hex
-        conn.execute(log_table.insert().values(id=row_id, keys=sorted(keys), tags=sorted(tags),
-                                               created_at=self._clock()))
+        conn.execute(log_table.insert().values(id=row_id, scope=self.scope, keys=sorted(keys),
+                                               tags=sorted(tags), created_at=utcnow()))
         self.stats["recorded"] += 1
         if engine not in self._engines:
             self._engines.add(engine)
@@ -138,12 +152,15 @@ class InvalidationLog:
 
     def _table_exists(self, conn: Connection) -> bool:
         key = conn.engine.url
-        known = self._has_table.get(key)
-        if known is None:
+        known, checked = self._has_table.get(key, (None, 0.0))
+        now = self._monotonic()
+        if known is None or (not known and now - checked >= RECHECK_TABLE):
             from sqlalchemy import inspect
 
-            known = self._has_table[key] = inspect(conn).has_table(TABLE_NAME)
-            if not known:
+            first = known is None
+            known = inspect(conn).has_table(TABLE_NAME)
+            self._has_table[key] = (known, now)
+            if not known and first:
                 log.error("no table %s in %s: committed cache invalidations are not durable "
                           "(G6) -- create it (pyramid_examcache.cache.invalidation_log."
                           "create_invalidation_log) or set examcache.invalidation_log = false",
@@ -153,6 +170,8 @@ class InvalidationLog:
     # -- the relay ------------------------------------------------------------------
     def start(self) -> None:
         """Start this process's relay thread (again after a fork); idempotent."""
+        if not self._run_thread:
+            return
         if self._pid == os.getpid() and self._thread is not None:
             return
         with self._lock:
@@ -206,34 +225,47 @@ class InvalidationLog:
         return relayed
 
     def _relay(self, engine: Engine) -> int:
+        # 1. read this scope's rows
         with engine.begin() as conn:
             if not self._table_exists(conn):
                 return 0
-            if conn.dialect.name == "postgresql" and not conn.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK}).scalar():
-                return 0  # another process relays this round
-            cutoff = self._clock() - dt.timedelta(seconds=self.relay_after)
             rows = conn.execute(select(log_table.c.id, log_table.c["keys"], log_table.c.tags)
-                                .where(log_table.c.created_at < cutoff)
+                                .where(log_table.c.scope == self.scope)
                                 .order_by(log_table.c.created_at).limit(BATCH)).all()
-            if not rows:
-                return 0
-            keys = sorted({k for row in rows for k in row[1]})
-            tags = sorted({t for row in rows for t in row[2]})
-            if not self._apply(keys, tags):
-                return 0  # kept: applied by a later round (here or elsewhere)
-            conn.execute(delete(log_table).where(log_table.c.id.in_([row[0] for row in rows])))
-            log.info("relayed %d logged invalidation(s) (%d keys, %d tags)",
-                     len(rows), len(keys), len(tags))
-            return len(rows)
+        # 2. which have been seen long enough (this process's own clock)
+        now = self._monotonic()
+        with self._lock:
+            seen = {row[0]: self._first_seen.get(row[0], now) for row in rows}
+            if len(rows) < BATCH:  # forget ids that left the log (applied or relayed)
+                self._first_seen = seen
+            else:
+                self._first_seen.update(seen)
+        due = [row for row in rows if now - seen[row[0]] >= self.relay_after]
+        if not due:
+            return 0
+        keys = sorted({k for row in due for k in row[1]})
+        tags = sorted({t for row in due for t in row[2]})
+        # 3. apply without any database lock or transaction open
+        if not self._apply(keys, tags):
+            return 0  # kept: applied by a later round (here or elsewhere)
+        ids = [row[0] for row in due]
+        with engine.begin() as conn:
+            conn.execute(delete(log_table).where(log_table.c.id.in_(ids)))
+        with self._lock:
+            for row_id in ids:
+                self._first_seen.pop(row_id, None)
+        log.info("relayed %d logged invalidation(s) (%d keys, %d tags)",
+                 len(due), len(keys), len(tags))
+        return len(due)
 
     def pending_rows(self) -> int:
-        """Rows in the log of this policy's databases (for operators and tests)."""
+        """Rows of this scope in the log of this policy's databases (operators, tests)."""
         total = 0
         for engine in self._engines_to_relay():
             with engine.connect() as conn:
                 if self._table_exists(conn):
-                    total += conn.execute(select(func.count()).select_from(log_table)).scalar()
+                    total += conn.execute(select(func.count()).select_from(log_table)
+                                          .where(log_table.c.scope == self.scope)).scalar()
         return total
 
     def close(self) -> None:

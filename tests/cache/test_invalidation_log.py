@@ -1,7 +1,6 @@
 """The durable invalidation log (G6): the relay, its failure modes, the consumer's relay."""
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 import pytest
@@ -30,16 +29,21 @@ class Thing(Base):
     name = Column(String, default="")
 
 
-def old_row(engine, keys, tags=(), age=60.0, row_id="r1"):
+def logged(engine, keys, tags=(), row_id="r1", scope="examcache:"):
+    """A committed row whose writer never applied it (died, or partitioned)."""
     with engine.begin() as conn:
         conn.execute(log_table.insert().values(
-            id=row_id, keys=list(keys), tags=list(tags),
-            created_at=utcnow() - dt.timedelta(seconds=age)))
+            id=row_id, scope=scope, keys=list(keys), tags=list(tags), created_at=utcnow()))
 
 
 def rows(engine) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(log_table)).scalar()
+
+
+def ids(engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(log_table.c.id)).scalars())
 
 
 @pytest.fixture
@@ -57,11 +61,14 @@ def test_a_relay_that_cannot_reach_the_store_keeps_the_rows(pg_engine_with_log):
     clock = FakeClock()
     backend = BrokenBackend()
     policy = CachePolicy(backend, CacheSettings(breaker_threshold=1, breaker_reset=1.0), clock=clock)
-    journal = InvalidationLog(policy.invalidate_now, policy.usable, url=url)
+    journal = InvalidationLog(policy.invalidate_now, policy.usable, url=url, relay_after=2,
+                              monotonic=clock, thread=False)
     policy.get_or_set("thing:1", lambda: "old")
-    old_row(engine, ["thing:1"])
+    logged(engine, ["thing:1"])
     backend.down = True
-    assert journal.run_once() == 0
+    assert journal.run_once() == 0  # first seen now: left to its writer for relay_after
+    clock.now += 2
+    assert journal.run_once() == 0  # due, but the store is down
     assert rows(engine) == 1 and backend.get("thing:1") is not None
     # the breaker is open now: the next rounds skip without touching the rows
     assert journal.run_once() == 0 and rows(engine) == 1
@@ -73,15 +80,25 @@ def test_a_relay_that_cannot_reach_the_store_keeps_the_rows(pg_engine_with_log):
     policy.close()
 
 
-def test_rows_younger_than_relay_after_are_left_to_their_writer(pg_engine_with_log):
+def test_rows_are_relayed_only_after_relay_after_and_only_in_their_scope(pg_engine_with_log):
     url, engine = pg_engine_with_log
+    clock = FakeClock()
     policy = CachePolicy(BrokenBackend())
-    journal = InvalidationLog(policy.invalidate_now, policy.usable, url=url, relay_after=30)
-    old_row(engine, ["a"], age=1, row_id="young")
-    old_row(engine, ["b"], age=60, row_id="old")
+    journal = InvalidationLog(policy.invalidate_now, policy.usable, url=url, relay_after=2,
+                              scope="blue:", monotonic=clock, thread=False)
+    logged(engine, ["a"], row_id="ours-1", scope="blue:")
+    logged(engine, ["b"], row_id="green", scope="green:")
+    assert journal.run_once() == 0
+    clock.now += 1
+    logged(engine, ["c"], row_id="ours-2", scope="blue:")
+    assert journal.run_once() == 0
+    clock.now += 1
     assert journal.run_once() == 1
-    with engine.connect() as conn:
-        assert conn.execute(select(log_table.c.id)).scalars().all() == ["young"]
+    assert ids(engine) == ["green", "ours-2"]
+    clock.now += 1
+    assert journal.run_once() == 1
+    assert ids(engine) == ["green"]  # another deployment's row is never taken
+    assert journal.pending_rows() == 0
     journal.close()
 
 
@@ -112,7 +129,7 @@ def test_the_consumer_relays_the_log_with_no_web_process(pg_engine_with_log, pri
     policy.get_or_set("thing:7", lambda: "old", tags=["group"])
     policy.get_or_set("thing:8", lambda: "old", tags=["group"])
     assert backend.get("thing:7", ("group",)) is not None
-    old_row(engine, ["thing:7"], ["group"])
+    logged(engine, ["thing:7"], ["group"], scope="relay:")
     ini = write_ini(str(tmp_path / "consumer.ini"), {
         "sqlalchemy.url": url, "mail.queue_url": f"sqlite:///{tmp_path}/q.sqlite",
         "examcache.redis_url": private_redis.url, "examcache.key_prefix": "relay:"})

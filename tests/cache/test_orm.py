@@ -276,7 +276,8 @@ def test_the_durable_row_is_written_in_the_same_transaction(tmp_path):
     Base.metadata.create_all(engine)
     log_metadata.create_all(engine)
     policy = CachePolicy(MemoryBackend())
-    policy.log = InvalidationLog(policy.invalidate_now, policy.usable, relay_after=0)
+    # no relay thread: this test runs the rounds itself
+    policy.log = InvalidationLog(policy.invalidate_now, policy.usable, relay_after=0, thread=False)
     try:
         session = orm.register(sessionmaker(bind=engine)(), policy)
         session.add(Exam(id=1))

@@ -28,8 +28,15 @@ def test_wrong_method_is_405_with_allow(app, method, url, allow):
 
 
 def test_head_of_cached_views(app):
+    """HEAD goes through the cache like GET, and what a HEAD stores is the whole body."""
     res = app.head("/api/exams/1/questions", status=200)
-    assert res.body == b""
+    assert res.headers["X-Cache"] == "MISS" and res.content_type == "application/json"
+    length = int(res.headers["Content-Length"])
+    assert length > 45_000
+    assert app.head("/api/exams/1/questions", status=200).headers["X-Cache"] == "HIT"
+    hit = app.get("/api/exams/1/questions", status=200)
+    assert hit.headers["X-Cache"] == "HIT" and len(hit.body) == length
+    assert hit.json["examId"] == 1 and len(hit.json["questions"]) == 50
 
 
 BAD_BODIES = [

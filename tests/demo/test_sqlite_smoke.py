@@ -32,6 +32,7 @@ from pyramid_examcache.testing import get_mail_capture
 from ..conftest import free_port, stop_processes, wait_for_port
 from .conftest import FAST_ARGON2, close_testapp, make_testapp
 from .helpers import bearer, login, register_verified
+from .hooks import FailAfterView
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,7 @@ def test_the_api_on_sqlite_and_the_memory_cache(dev_ini):
         assert app.get("/api/exams/2/questions").headers["X-Cache"] == "HIT"
         app.put_json("/api/exams/2/questions/51", {"text": "Edited on SQLite"},
                      headers=bearer(student), status=403)
-        with pytest.raises(Exception, match="on purpose"):
+        with pytest.raises(FailAfterView, match="on purpose"):
             app.put_json("/api/exams/2/questions/51", {"text": "Rolled back"},
                          headers={**bearer(login(app)), "X-Test-Fail": "after-view"})
         assert app.get("/api/exams/2/questions").headers["X-Cache"] == "HIT"

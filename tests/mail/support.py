@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPNotFound
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine
 from sqlalchemy.orm import sessionmaker
+
+from pyramid_examcache.mail.tasks import RELAY
 
 # -- SMTP ---------------------------------------------------------------------------------
 
@@ -205,6 +208,22 @@ class ConsumerProcess:
                 raise AssertionError(f"consumer exited ({self.proc.returncode}):\n{self.log()}")
             time.sleep(0.05)
         raise AssertionError(f"{needle!r} not in the consumer log after {timeout}s:\n{self.log()}")
+
+    def rounds(self, task: str = RELAY) -> int:
+        """How many runs of the periodic ``task`` (RELAY or PURGE) have finished so far."""
+        return len(re.findall(rf"\.{re.escape(task)}: \S+ executed in", self.log()))
+
+    def wait_for_rounds(self, n: int, task: str = RELAY, timeout: float = 15.0) -> None:
+        """Wait until ``n`` more runs of the periodic ``task`` have finished (from now):
+        what they could have done wrong (a second push, a retry, a purge) has happened."""
+        target = self.rounds(task) + n
+        deadline = time.monotonic() + timeout
+        while self.rounds(task) < target:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"consumer exited ({self.proc.returncode}):\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{n} {task} round(s) not run after {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None

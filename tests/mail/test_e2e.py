@@ -2,6 +2,7 @@
 redis-server) -> ``examcache-consumer`` subprocess -> aiosmtpd. Real sleeps only here."""
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 
@@ -10,6 +11,7 @@ from sqlalchemy import select
 from webtest import TestApp
 
 from pyramid_examcache.mail.outbox import outbox_table
+from pyramid_examcache.mail.tasks import PURGE
 
 from .support import ConsumerProcess, make_app, wait_until, write_ini
 
@@ -71,7 +73,9 @@ def test_committed_mail_delivered_once_aborted_never(system, smtp_server, db):
         testapp.post_json("/register", {"email": "bob@example.com", "fail": True})
     wait_until(lambda: (state_of(testapp, job_id) or {}).get("state") == "completed",
                message="completed")
-    time.sleep(2.5)  # two relay rounds: nothing else may arrive
+    # two relay rounds after the delivery (and what they could have queued, before a
+    # third): nothing else may arrive
+    consumer.wait_for_rounds(3)
     assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
     [msg] = smtp_server.handler.accepted
     assert msg["To"] == "ann@example.com" and msg["Subject"] == "Welcome"
@@ -91,10 +95,12 @@ def test_redis_down_at_commit_mail_delivered_when_it_returns(system, smtp_server
     jobs = [testapp.post_json("/register", {"email": f"u{i}@example.com"}, status=201).json["jobId"]
             for i in range(3)]
     assert time.monotonic() - started < 3.0  # a dead broker costs little per request
+    assert smtp_server.handler.accepted == []  # no synchronous fallback in the request
     for job_id in jobs:
         r = row(db, job_id)
         assert r.state == "waiting" and r.enqueued_at is None
-    time.sleep(1.5)
+    # the consumer is running against the dead broker, and sends nothing meanwhile
+    consumer.wait_for_log("Error reading from queue", timeout=15)
     assert smtp_server.handler.accepted == []
     private_redis.start()
     wait_until(lambda: len(smtp_server.handler.accepted) == 3, timeout=20, message="3 delivered")
@@ -118,7 +124,7 @@ def test_consumer_killed_mid_send_is_delivered_after_restart(system, smtp_server
     consumer.start()
     wait_until(lambda: smtp_server.handler.accepted, timeout=20, message="delivered")
     wait_until(lambda: state_of(testapp, job_id)["state"] == "completed", message="completed")
-    time.sleep(1.5)
+    consumer.wait_for_rounds(3)  # a re-queue by the relay would have been sent by now
     assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
     assert state_of(testapp, job_id)["attempts"] == 2
 
@@ -156,7 +162,8 @@ def test_permanent_failure_fails_at_once(system, smtp_server, db):
     consumer.start()
     job_id = testapp.post_json("/register", {"email": "nobody@example.com"}, status=201).json["jobId"]
     wait_until(lambda: state_of(testapp, job_id)["state"] == "failed", message="failed")
-    time.sleep(1.5)
+    # a retry (mail.retry_delay = 0.5 s) or a re-queue by the relay would have run by now
+    consumer.wait_for_rounds(3)
     assert state_of(testapp, job_id) == {
         "id": job_id, "state": "failed", "progress": 100, "attempts": 1,
         "failedReason": "550 5.1.1 <nobody@example.com>: user unknown"}
@@ -174,20 +181,19 @@ def test_status_retention(system, smtp_server, db):
     wait_until(lambda: (state_of(testapp, bad) or {}).get("state") == "failed", message="failed")
     wait_until(lambda: state_of(testapp, ok) is None, timeout=6, message="completed purged")
     testapp.get(f"/jobs/{ok}", status=404)
-    time.sleep(1.2)
+    consumer.wait_for_rounds(2, task=PURGE)  # purges that removed a completed job keep it
     assert state_of(testapp, bad)["state"] == "failed"
 
 
-def test_sigterm_stops_gracefully(system, smtp_server, db):
-    """SIGTERM while a mail is in flight: the consumer finishes it, then exits 0."""
-    import signal
-
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_stop_gracefully(system, smtp_server, db, sig):
+    """SIGTERM or SIGINT while a mail is in flight: the consumer finishes it, then exits 0."""
     testapp, consumer = system()
     smtp_server.handler.rcpt_delays = [1.5]
     consumer.start()
     job_id = testapp.post_json("/register", {"email": "tim@example.com"}, status=201).json["jobId"]
     assert smtp_server.handler.rcpt_seen.wait(10)
-    assert consumer.kill(signal.SIGTERM) == 0
+    assert consumer.kill(sig) == 0
     assert state_of(testapp, job_id)["state"] == "completed"
     assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
 

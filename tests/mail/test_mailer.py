@@ -5,7 +5,6 @@ import pytest
 from sqlalchemy import func, select
 from webtest import TestApp
 
-from pyramid_examcache.mail import get_mail_queue
 from pyramid_examcache.mail.outbox import outbox_table
 from pyramid_examcache.testing import get_mail_capture, mail_testing_settings
 
@@ -98,9 +97,13 @@ def test_send_now_sends_synchronously(app):
     assert count_rows(app.engine) == 0
 
 
-def test_queue_is_one_per_application(app):
-    assert get_mail_queue(app.registry) is get_mail_queue(app.registry)
-    assert get_mail_queue(app.registry).immediate
+def test_each_application_has_its_own_queue(app, db, pg_url):
+    """Nothing is shared between applications: each one's mail goes through its own queue."""
+    other = make_app(pg_url, mail_testing_settings(), engine=db)
+    TestApp(app).post_json("/register", {"email": "one@example.com"}, status=201)
+    TestApp(other).post_json("/register", {"email": "two@example.com"}, status=201)
+    assert [m.to for m in get_mail_capture(app).outbox] == [["one@example.com"]]
+    assert [m.to for m in get_mail_capture(other).outbox] == [["two@example.com"]]
 
 
 def test_works_under_the_package_include(db, pg_url):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pyramid.exceptions import ConfigurationError
 
-from pyramid_examcache.settings import MailSettings, parse_mail_settings
+from pyramid_examcache.settings import parse_mail_settings
 
 
 def test_defaults():
@@ -83,8 +83,3 @@ def test_include_rejects_bad_settings_at_startup():
     config = Configurator(settings={"mail.retries": "lots"})
     with pytest.raises(ConfigurationError, match="mail.retries"):
         config.include("pyramid_examcache.mail")
-
-
-def test_settings_are_frozen():
-    with pytest.raises(Exception):
-        MailSettings().retries = 9  # type: ignore[misc]
