@@ -128,6 +128,7 @@ def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, read
         t.start()
     for t in threads:
         t.join(300)
+    assert not any(t.is_alive() for t in threads), "a reader or the writer hung"
     assert not errors, errors[:3]
     times = [t for t, _ in returned]
     stale = 0

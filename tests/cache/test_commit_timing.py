@@ -68,6 +68,7 @@ class Readers:
         self.stop.set()
         for t in self.threads:
             t.join(30)
+        assert not any(t.is_alive() for t in self.threads), "a reader hung"
         assert not self.errors, self.errors[:3]
 
 

@@ -84,15 +84,19 @@ def test_naive_cache_aside_is_caught_across_two_processes(db, redis_url, redis_p
 
 def stampede(bases, path, n=50):
     barrier = threading.Barrier(n)
-    statuses, caches = [], []
+    statuses, caches, errors = [], [], []
     lock = threading.Lock()
 
     def one(i):
-        client = Client(bases[i % len(bases)])
-        client.conn.connect()
-        barrier.wait()
-        status, headers, _ = client.request("GET", path)
-        client.close()
+        try:
+            client = Client(bases[i % len(bases)])
+            client.conn.connect()
+            barrier.wait(60)
+            status, headers, _ = client.request("GET", path)
+            client.close()
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test
+            errors.append(exc)
+            return
         with lock:
             statuses.append(status)
             caches.append(headers.get("X-Cache"))
@@ -103,6 +107,8 @@ def stampede(bases, path, n=50):
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert not errors, errors[:3]
     return statuses, caches, time.monotonic() - started
 
 

@@ -57,7 +57,7 @@ def test_an_update_whose_transaction_aborts_leaves_the_cache_untouched(app, raw,
     app.get("/items/1")
     before = raw.hgetall(f"{redis_prefix}v:item:1")
     assert before
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="failing after the write, on purpose"):
         app.put("/items/1?v=9&fail=1")
     assert raw.hgetall(f"{redis_prefix}v:item:1") == before
     cached = app.get("/items/1")
@@ -66,7 +66,7 @@ def test_an_update_whose_transaction_aborts_leaves_the_cache_untouched(app, raw,
 
 def test_explicit_invalidate_commits_or_is_dropped(app, raw, redis_prefix):
     app.get("/items/2")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="abort after invalidate, on purpose"):
         app.post("/invalidate/2?fail=1")
     assert raw.exists(f"{redis_prefix}v:item:2")
     app.post("/invalidate/2")
@@ -118,6 +118,9 @@ def test_only_200s_without_cookies_for_anonymous_requests_are_stored(redis_url, 
     app.get("/cookie/1")
     assert not raw.exists(f"{redis_prefix}v:missing:1")
     assert not raw.exists(f"{redis_prefix}v:cookie:1")
+    app.get("/missing/1", status=404)
+    app.get("/cookie/1")
+    assert calls["n"] == 4  # neither was served from the cache the second time
     # an authenticated request under a key that does not vary by user: not stored
     app.get("/public/1", headers={"Authorization": "Bearer alice"})
     assert not raw.exists(f"{redis_prefix}v:public:1")

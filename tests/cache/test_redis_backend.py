@@ -19,14 +19,21 @@ def clients(server) -> int:
 def test_a_thread_that_ends_releases_its_connection(private_redis):
     backend = RedisBackend(private_redis.url, prefix="conn:")
     try:
+        answers, errors = [], []
+
         def work():
-            backend.get("k")
+            try:
+                answers.append(backend.get("k"))
+            except BaseException as exc:  # noqa: BLE001 -- re-raised below
+                errors.append(exc)
 
         threads = [threading.Thread(target=work) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            t.join(30)
+        assert not errors, errors[:3]
+        assert answers == [None] * 8  # every thread talked to Redis
         gc.collect()
         deadline = time.monotonic() + 10
         while clients(private_redis) > 0 and time.monotonic() < deadline:
