@@ -1,7 +1,7 @@
 """``python -m bench SCENARIO [--quick] --out DIR [--report FILE]``
 
 Scenarios: ``throughput``, ``stampede``, ``consistency``, ``mail-enqueue``,
-``mail-throughput``, ``memory``, or ``all``.  Starts its own redis-server and
+``mail-throughput``, ``memory``, ``write``, or ``all``.  Starts its own redis-server and
 PostgreSQL database (dropped at the end), runs, and writes ``DIR/results.json``,
 ``DIR/throughput.png`` (when the throughput scenario ran) and the Markdown
 report (``--report``, default ``DIR/RESULTS.md``).
@@ -19,15 +19,17 @@ import shlex
 import sys
 import time
 
-SCENARIOS = ("throughput", "stampede", "consistency", "mail-enqueue", "mail-throughput", "memory")
+SCENARIOS = ("throughput", "stampede", "consistency", "mail-enqueue", "mail-throughput", "memory",
+             "write")
 
 
 def _runner(name: str):
-    from .scenarios import consistency, mail, memory, stampede, throughput
+    from .scenarios import consistency, mail, memory, stampede, throughput, write
 
     return {"throughput": throughput.run, "stampede": stampede.run,
             "consistency": consistency.run, "mail-enqueue": mail.run_enqueue,
-            "mail-throughput": mail.run_throughput, "memory": memory.run}[name]
+            "mail-throughput": mail.run_throughput, "memory": memory.run,
+            "write": write.run}[name]
 
 
 def main(argv=None) -> int:

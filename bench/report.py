@@ -228,6 +228,8 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
         lines += ["", f"Ours also keeps one tag-version key per tag, shared by every entry "
                   f"under that tag: `{t['tag_key']['key']}` = {t['tag_key']['memory_usage']} bytes.",
                   ""]
+    if "write" in s:
+        lines += _write_section(s["write"])
     lines += ["## Notes", "",
               "- Where the time goes on a hit: `python -m bench.profile_hit --profile` (in-process, "
               "pyinstrument) and py-spy on the waitress process under wrk. Three fixes in the "
@@ -246,6 +248,144 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
               "between targets so that drift hits them alike, and the per-round numbers are "
               "shown next to each median.", ""]
     return "\n".join(lines)
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(counts.items())) or "none"
+
+
+def _write_section(t: dict) -> list[str]:
+    seq = t["modes"]["sequential"]
+    lines = ["## 7. Write path: cost of the durable invalidation log", "",
+             "The demo served twice side by side on the same private PostgreSQL and Redis: "
+             "**on** = `examcache.invalidation_log = true` (the default: one INSERT into "
+             "`examcache_invalidation_log` per writing transaction, its id deleted by the relay "
+             f"thread every {t['relay_interval_s']:g} s), **off** = `false`. Each run is "
+             f"{t['writes']} authenticated `PUT /api/exams/1/questions/{{id}}` that each change "
+             f"the text (after {t['warmup']} warm-up PUTs per server): *sequential* = one "
+             f"keep-alive connection; *concurrent* = {t['writers']} writers started together, "
+             "one connection and one question each. Runs alternate "
+             f"({', '.join(t['order'][:4])}, …; {t['rounds']} rounds); after each *on* run "
+             "the bench waits until the relay has emptied the table, so its DELETEs are "
+             "accounted to that run. Latency percentiles pool every PUT of the rounds; PUT/s "
+             "and CPU are medians of the rounds. Both servers are the bench's wrapper of the "
+             "demo (`bench.serve ours --counters`, which counts statements).", "",
+             "| mode | log | p50 ms | p90 ms | p99 ms | mean ms | max ms | PUT/s | PUT/s per round "
+             "| server CPU µs/PUT | PostgreSQL backends CPU µs/PUT | WAL bytes/PUT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for mode, m in t["modes"].items():
+        for name in ("on", "off"):
+            x = m["configs"][name]
+            lines.append(f"| {mode} | **{name}** | {_f(x['p50_ms'], 2)} | {_f(x['p90_ms'], 2)} | "
+                         f"{_f(x['p99_ms'], 2)} | {_f(x['mean_ms'], 2)} | {_f(x['max_ms'], 1)} | "
+                         f"{_f(x['per_s'], 0)} | {_join(x['runs'], 'per_s', '{:,.0f}')} | "
+                         f"{_f(x['server_cpu_us'], 0)} | {_f(x['pg_cpu_us'], 0)} | "
+                         f"{_f(x['wal_bytes'], 0)} |")
+        r = m["ratios"]
+        lines.append(f"| {mode} | on ÷ off | {_f(r['p50_ms'], 3, '×')} | {_f(r['p90_ms'], 3, '×')} "
+                     f"| {_f(r['p99_ms'], 3, '×')} | {_f(r['mean_ms'], 3, '×')} | | "
+                     f"{_f(median_list(m['paired_per_s_ratios']), 3, '×')} | per round: "
+                     f"{', '.join(f'{v:.3f}' for v in m['paired_per_s_ratios'])} (mean "
+                     f"latency: {', '.join(f'{v:.3f}' for v in m['paired_mean_ratios'])}) | "
+                     f"{_f(r['server_cpu_us'], 2, '×')} | {_f(r['pg_cpu_us'], 2, '×')} | |")
+    it = t.get("interleaved")
+    if it:
+        for name in ("on", "off"):
+            x = it[name]
+            lines.append(f"| interleaved | **{name}** | {_f(x['p50_ms'], 2)} | {_f(x['p90_ms'], 2)} "
+                         f"| {_f(x['p99_ms'], 2)} | {_f(x['mean_ms'], 2)} | {_f(x['max_ms'], 1)} "
+                         "| – | – | – | – | – |")
+        r = it["ratios"]
+        lines.append(f"| interleaved | on ÷ off | {_f(r['p50_ms'], 3, '×')} | "
+                     f"{_f(r['p90_ms'], 3, '×')} | {_f(r['p99_ms'], 3, '×')} | "
+                     f"{_f(r['mean_ms'], 3, '×')} | | | | | | |")
+    lines += ["", "PUT/s on ÷ off is the median of the per-round ratios (on and off of the same "
+              "round ran back to back); the latency ratios compare the pooled percentiles."]
+    if it:
+        per_round = ", ".join(f"{x['median_diff_ms']:+.3f}" for x in it["runs"])
+        lines += ["", f"*Interleaved*: {it['pairs']} pairs of sequential PUTs, one to each server, "
+                  "alternately on first and off first (one keep-alive connection per server), so "
+                  "that machine noise hits both alike. Paired difference on − off per PUT: "
+                  f"**median {it['median_diff_ms']:+.3f} ms**, mean {it['mean_diff_ms']:+.3f} ms "
+                  f"(per round, median: {per_round}); "
+                  f"on slower in {it['on_slower_share']:.0%} of the pairs."]
+    on_runs = [x for m in t["modes"].values() for x in m["configs"]["on"]["runs"]]
+    deletes = sum(x["relay_statements"].get("DELETE", 0) for x in on_runs)
+    rounds_ms = [v for x in on_runs + (it["runs"] if it else []) for v in x["relay_round_ms"]]
+    lines += ["", "SQL statements per PUT in the request (SQLAlchemy `before_cursor_execute` "
+              "on the app's engine, by thread): "
+              + "; ".join(f"**{name}** {_counts(seq['request_statements'][name])} + "
+                          f"{seq['request_commits'][name]:g} COMMIT"
+                          for name in ("on", "off")) + ". Relay thread during the *on* runs "
+              f"(including the wait for the empty table): {deletes} DELETE statements for "
+              f"{len(on_runs) * t['writes']} PUTs, "
+              + ", ".join(f"{k} {v}" for k, v in sorted(
+                  _sum_counts([x["relay_statements"] for x in on_runs]).items()))
+              + f", {sum(x['relay_commits'] for x in on_runs)} COMMITs.", ""]
+    for mode, m in t["modes"].items():
+        x = m["configs"]["on"]
+        o, c = x["overlapping_relay_delete"], x["not_overlapping"]
+        lines.append(f"- {mode}, **on**: {o['n']} of {x['n']} PUTs overlapped a relay round "
+                     f"that deleted rows: p50 {_f(o['p50_ms'], 2)} ms, mean "
+                     f"{_f(o['mean_ms'], 2)} ms, max {_f(o['max_ms'], 1)} ms (the others: p50 "
+                     f"{_f(c['p50_ms'], 2)}, mean {_f(c['mean_ms'], 2)}, max "
+                     f"{_f(c['max_ms'], 1)} ms).")
+    if it:
+        o, c = it["on_overlapping_relay_delete"], it["on_not_overlapping"]
+        lines.append(f"- interleaved, **on**: {o['n']} of {it['on']['n']} PUTs overlapped a relay "
+                     f"round that deleted rows: p50 {_f(o['p50_ms'], 2)} ms, mean "
+                     f"{_f(o['mean_ms'], 2)} ms, max {_f(o['max_ms'], 1)} ms (the others: p50 "
+                     f"{_f(c['p50_ms'], 2)}, mean {_f(c['mean_ms'], 2)}, max "
+                     f"{_f(c['max_ms'], 1)} ms).")
+    if rounds_ms:
+        lines.append(f"- relay rounds that deleted rows during the runs: {len(rounds_ms)}, "
+                     f"{min(rounds_ms):.1f}–{max(rounds_ms):.1f} ms each (median "
+                     f"{sorted(rounds_ms)[len(rounds_ms) // 2]:.1f} ms).")
+    drains = [x["drain_s"] for x in on_runs + (it["runs"] if it else [])
+              if x["drain_s"] is not None]
+    stats = t["log_stats"]["on"] or {}
+    lines += [f"- after each *on* run the table was empty within {max(drains):.2f} s "
+              f"(rows left: {', '.join(str(x['log_rows_left']) for x in on_runs + (it['runs'] if it else []))}).",
+              f"- log table `examcache_invalidation_log`: {t['log_rows_before']} row(s) before "
+              "the servers started"
+              + (" (left by processes that exited before their relay deleted their applied "
+                 "rows, e.g. `examcache-initdb`'s seed transaction; the first relay round "
+                 "re-applies them)" if t["log_rows_before"] else "") + ", "
+              f"**{t['log_rows_after']} rows after the run**; the *on* server recorded "
+              f"{stats.get('recorded')} rows, its writers applied {stats.get('applied_by_writer')}, "
+              f"its relay re-applied {stats.get('relayed')} (relay errors "
+              f"{stats.get('relay_errors')}); the *off* server has no log: "
+              f"{_f(t['log_stats']['off'] is None)}.",
+              _table_line(t.get("log_table")),
+              "- WAL bytes are `pg_current_wal_lsn()` differences: cluster-wide, so they include "
+              "anything else the shared PostgreSQL wrote meanwhile (and, for *on*, the relay's "
+              "DELETE). Backend CPU is `/proc/<pid>/stat` of the private database's backends.", ""]
+    lines += _goals(t["goals"]) + [""]
+    return lines
+
+
+def _table_line(x: dict | None) -> str:
+    if not x or "inserted" not in x:
+        return "- log table statistics: –"
+    return (f"- log table's statistics after the servers stopped (`pg_stat_user_tables`, "
+            f"since the database was created: the seed row, earlier scenarios' writes, the "
+            f"warm-up and the runs): {x['inserted']} rows inserted, "
+            f"{x['deleted']} deleted, {x['rows']} rows left, {x['dead']} dead tuples, "
+            f"{x['autovacuums']} autovacuum(s), table + index {x['total_bytes']:,} bytes.")
+
+
+def median_list(values):
+    from .stats import median
+
+    return median(values)
+
+
+def _sum_counts(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _join(runs, field, fmt) -> str:

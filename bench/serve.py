@@ -32,6 +32,7 @@ def main() -> None:
         config = make_config(settings)
         counters.include(config)
         app = config.make_wsgi_app()
+        config.registry["bench.wrap_relay"](config.registry)
     else:
         from demo_app import main as demo_main
 

@@ -40,6 +40,7 @@ The table: add :data:`metadata` to Alembic's ``target_metadata``, or call
 """
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 import os
@@ -123,10 +124,12 @@ class InvalidationLog:
         self._own_engine: Engine | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._owner = os.getpid()
         self._stop = threading.Event()
         self.stats = {"recorded": 0, "applied_by_writer": 0, "relayed": 0, "relay_errors": 0}
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _restart(me))
+        atexit.register(_flush_at_exit, me)
 
     # -- the writer's side --------------------------------------------------------
     def record(self, conn: Connection, keys: Iterable[str], tags: Iterable[str]) -> str | None:
@@ -205,20 +208,9 @@ class InvalidationLog:
 
     def run_once(self) -> int:
         """One relay round over every known database; returns rows re-applied."""
+        self.flush_applied()
         relayed = 0
         for engine in self._engines_to_relay():
-            with self._lock:
-                done = self._done.pop(engine, [])
-            if done:
-                try:
-                    with engine.begin() as conn:
-                        for i in range(0, len(done), BATCH):
-                            conn.execute(delete(log_table).where(
-                                log_table.c.id.in_(done[i:i + BATCH])))
-                except Exception:
-                    with self._lock:  # keep them for the next round
-                        self._done.setdefault(engine, []).extend(done)
-                    raise
             if self._usable():
                 relayed += self._relay(engine)
         self.stats["relayed"] += relayed
@@ -268,23 +260,54 @@ class InvalidationLog:
                                           .where(log_table.c.scope == self.scope)).scalar()
         return total
 
+    def flush_applied(self) -> None:
+        """Delete the rows this process applied itself (done by every round, and
+        at close and exit, so a short-lived script leaves no row behind)."""
+        with self._lock:
+            done, self._done = self._done, {}
+        for engine, ids in done.items():
+            try:
+                with engine.begin() as conn:
+                    for i in range(0, len(ids), BATCH):
+                        conn.execute(delete(log_table).where(log_table.c.id.in_(ids[i:i + BATCH])))
+            except Exception:
+                with self._lock:  # keep them for the next round
+                    self._done.setdefault(engine, []).extend(ids)
+                raise
+
     def close(self) -> None:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
         self._thread = None
+        try:
+            self.flush_applied()
+        except Exception as exc:  # noqa: BLE001 -- the relays delete them later
+            log.warning("could not delete applied log rows at close (%s)", exc)
         if self._own_engine is not None:
             self._own_engine.dispose()
             self._own_engine = None
 
 
+def _flush_at_exit(ref: "weakref.ref[InvalidationLog]") -> None:
+    journal = ref()
+    if journal is not None and journal._owner == os.getpid():
+        try:
+            journal.flush_applied()
+        except Exception:  # noqa: BLE001 -- best effort; a relay re-applies and deletes them
+            pass
+
+
 def _restart(ref: "weakref.ref[InvalidationLog]") -> None:
     """In a forked child (pre-fork servers): threads do not survive a fork."""
     journal = ref()
-    if journal is not None and journal._thread is not None:
+    if journal is None:
+        return
+    journal._owner = os.getpid()
+    journal._lock = threading.Lock()  # a parent thread may have held it at the fork
+    journal._done = {}  # the parent deletes its own
+    journal._own_engine = None  # never share the parent's connections
+    if journal._thread is not None:
         journal._thread = None
-        journal._lock = threading.Lock()  # a parent thread may have held it at the fork
-        journal._own_engine = None  # never share the parent's connections
-        journal._done.clear()
         journal.start()

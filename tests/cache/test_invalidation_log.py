@@ -143,3 +143,18 @@ def test_the_consumer_relays_the_log_with_no_web_process(pg_engine_with_log, pri
     finally:
         consumer.stop()
         policy.close()
+
+
+def test_a_short_lived_script_leaves_no_row_behind(pg_engine_with_log):
+    """A script commits, applies, and exits before its relay's next round: the
+    rows it applied itself are deleted at close (and at interpreter exit)."""
+    url, engine = pg_engine_with_log
+    policy = CachePolicy(BrokenBackend())
+    policy.log = InvalidationLog(policy.invalidate_now, policy.usable, url=url, interval=3600)
+    session = register(sessionmaker(bind=engine)(), policy)
+    session.add(Thing(id=1, name="seed"))
+    session.commit()
+    session.close()
+    assert rows(engine) == 1 and policy.log.stats["applied_by_writer"] == 1
+    policy.close()
+    assert rows(engine) == 0
