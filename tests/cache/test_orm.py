@@ -297,3 +297,21 @@ def test_the_durable_row_is_written_in_the_same_transaction(tmp_path):
     finally:
         policy.close()
         engine.dispose()
+
+
+def test_bulk_and_text_dml_mark_the_transaction_dirty_and_selects_do_not():
+    from sqlalchemy import text, update
+
+    policy = CachePolicy(MemoryBackend())
+    request, session = request_with_session(policy)
+    session.execute(text("SELECT count(*) FROM question"))
+    assert not request.cache.is_dirty()
+    session.execute(text("  update question SET text = 'x'"))
+    assert request.cache.is_dirty()
+    assert request.cache.get_or_set("question:10", lambda: "own write") == "own write"
+    request.tm.abort()
+
+    request, session = request_with_session(policy, seed=False)
+    session.execute(update(Question).values(text="bulk"))
+    assert request.cache.is_dirty()
+    request.tm.abort()
