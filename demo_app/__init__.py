@@ -42,6 +42,11 @@ def make_config(settings: dict) -> Configurator:
     config.include(".models")  # pyramid_tm, request.dbsession
     config.include("pyramid_examcache")  # request.cache, cache= views, ORM hook, request.mailer
     config.include(".routes")
+    config.include(".headers")  # Cache-Control: private / Vary: Authorization, after the cache
+
+    from .throttle import make_throttle
+
+    config.registry["demo.throttle"] = make_throttle(settings)
     config.add_tween("demo_app.tweens.body_limit_tween_factory", under=INGRESS)
     config.scan(".views")
     return config

@@ -12,6 +12,7 @@ ROUTES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("register", "/api/auth/register", ("POST",)),
     ("verify", "/api/auth/verify", ("GET", "HEAD")),
     ("login", "/api/auth/login", ("POST",)),
+    ("resend_verification", "/api/auth/resend-verification", ("POST",)),
     ("exam", "/api/exams/{examId:%s}" % ID, ("GET", "HEAD")),
     ("exam_questions", "/api/exams/{examId:%s}/questions" % ID, ("GET", "HEAD")),
     ("exam_question", "/api/exams/{examId:%s}/questions/{questionId:%s}" % (ID, ID), ("PUT",)),

@@ -87,14 +87,17 @@ def make_login_token(secret: str, user_id: int, ttl: int, now: float | None = No
 
 
 def read_login_token(secret: str, token: str, now: float | None = None) -> int | None:
-    """The user id of a valid, unexpired token, else None."""
-    if not token or len(token) > _MAX_TOKEN_LENGTH:
+    """The user id of a valid, unexpired token, else None -- never an exception,
+    whatever the bytes (a header arrives as latin-1 text, so any octet may be there)."""
+    if not token or len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
         return None
     parts = token.split(".")
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
     user_id, expires, signature = parts
-    if not hmac.compare_digest(_sign(secret, f"{user_id}.{expires}"), signature):
+    # compare bytes: compare_digest refuses str holding non-ASCII characters
+    if not hmac.compare_digest(_sign(secret, f"{user_id}.{expires}").encode("ascii"),
+                               signature.encode("ascii")):
         return None
     if int(expires) < (time.time() if now is None else now):
         return None

@@ -1,7 +1,23 @@
 """The demo's own ``demo.*`` settings, converted explicitly; a bad value raises
 :class:`pyramid.exceptions.ConfigurationError` naming the setting.
 
-* ``demo.secret`` (required, >= 16 characters) -- signs login tokens.
+* ``demo.secret`` (required, >= 16 characters) -- signs login tokens.  The
+  placeholder shipped in production.ini (and anything starting with
+  ``change-me``) is refused everywhere; development.ini's own value is accepted
+  (with a warning logged at start-up) -- it is public, so never deploy it.
+* ``demo.public_url`` (``http(s)://host[:port][/path]``; unset: the development
+  server's ``http://localhost:6543``, with a warning; malformed: an error) --
+  the base of links in mails.  Links are never built from the request's Host
+  header.  production.ini sets it (a test holds it there).
+* ``demo.db_connect_timeout`` (seconds, default 5) and
+  ``demo.db_statement_timeout`` (seconds, default 10; 0 = none) -- applied to
+  PostgreSQL connections (libpq ``connect_timeout``, ``statement_timeout``).
+* ``demo.db_retry_after`` (seconds, default 5) -- ``Retry-After`` of the 503
+  answered when the database is unreachable or too slow.
+* ``demo.login_limit`` (default 10) per ``demo.login_window`` (seconds, default
+  60) -- login attempts allowed per email address and per client IP.
+* ``demo.resend_interval`` (seconds, default 60) -- at most one verification
+  mail per address in that time.
 * ``demo.token_ttl`` (seconds, default 3600) -- lifetime of a login token.
 * ``demo.verify_ttl`` (seconds, default 86400) -- lifetime of a verification link.
 * ``demo.max_body_bytes`` (default 65536) -- larger request bodies get 413.
@@ -10,44 +26,110 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_examcache.settings import as_number
 
+log = logging.getLogger(__name__)
+
+#: the value shipped in production.ini: refused wherever it appears
+PRODUCTION_PLACEHOLDER_SECRET = "change-me-to-a-long-random-string"
+#: development.ini's value: accepted, with a warning (it is public)
+DEVELOPMENT_SECRET = "dev-only-secret-public-never-deploy"
+#: demo.public_url when unset: development.ini's server (pserve development.ini)
+DEFAULT_PUBLIC_URL = "http://localhost:6543"
+
 
 @dataclass(frozen=True)
 class DemoSettings:
     secret: str
+    public_url: str
     token_ttl: int = 3600
     verify_ttl: int = 86400
     max_body_bytes: int = 65536
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536
     argon2_parallelism: int = 4
+    db_connect_timeout: float = 5.0
+    db_statement_timeout: float = 10.0
+    db_retry_after: int = 5
+    login_limit: int = 10
+    login_window: int = 60
+    resend_interval: int = 60
 
 
-def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:
+_SECRET_HELP = ("it signs the login tokens; generate one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))'")
+
+
+def parse_secret(settings: Mapping[str, Any]) -> str:
     secret = str(settings.get("demo.secret") or "").strip()
     if len(secret) < 16:
         raise ConfigurationError(
-            "Invalid setting demo.secret: required, at least 16 characters "
-            "(it signs the login tokens; e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+            f"Invalid setting demo.secret: required, at least 16 characters ({_SECRET_HELP})")
+    if secret == PRODUCTION_PLACEHOLDER_SECRET or secret.lower().startswith("change-me"):
+        raise ConfigurationError(
+            f"Invalid setting demo.secret: {secret!r} is the placeholder from production.ini; "
+            f"anyone could forge login tokens with it. Set your own ({_SECRET_HELP})")
+    if secret == DEVELOPMENT_SECRET:
+        log.warning("demo.secret is development.ini's public value: fine on localhost, "
+                    "never deploy it")
+    return secret
+
+
+def parse_public_url(settings: Mapping[str, Any]) -> str:
+    raw = settings.get("demo.public_url")
+    allowed = ("allowed: http(s)://host[:port][/path], no user, query or fragment, "
+               "e.g. https://exams.example.com")
+    url = str(raw or "").strip()
+    if not url:  # the development server's own address -- never the request's Host header
+        log.warning("demo.public_url is not set: links in mails point at %s; set it to the "
+                    "public address of this site (production.ini must)", DEFAULT_PUBLIC_URL)
+        return DEFAULT_PUBLIC_URL
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.username is not None or parts.password is not None or parts.query
+            or parts.fragment or "?" in url or "#" in url or port == 0
+            or any(c.isspace() or ord(c) < 32 for c in url)):
+        raise ConfigurationError(f"Invalid setting demo.public_url={url!r}: {allowed}")
+    return url.rstrip("/")
+
+
+def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:
+    secret = parse_secret(settings)
+    public_url = parse_public_url(settings)
     d = DemoSettings
 
     def integer(name: str, default: int, minimum: int = 1) -> int:
         return as_number(settings, "demo." + name, default, integer=True, minimum=minimum)
 
+    def number(name: str, default: float, allow_zero: bool = True) -> float:
+        return as_number(settings, "demo." + name, default, allow_zero=allow_zero)
+
     return DemoSettings(
         secret=secret,
+        public_url=public_url,
         token_ttl=integer("token_ttl", d.token_ttl),
         verify_ttl=integer("verify_ttl", d.verify_ttl),
         max_body_bytes=integer("max_body_bytes", d.max_body_bytes, minimum=256),
         argon2_time_cost=integer("argon2_time_cost", d.argon2_time_cost),
         argon2_memory_cost=integer("argon2_memory_cost", d.argon2_memory_cost, minimum=8),
         argon2_parallelism=integer("argon2_parallelism", d.argon2_parallelism),
+        db_connect_timeout=number("db_connect_timeout", d.db_connect_timeout, allow_zero=False),
+        db_statement_timeout=number("db_statement_timeout", d.db_statement_timeout),
+        db_retry_after=integer("db_retry_after", d.db_retry_after),
+        login_limit=integer("login_limit", d.login_limit),
+        login_window=integer("login_window", d.login_window),
+        resend_interval=integer("resend_interval", d.resend_interval),
     )
 
 

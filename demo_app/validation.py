@@ -17,6 +17,19 @@ POSITION_MAX = 100_000
 DB_INT_MAX = 2**31 - 1
 
 
+def has_surrogate(value: str) -> bool:
+    """True when ``value`` holds a lone UTF-16 surrogate (JSON's ``"\\ud800"``), which
+    no UTF-8 encoder, database or password hasher accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+SURROGATE_MESSAGE = "must not contain lone UTF-16 surrogates (invalid Unicode)"
+
+
 class ValidationFailed(Exception):
     """400: ``message`` plus per-field ``errors`` ({field: message})."""
 
@@ -68,7 +81,10 @@ class Fields:
         if allowed is not None:
             for name in data:
                 if name not in allowed:
-                    self.errors[str(name)[:100]] = f"unknown field; allowed: {', '.join(allowed)}"
+                    key = str(name)[:100]
+                    if has_surrogate(key):  # name the field as the client can read it back
+                        key = key.encode("utf-8", "backslashreplace").decode("ascii")
+                    self.errors[key] = f"unknown field; allowed: {', '.join(allowed)}"
 
     def _get(self, name: str, required: bool) -> tuple[bool, Any]:
         if name not in self.data:
@@ -96,6 +112,9 @@ class Fields:
             return None
         if "\x00" in value:
             self.errors[name] = "must not contain NUL characters"
+            return None
+        if has_surrogate(value):
+            self.errors[name] = SURROGATE_MESSAGE
             return None
         return value
 
@@ -141,6 +160,9 @@ class Fields:
             item = item.strip()
             if not item:
                 self.errors[name] = f"item {i} must not be empty"
+                return None
+            if has_surrogate(item):
+                self.errors[name] = f"item {i}: {SURROGATE_MESSAGE}"
                 return None
             if len(item) > max_length or "\x00" in item:
                 self.errors[name] = (f"item {i} must be at most {max_length} characters "

@@ -140,6 +140,10 @@ class MailSettings:
     retries: int = 3
     retry_delay: float = 2.0
     retry_backoff: float = 2.0
+    max_retry_delay: float = 600.0
+    max_age: float = 86400.0
+    smtputf8: bool = False
+    allow_plaintext_auth: bool = False
     keep_completed: int = 3600
     keep_failed: int = 604800
     workers: int = 2
@@ -182,10 +186,30 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
                      "must be a mail address, e.g. no-reply@example.com or 'Name <a@b.c>'")
     if not session_attr.isidentifier():
         raise _error(p + "session_attr", session_attr, "must be a request attribute name")
+    from .mail.message import InvalidAddress, validate_address
+
+    try:
+        validate_address(default_sender, p + "default_sender",
+                         smtputf8=as_bool(settings, p + "smtputf8", False))
+    except InvalidAddress as exc:
+        raise _error(p + "default_sender", default_sender, str(exc)) from None
+    username = settings.get(p + "username") or None
+    allow_plaintext_auth = as_bool(settings, p + "allow_plaintext_auth", False)
+    if transport == "smtp" and username and not (tls or ssl) and not allow_plaintext_auth:
+        raise _error(p + "username", username,
+                     "SMTP AUTH would send the password in clear text: set mail.tls = true "
+                     "(STARTTLS) or mail.ssl = true, or mail.allow_plaintext_auth = true to "
+                     "allow it anyway")
+    retry_delay = as_number(settings, p + "retry_delay", MailSettings.retry_delay)
+    max_retry_delay = as_number(settings, p + "max_retry_delay", MailSettings.max_retry_delay,
+                                allow_zero=False)
+    if max_retry_delay < retry_delay:
+        raise _error(p + "max_retry_delay", max_retry_delay,
+                     f"must be >= mail.retry_delay ({retry_delay:g})")
     return MailSettings(
         host=str(settings.get(p + "host", MailSettings.host)).strip(),
         port=port,
-        username=settings.get(p + "username") or None,
+        username=username,
         password=settings.get(p + "password") or None,
         tls=tls,
         ssl=ssl,
@@ -196,8 +220,12 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
         queue_url=queue_url,
         queue_name=str(settings.get(p + "queue_name", MailSettings.queue_name)).strip(),
         retries=as_number(settings, p + "retries", MailSettings.retries, integer=True),
-        retry_delay=as_number(settings, p + "retry_delay", MailSettings.retry_delay),
+        retry_delay=retry_delay,
         retry_backoff=as_number(settings, p + "retry_backoff", MailSettings.retry_backoff, minimum=1),
+        max_retry_delay=max_retry_delay,
+        max_age=as_number(settings, p + "max_age", MailSettings.max_age, allow_zero=False),
+        smtputf8=as_bool(settings, p + "smtputf8", False),
+        allow_plaintext_auth=allow_plaintext_auth,
         keep_completed=as_number(settings, p + "keep_completed", MailSettings.keep_completed,
                                  integer=True),
         keep_failed=as_number(settings, p + "keep_failed", MailSettings.keep_failed, integer=True),

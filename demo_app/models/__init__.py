@@ -7,9 +7,12 @@ the models declare once the database has committed.
 """
 from __future__ import annotations
 
+import math
+
 import zope.sqlalchemy
 from pyramid_examcache import register as register_cache
 from sqlalchemy import engine_from_config
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import configure_mappers, sessionmaker
 
 from .exam import Exam, Question
@@ -22,8 +25,32 @@ __all__ = ["Base", "User", "Exam", "Question", "get_engine", "get_session_factor
            "get_tm_session", "includeme"]
 
 
-def get_engine(settings, prefix: str = "sqlalchemy."):
-    return engine_from_config(settings, prefix)
+def timeout_connect_args(url, connect_timeout: float | None,
+                         statement_timeout: float | None) -> dict:
+    """``connect_args`` bounding how long a PostgreSQL connection may take to open
+    (libpq ``connect_timeout``, whole seconds, at least 2 as libpq counts them) and a
+    statement may run (``statement_timeout``, sent as a startup option so it holds
+    for every transaction of the connection).  Other databases: nothing."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}
+    args: dict = {}
+    if connect_timeout:
+        args["connect_timeout"] = max(2, math.ceil(connect_timeout))
+    if statement_timeout:
+        args["options"] = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+    return args
+
+
+def get_engine(settings, prefix: str = "sqlalchemy.", demo=None):
+    """The engine of ``sqlalchemy.*``; with the demo's settings, bounded by
+    ``demo.db_connect_timeout`` and ``demo.db_statement_timeout``."""
+    kwargs = {}
+    if demo is not None:
+        connect_args = timeout_connect_args(settings[prefix + "url"], demo.db_connect_timeout,
+                                            demo.db_statement_timeout)
+        if connect_args:
+            kwargs["connect_args"] = connect_args
+    return engine_from_config(settings, prefix, **kwargs)
 
 
 def get_session_factory(engine):
@@ -58,7 +85,8 @@ def includeme(config) -> None:
     settings["tm.manager_hook"] = "pyramid_tm.explicit_manager"
     config.include("pyramid_tm")
 
-    engine = get_engine(settings)
+    demo = config.registry.get("demo.settings")
+    engine = get_engine(settings, demo=demo)
     session_factory = get_session_factory(engine)
     config.registry["dbsession_factory"] = session_factory
     config.registry["dbengine"] = engine

@@ -35,6 +35,8 @@ def upgrade(engine, revision: str = "head") -> None:
     """Run the migrations up to ``revision`` on ``engine``."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # demo.db_statement_timeout is for requests
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 

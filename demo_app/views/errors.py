@@ -1,6 +1,8 @@
 """Every error is JSON: ``{"status": 404, "message": "..."}``, plus ``errors``
-(per field) for 400.  Unexpected exceptions are logged and answer a JSON 500
-without details; client input must never get there."""
+(per field) for 400.  A database that is unreachable or too slow (connect,
+statement or pool timeout) answers ``503`` with ``Retry-After``
+(``demo.db_retry_after``).  Unexpected exceptions are logged and answer a JSON
+500 without details; client input must never get there."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +10,8 @@ import logging
 from pyramid.httpexceptions import HTTPException, HTTPMethodNotAllowed, HTTPNotFound
 from pyramid.response import Response
 from pyramid.view import exception_view_config, notfound_view_config
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..validation import ValidationFailed
 
@@ -53,6 +57,22 @@ def undecodable(exc, request):
     from pyramid.httpexceptions import HTTPBadRequest
 
     return json_error(HTTPBadRequest(), "the request URL is not valid UTF-8")
+
+
+@exception_view_config(OperationalError)
+@exception_view_config(InterfaceError)
+@exception_view_config(PoolTimeoutError)
+def database_unavailable(exc, request):
+    """The database could not be reached, timed out or cancelled a slow statement."""
+    from pyramid.httpexceptions import HTTPServiceUnavailable
+
+    from ..settings import get_demo_settings
+
+    log.warning("database unavailable on %s %s: %s", request.method, request.path_qs[:300],
+                str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    retry_after = str(get_demo_settings(request).db_retry_after)
+    return json_error(HTTPServiceUnavailable(headers={"Retry-After": retry_after}),
+                      "the database is unavailable; try again later")
 
 
 @exception_view_config(Exception)

@@ -4,9 +4,12 @@
 validates the ``mail.*`` settings, registers one :class:`~.queue.MailQueue` per application
 and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
 
-    job = request.mailer.send_queued(to, subject, html, text=None, **headers)
+    job = request.mailer.send_queued(to, subject, html, text=None, cc=None, bcc=None,
+                                     reply_to=None, **headers)   # ValueError: bad address
     job.id                                  # known before the commit
-    request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts', 'failedReason'}
+    request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts', 'failedReason',
+                                            #  'nextAttemptAt', 'failedRecipients'}
+    request.mailer.retry(job.id)            # a failed job sent again; False if unknown/not failed
     request.mailer.send_now(to, subject, html)
 
 The outbox table lives in :mod:`.outbox`; the consumer is ``examcache-consumer CONFIG_URI``.
@@ -20,11 +23,12 @@ from zope.interface import Interface
 
 from ..settings import parse_mail_settings
 from .mailer import Mailer, MailJob
-from .outbox import create_outbox, drop_outbox, metadata, outbox_table
+from .outbox import (add_new_columns, create_outbox, drop_new_columns, drop_outbox, metadata,
+                     outbox_table)
 from .queue import MailQueue, build_huey, build_queue
 from .transports import MailError, PermanentMailError, TransientMailError
 
-__all__ = ["IMailQueue", "MailError", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
+__all__ = ["IMailQueue", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
            "TransientMailError", "build_huey", "build_queue", "create_outbox", "drop_outbox",
            "get_mail_queue", "includeme", "metadata", "outbox_table"]
 

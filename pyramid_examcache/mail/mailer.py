@@ -10,11 +10,18 @@ from pyramid_tm import is_tm_active
 from sqlalchemy.engine import Engine
 from transaction.interfaces import NoTransaction
 
-from .message import build_message, check_address, make_message_id, recipients_list
-from .outbox import new_row, outbox_table, utcnow
+from sqlalchemy import event, update
+
+from .message import (address_list, build_message, check_address, envelope_recipients,
+                      header_name, make_message_id, make_recipients, validate_address)
+from .outbox import FAILED, new_row, outbox_table, retry_values, utcnow
 from .queue import MailQueue
 from .relay import push_one
-from .status import job_status
+from .status import _JOB_ID, job_status
+
+#: headers that only the mailer writes (addresses are arguments, ids and dates are ours)
+_RESERVED_HEADERS = frozenset({"From", "To", "Cc", "Bcc", "Message-Id", "Date", "Sender"})
+_PENDING = "pyramid_examcache.mail.pending"
 
 log = logging.getLogger(__name__)
 
@@ -45,55 +52,111 @@ class Mailer:
                                f"the request's SQLAlchemy session (setting mail.session_attr)")
         return session
 
-    def send_queued(self, to: str | Iterable[str], subject: str, html: str,
-                    text: str | None = None, **headers: str) -> MailJob:
-        """Queue a mail for delivery once the request's transaction commits (M1, M2).
-
-        Writes an outbox row through the request's session: it commits or aborts with the
-        user's data. After a successful commit the row is pushed to the queue at once; if
-        the broker is unreachable the row waits for the relay. Without an active pyramid_tm
-        transaction the row is written and pushed immediately. ``to`` is an address or a
-        list of them; ``headers`` become message headers (``reply_to`` -> ``Reply-To``),
-        except ``sender``, which overrides ``mail.default_sender``. Returns a
-        :class:`MailJob` whose ``id`` is the job id for :meth:`job_status`.
-        """
+    def _prepare(self, to: Any, cc: Any, bcc: Any, reply_to: Any,
+                 headers: dict[str, Any]) -> tuple[str, dict[str, list[str]], dict[str, str]]:
+        """Validate everything a mail is made of, in the caller (never first in the consumer)."""
+        smtputf8 = self.settings.smtputf8
         sender = headers.pop("sender", None) or self.settings.default_sender
-        recipients = recipients_list(to)
+        sender = validate_address(sender, "sender", smtputf8=smtputf8)[0]
+        recipients = make_recipients(to, cc, bcc, smtputf8=smtputf8)
+        reply_to = headers.pop("reply_to", None) if reply_to is None else reply_to
+        if reply_to is not None:
+            pairs = address_list(reply_to, "reply_to", smtputf8=smtputf8)
+            if pairs:
+                headers["Reply-To"] = ", ".join(header for header, _bare in pairs)
+        clean: dict[str, str] = {}
+        for key, value in headers.items():
+            name = header_name(key)
+            if name in _RESERVED_HEADERS:
+                raise ValueError(f"header {name} cannot be set through **headers; use the "
+                                 f"to/cc/bcc/sender arguments")
+            text = str(value)
+            if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+                raise ValueError(f"header {name} contains a control character or line break")
+            clean[name] = text
+        return sender, recipients, clean
+
+    def send_queued(self, to: str | Iterable[str], subject: str, html: str,
+                    text: str | None = None, cc: str | Iterable[str] | None = None,
+                    bcc: str | Iterable[str] | None = None,
+                    reply_to: str | Iterable[str] | None = None, **headers: str) -> MailJob:
+        """Queue a mail for delivery once the caller's transaction commits (M1, M2).
+
+        Writes an outbox row through the request's session (``mail.session_attr``): it
+        commits or aborts with the user's data. Within pyramid_tm the row is pushed to the
+        queue right after the commit; outside it (a script) the push happens on the
+        session's own ``after_commit`` -- so call ``session.commit()``; a rollback (or
+        never committing) sends nothing. If the broker is unreachable the row waits for
+        the relay.
+
+        ``to``, ``cc``, ``bcc`` and ``reply_to`` are an address (``'a@b.c'`` or
+        ``'Name <a@b.c>'``), a comma-separated string or a list. They are validated here:
+        a bad address raises :class:`ValueError` naming the field (control characters,
+        RFC 2047 encoded words, non-ASCII addresses unless ``mail.smtputf8``). An address
+        given twice is kept once (first of to, cc, bcc). ``bcc`` recipients get the mail
+        but never appear in its headers. Other ``headers`` become message headers
+        (``x_mailer`` -> ``X-Mailer``), except ``sender``, which overrides
+        ``mail.default_sender``. Returns a :class:`MailJob` whose ``id`` is the job id.
+        """
+        sender, recipients, clean = self._prepare(to, cc, bcc, reply_to, headers)
         job_id = uuid.uuid4().hex
         message_id = make_message_id(job_id, sender)
         values = new_row(job_id, message_id, sender, recipients, subject, html, text,
-                         headers, utcnow())
+                         clean, utcnow())
+        self._write_then_push(outbox_table.insert().values(**values), job_id, check=False)
+        return MailJob(job_id, message_id)
+
+    def retry(self, job_id: str) -> bool:
+        """Send a ``failed`` job again: back to ``waiting`` with the same Message-ID.
+
+        Its ``attempts`` restart from 0 (the fast retries run again) and ``mail.max_age``
+        counts from now; ``failedReason`` keeps the last error until the next attempt ends.
+        Like :meth:`send_queued` it is written through the session and pushed after the
+        commit. Returns ``False`` (and changes nothing) when the job is unknown (or was
+        purged) or is not ``failed``.
+        """
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            return False
+        t = outbox_table
+        stmt = update(t).where(t.c.id == job_id, t.c.state == FAILED).values(
+            **retry_values(utcnow()))
+        return self._write_then_push(stmt, job_id)
+
+    def _write_then_push(self, stmt: Any, job_id: str, *, check: bool = True) -> bool:
         session = self.session
         engine = _engine_of(session)
         txn = self._transaction()
+        result = session.execute(stmt)
+        if check and result.rowcount != 1:  # an UPDATE that matched nothing
+            return False
         if txn is not None:
-            session.execute(outbox_table.insert().values(**values))
             _mark_changed(session, self.request)
             txn.addAfterCommitHook(_after_commit, args=(self.queue, engine, job_id))
         else:
-            with engine.begin() as conn:
-                conn.execute(outbox_table.insert().values(**values))
-            _after_commit(True, self.queue, engine, job_id)
-        return MailJob(job_id, message_id)
+            _push_after_session_commit(session, self.queue, engine, job_id)
+        return True
 
     def send_now(self, to: str | Iterable[str], subject: str, html: str,
-                 text: str | None = None, **headers: str) -> str:
+                 text: str | None = None, cc: str | Iterable[str] | None = None,
+                 bcc: str | Iterable[str] | None = None,
+                 reply_to: str | Iterable[str] | None = None, **headers: str) -> str:
         """Send synchronously through the configured transport; returns the Message-ID.
 
-        No outbox row, no retries: raises :class:`~.transports.TransientMailError` or
+        Same arguments and validation as :meth:`send_queued`. No outbox row, no retries:
+        raises :class:`~.transports.TransientMailError` or
         :class:`~.transports.PermanentMailError` on failure.
         """
-        sender = headers.pop("sender", None) or self.settings.default_sender
-        recipients = recipients_list(to)
+        sender, recipients, clean = self._prepare(to, cc, bcc, reply_to, headers)
         message_id = make_message_id(uuid.uuid4().hex, sender)
         message = build_message(sender=sender, recipients=recipients, subject=subject,
-                                html=html, text=text, headers=headers, message_id=message_id)
+                                html=html, text=text, headers=clean, message_id=message_id)
         self.queue.transport.send(message, check_address(sender),
-                                  [check_address(r) for r in recipients])
+                                  envelope_recipients(recipients))
         return message_id
 
     def job_status(self, job_id: str) -> dict[str, Any] | None:
-        """``{'id', 'state', 'progress', 'attempts', 'failedReason'}`` of a job, ``None`` if unknown."""
+        """``{'id', 'state', 'progress', 'attempts', 'failedReason', 'nextAttemptAt',
+        'failedRecipients'}`` of a job, ``None`` if unknown."""
         return job_status(self.session, job_id)
 
     def _transaction(self) -> Any:
@@ -117,6 +180,26 @@ def _mark_changed(session: Any, request: Any) -> None:
     except ImportError:  # pragma: no cover -- zope.sqlalchemy is a dependency
         return
     mark_changed(session, transaction_manager=request.tm)
+
+
+def _push_after_session_commit(session: Any, queue: MailQueue, engine: Engine,
+                               job_id: str) -> None:
+    """Push ``job_id`` when ``session`` commits; forget it when it rolls back."""
+    pending = session.info.get(_PENDING)
+    if pending is None:
+        pending = session.info[_PENDING] = []
+
+        def committed(sess: Any) -> None:
+            jobs, sess.info[_PENDING] = list(sess.info.get(_PENDING, ())), []
+            for job in jobs:
+                _after_commit(True, queue, engine, job)
+
+        def rolled_back(sess: Any) -> None:
+            sess.info[_PENDING] = []
+
+        event.listen(session, "after_commit", committed)
+        event.listen(session, "after_rollback", rolled_back)
+    pending.append(job_id)
 
 
 def _after_commit(status: bool, queue: MailQueue, engine: Engine, job_id: str) -> None:

@@ -26,6 +26,16 @@ Columns used for relaying (internal, but documented for operators):
 * ``next_attempt_at`` -- while ``delayed``: when the retry is due.
 * ``attempts`` -- delivery attempts started; also the fencing token that keeps a
   stale worker from overwriting a newer attempt's status.
+* ``retried_at`` -- when :func:`retry` gave a ``failed`` row a new life; ``mail.max_age``
+  counts from it (else from ``created_at``).
+* ``failed_recipients`` -- ``{address: SMTP reply}`` of recipients the server refused.
+
+``recipients`` is ``{"to": [...], "cc": [...], "bcc": [...]}`` (a plain list, from older
+rows, is read as ``to``).
+
+Upgrading an existing table (these two columns are new): in a new Alembic revision call
+:func:`add_new_columns` in ``upgrade()`` (``op.add_column`` of ``failed_recipients`` and
+``retried_at``, skipping those that exist) and :func:`drop_new_columns` in ``downgrade()``.
 """
 from __future__ import annotations
 
@@ -69,7 +79,36 @@ def _columns() -> list[Column]:
         Column("lease_until", DateTime(timezone=True), nullable=True),
         Column("next_attempt_at", DateTime(timezone=True), nullable=True),
         Column("finished_at", DateTime(timezone=True), nullable=True),
+        *_new_columns(),
     ]
+
+
+def _new_columns() -> list[Column]:
+    """Columns added after the first release (see :func:`add_new_columns`)."""
+    return [
+        Column("failed_recipients", JSON, nullable=True),
+        Column("retried_at", DateTime(timezone=True), nullable=True),
+    ]
+
+
+def add_new_columns(op: Any) -> None:
+    """Add the columns of this version to an outbox created earlier (an Alembic ``op``).
+
+    Idempotent: columns that exist (a table made by this version's :func:`create_outbox`,
+    which has them all) are skipped, so one revision upgrades old and new databases.
+    """
+    from sqlalchemy import inspect
+
+    existing = {c["name"] for c in inspect(op.get_bind()).get_columns(TABLE_NAME)}
+    for column in _new_columns():
+        if column.name not in existing:
+            op.add_column(TABLE_NAME, column)
+
+
+def drop_new_columns(op: Any) -> None:
+    """The downgrade of :func:`add_new_columns`."""
+    for column in reversed(_new_columns()):
+        op.drop_column(TABLE_NAME, column.name)
 
 
 _INDEXES = (
@@ -110,7 +149,8 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
-def new_row(job_id: str, message_id: str, sender: str, recipients: list[str], subject: str,
+def new_row(job_id: str, message_id: str, sender: str, recipients: list[str] | dict,
+            subject: str,
             html: str, text: str | None, headers: dict[str, str], now: dt.datetime) -> dict:
     """The values of a freshly queued (``waiting``, not yet pushed) row."""
     return dict(id=job_id, message_id=message_id, sender=sender, recipients=recipients,
@@ -150,24 +190,43 @@ def _finish(conn: Connection, job_id: str, attempt: int, values: dict) -> bool:
     return conn.execute(stmt).rowcount == 1
 
 
-def mark_completed(conn: Connection, job_id: str, attempt: int, now: dt.datetime) -> bool:
+def mark_completed(conn: Connection, job_id: str, attempt: int, now: dt.datetime,
+                   failed_recipients: dict[str, str] | None = None) -> bool:
     return _finish(conn, job_id, attempt, dict(
         state=COMPLETED, progress=100, failed_reason=None, lease_until=None,
+        next_attempt_at=None, failed_recipients=failed_recipients or None,
         finished_at=now, updated_at=now))
 
 
 def mark_failed(conn: Connection, job_id: str, attempt: int, reason: str,
-                now: dt.datetime) -> bool:
+                now: dt.datetime, failed_recipients: dict[str, str] | None = None) -> bool:
     return _finish(conn, job_id, attempt, dict(
         state=FAILED, progress=100, failed_reason=reason, lease_until=None,
+        next_attempt_at=None, failed_recipients=failed_recipients or None,
         finished_at=now, updated_at=now))
 
 
 def mark_delayed(conn: Connection, job_id: str, attempt: int, reason: str,
-                 next_attempt_at: dt.datetime, now: dt.datetime) -> bool:
+                 next_attempt_at: dt.datetime, now: dt.datetime,
+                 failed_recipients: dict[str, str] | None = None) -> bool:
     return _finish(conn, job_id, attempt, dict(
         state=DELAYED, progress=0, failed_reason=reason, lease_until=None,
-        next_attempt_at=next_attempt_at, updated_at=now))
+        next_attempt_at=next_attempt_at, failed_recipients=failed_recipients or None,
+        updated_at=now))
+
+
+def retry_values(now: dt.datetime) -> dict:
+    """A ``failed`` row back to ``waiting``, not yet pushed, with a fresh attempt budget:
+    ``attempts`` 0 (the fast retries run again) and ``mail.max_age`` counted from now.
+    The last ``failed_reason`` is kept until the next attempt ends."""
+    return dict(state=WAITING, progress=0, attempts=0, enqueued_at=None, lease_until=None,
+                next_attempt_at=None, finished_at=None, failed_recipients=None,
+                retried_at=now, updated_at=now)
+
+
+def started_at(row: Row) -> dt.datetime:
+    """Where ``mail.max_age`` counts from: the last :func:`retry`, else the creation."""
+    return as_utc(row.retried_at or row.created_at)
 
 
 def release(conn: Connection, job_id: str, now: dt.datetime) -> bool:

@@ -8,7 +8,9 @@ Two entry points, both safe to run concurrently with each other and with workers
 A row is *due* when it was never pushed (``waiting`` with ``enqueued_at IS NULL``) or
 when its earlier push is presumed lost: an ``active`` attempt whose lease expired
 (consumer killed mid-send), a ``delayed`` retry or a ``waiting`` push older than
-``mail.requeue_after`` (a broker that lost its data).
+``mail.requeue_after`` (a broker that lost its data) -- or when it is a slow-phase retry
+(``delayed`` after more than ``mail.retries`` attempts) whose ``next_attempt_at`` has come:
+those waits live only in the outbox row, never in the broker (M3).
 
 Exactly-once *pushing* per successful enqueue: a row is claimed by a conditional
 ``UPDATE`` (or ``SELECT … FOR UPDATE SKIP LOCKED`` in batches on PostgreSQL) and its
@@ -57,12 +59,16 @@ def push_one(engine: Engine, queue: MailQueue, job_id: str, now: dt.datetime | N
         return False
 
 
-def _due(now: dt.datetime, requeue_after: float):
+def _due(now: dt.datetime, requeue_after: float, retries: int):
     t = outbox_table
     stale = now - dt.timedelta(seconds=requeue_after)
     return or_(
         and_(t.c.state == WAITING, or_(t.c.enqueued_at.is_(None), t.c.enqueued_at < stale)),
         and_(t.c.state == ACTIVE, t.c.lease_until < now),
+        # the slow phase: no broker entry waits for these; push once when due
+        and_(t.c.state == DELAYED, t.c.attempts > retries, t.c.next_attempt_at <= now,
+             or_(t.c.enqueued_at.is_(None), t.c.enqueued_at < t.c.next_attempt_at)),
+        # a fast-phase retry (or a slow-phase push) that the broker seems to have lost
         and_(t.c.state == DELAYED, t.c.next_attempt_at < stale),
     )
 
@@ -75,7 +81,8 @@ def relay(engine: Engine, queue: MailQueue, *, limit: int = 500,
     """
     t = outbox_table
     now = now or utcnow()
-    query = (select(t.c.id, t.c.state).where(_due(now, queue.settings.requeue_after))
+    query = (select(t.c.id, t.c.state).where(
+        _due(now, queue.settings.requeue_after, queue.settings.retries))
              .order_by(t.c.created_at).limit(limit).with_for_update(skip_locked=True))
     pushed: list = []
     with engine.begin() as conn:

@@ -3,7 +3,9 @@
 ``state``: ``waiting`` (committed, queued or about to be), ``active`` (an attempt is
 running), ``delayed`` (a transient failure; the next attempt is scheduled), ``completed``,
 ``failed``. ``progress``: 0 while waiting/delayed, 10 while active, 100 when finished.
-``attempts``: delivery attempts started. Finished rows are deleted by the periodic purge
+``attempts``: delivery attempts started. ``nextAttemptAt``: when a ``delayed`` job is
+retried (ISO 8601, UTC), else ``None``. ``failedRecipients``: ``{address: SMTP reply}`` of
+recipients the server refused (``None`` if none). Finished rows are deleted by the periodic purge
 after ``mail.keep_completed`` / ``mail.keep_failed`` seconds.
 """
 from __future__ import annotations
@@ -15,19 +17,24 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.engine import Row
 
-from .outbox import COMPLETED, FAILED, outbox_table
+from .outbox import COMPLETED, DELAYED, FAILED, as_utc, outbox_table
 
 #: job ids are uuid4 hex; accept any short token of safe characters
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _COLUMNS = (outbox_table.c.id, outbox_table.c.state, outbox_table.c.progress,
-            outbox_table.c.attempts, outbox_table.c.failed_reason)
+            outbox_table.c.attempts, outbox_table.c.failed_reason,
+            outbox_table.c.next_attempt_at, outbox_table.c.failed_recipients)
 
 
 def status_of(row: Row) -> dict[str, Any]:
-    """``{'id', 'state', 'progress', 'attempts', 'failedReason'}`` of an outbox row."""
+    """``{'id', 'state', 'progress', 'attempts', 'failedReason', 'nextAttemptAt',
+    'failedRecipients'}`` of an outbox row."""
+    next_at = as_utc(row.next_attempt_at) if row.state == DELAYED else None
     return {"id": row.id, "state": row.state, "progress": row.progress,
-            "attempts": row.attempts, "failedReason": row.failed_reason}
+            "attempts": row.attempts, "failedReason": row.failed_reason,
+            "nextAttemptAt": next_at.isoformat() if next_at is not None else None,
+            "failedRecipients": row.failed_recipients or None}
 
 
 def job_status(executor: Any, job_id: str) -> dict[str, Any] | None:

@@ -5,7 +5,9 @@ retries from the row's ``attempts`` -- which survive consumer restarts -- rather
 from Huey's in-message counter: a transient failure on attempt *n* (n <= ``mail.retries``)
 marks the row ``delayed`` and re-schedules the task after
 ``retry_delay * retry_backoff ** (n - 1)`` seconds (2, 4, 8 s by default) with
-:class:`huey.exceptions.RetryTask`; a permanent failure marks it ``failed`` at once (M3).
+:class:`huey.exceptions.RetryTask`; later transient failures keep it ``delayed`` with a
+``next_attempt_at`` (backoff capped at ``mail.max_retry_delay``) that the periodic relay
+honours, until ``mail.max_age``; a permanent failure marks it ``failed`` at once (M3).
 Huey's own ``retries``/``retry_delay``/``retry_backoff`` (same settings) cover unexpected
 errors such as the database being briefly unreachable.
 
@@ -23,7 +25,7 @@ from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 
 from . import outbox
-from .message import build_message, check_address
+from .message import build_message, check_address, envelope_recipients
 from .relay import push_one, relay
 from .status import purge_finished
 from .transports import classify
@@ -51,12 +53,23 @@ def _every_check(timestamp: dt.datetime) -> bool:
 
 
 def retry_delay(settings: Any, attempt: int) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    return settings.retry_delay * settings.retry_backoff ** (attempt - 1)
+    """Seconds to wait after failed attempt number ``attempt`` (1-based):
+    ``retry_delay * retry_backoff ** (attempt - 1)``, capped at ``mail.max_retry_delay``."""
+    exponent = min(attempt - 1, 64)  # no float overflow for very old rows
+    return min(settings.retry_delay * settings.retry_backoff ** exponent, settings.max_retry_delay)
 
 
 def deliver_job(queue: MailQueue, job_id: str) -> str:
-    """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a retry)."""
+    """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a fast retry).
+
+    Two phases after a transient failure on attempt ``n`` (M3): while ``n <= mail.retries``
+    the row is ``delayed`` and Huey re-runs the task after :func:`retry_delay` (the fast
+    phase: 2, 4, 8 s). After that the row stays ``delayed`` with ``next_attempt_at`` and
+    *no* broker entry: the periodic relay pushes it when due (the outbox row is the only
+    copy of a long wait). Once ``mail.max_age`` has passed since the mail was queued (or
+    re-sent by :meth:`Mailer.retry`) a transient failure is final; the last attempt is
+    scheduled at that deadline at the latest. Permanent failures fail at once.
+    """
     settings, engine = queue.settings, queue.engine
     with engine.begin() as conn:
         row = outbox.claim(conn, job_id, settings.lease, outbox.utcnow())
@@ -64,36 +77,51 @@ def deliver_job(queue: MailQueue, job_id: str) -> str:
         log.info("mail %s: nothing to do (unknown, finished or in progress elsewhere)", job_id)
         return SKIPPED
     attempt = row.attempts
-    if attempt > settings.retries + 1:  # earlier attempts died mid-send (consumer killed)
-        reason = f"gave up after {attempt - 1} attempts"
+    deadline = outbox.started_at(row) + dt.timedelta(seconds=settings.max_age)
+    if attempt > 1 and outbox.utcnow() > deadline + dt.timedelta(seconds=settings.lease):
+        # earlier attempts died mid-send (consumer killed) until the mail got too old
+        reason = f"gave up after {attempt - 1} attempts (mail.max_age)"
         if row.failed_reason:
             reason = f"{reason}: {row.failed_reason}"
         with engine.begin() as conn:
             outbox.mark_failed(conn, job_id, attempt, reason, outbox.utcnow())
         return FAILED
+    refused: dict[str, str] = {}
     try:
         message = build_message(sender=row.sender, recipients=row.recipients,
                                 subject=row.subject, html=row.html, text=row.text,
                                 headers=row.headers, message_id=row.message_id)
-        queue.transport.send(message, check_address(row.sender),
-                             [check_address(r) for r in row.recipients])
+        refused = queue.transport.send(message, check_address(row.sender),
+                                       envelope_recipients(row.recipients)) or {}
     except Exception as exc:  # noqa: BLE001 -- classified below
         error = classify(exc)
         now = outbox.utcnow()
-        if error.transient and attempt <= settings.retries:
+        if error.transient and now < deadline:
             delay = retry_delay(settings, attempt)
-            log.warning("mail %s attempt %d failed (%s); retrying in %.1fs",
-                        job_id, attempt, error, delay)
+            next_at = min(now + dt.timedelta(seconds=delay), deadline)
             with engine.begin() as conn:
-                outbox.mark_delayed(conn, job_id, attempt, str(error),
-                                    now + dt.timedelta(seconds=delay), now)
-            raise RetryTask(f"transient failure: {error}", delay=delay) from exc
-        log.error("mail %s failed on attempt %d: %s", job_id, attempt, error)
+                outbox.mark_delayed(conn, job_id, attempt, str(error), next_at, now,
+                                    getattr(error, "refused", None))
+            if attempt <= settings.retries:  # the fast phase: Huey holds the short wait
+                log.warning("mail %s attempt %d failed (%s); retrying in %.1fs",
+                            job_id, attempt, error, delay)
+                raise RetryTask(f"transient failure: {error}", delay=delay) from exc
+            log.warning("mail %s attempt %d failed (%s); next attempt at %s (by the relay)",
+                        job_id, attempt, error, next_at.isoformat())
+            return DELAYED
+        if error.transient:
+            reason = f"gave up after {attempt} attempts (mail.max_age): {error}"
+        else:
+            reason = str(error)
+        log.error("mail %s failed on attempt %d: %s", job_id, attempt, reason)
         with engine.begin() as conn:
-            outbox.mark_failed(conn, job_id, attempt, str(error), now)
+            outbox.mark_failed(conn, job_id, attempt, reason, now,
+                               getattr(error, "refused", None))
         return FAILED
     with engine.begin() as conn:
-        outbox.mark_completed(conn, job_id, attempt, outbox.utcnow())
+        outbox.mark_completed(conn, job_id, attempt, outbox.utcnow(), refused)
+    if refused:
+        log.warning("mail %s delivered, but refused for %s", job_id, ", ".join(refused))
     log.info("mail %s delivered (attempt %d, %s)", job_id, attempt, row.message_id)
     return COMPLETED
 

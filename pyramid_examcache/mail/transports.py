@@ -23,9 +23,16 @@ from .message import InvalidAddress
 
 
 class MailError(Exception):
-    """A delivery failure; ``str(exc)`` is the reason recorded as ``failedReason``."""
+    """A delivery failure; ``str(exc)`` is the reason recorded as ``failedReason``.
+
+    ``refused`` maps recipients the server refused to its reply (``failedRecipients``).
+    """
 
     transient = False
+
+    def __init__(self, *args: object, refused: dict[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.refused = refused or {}
 
 
 class TransientMailError(MailError):
@@ -41,6 +48,11 @@ def _reply(code: int, message: bytes | str) -> str:
     return f"{code} {text}".strip()
 
 
+def refused_replies(refused: dict) -> dict[str, str]:
+    """smtplib's ``{rcpt: (code, message)}`` as ``{rcpt: '550 5.1.1 ...'}``."""
+    return {rcpt: _reply(code, msg) for rcpt, (code, msg) in refused.items()}
+
+
 def _by_code(code: int, reason: str) -> MailError:
     if 500 <= code <= 599:
         return PermanentMailError(reason)
@@ -54,11 +66,12 @@ def classify(exc: BaseException) -> MailError:
     if isinstance(exc, InvalidAddress):
         return PermanentMailError(str(exc))
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        replies = list(exc.recipients.items())
-        reason = "; ".join(f"{rcpt}: {_reply(code, msg)}" for rcpt, (code, msg) in replies)
-        if replies and all(400 <= code <= 499 for _r, (code, _m) in replies):
-            return TransientMailError(reason)
-        return PermanentMailError(reason or "all recipients refused")
+        refused = refused_replies(exc.recipients)
+        reason = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in refused.items())
+        if refused and all(reply.startswith("4") for reply in refused.values()):
+            return TransientMailError(reason, refused=refused)
+        return PermanentMailError(f"all recipients refused: {reason}" if reason else
+                                  "all recipients refused", refused=refused)
     if isinstance(exc, smtplib.SMTPResponseException):  # data, sender, helo, auth, connect
         return _by_code(exc.smtp_code, _reply(exc.smtp_code, exc.smtp_error))
     if isinstance(exc, smtplib.SMTPNotSupportedError):
@@ -75,7 +88,11 @@ def classify(exc: BaseException) -> MailError:
 
 
 class Transport(Protocol):
-    def send(self, message: EmailMessage, sender: str, recipients: list[str]) -> None: ...
+    def send(self, message: EmailMessage, sender: str,
+             recipients: list[str]) -> dict[str, str] | None:
+        """Send; returns the recipients refused while others were accepted (or ``None``)."""
+
+
 
     def close(self) -> None: ...
 
@@ -89,7 +106,9 @@ class SMTPTransport:
 
     def __init__(self, host: str, port: int, *, username: str | None = None,
                  password: str | None = None, tls: bool = False, use_ssl: bool = False,
-                 timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
+                 allow_plaintext_auth: bool = False) -> None:
+        self.allow_plaintext_auth = allow_plaintext_auth
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.tls, self.use_ssl, self.timeout = tls, use_ssl, timeout
@@ -127,15 +146,22 @@ class SMTPTransport:
         conn = self._local.conn = self._connect()
         return conn
 
-    def send(self, message: EmailMessage, sender: str, recipients: list[str]) -> None:
+    def send(self, message: EmailMessage, sender: str,
+             recipients: list[str]) -> dict[str, str]:
+        """Send; returns ``{rcpt: reply}`` of recipients refused while others were accepted.
+
+        Non-ASCII addresses make smtplib ask for ``SMTPUTF8`` (a server without it is a
+        permanent failure); they are only queued with ``mail.smtputf8 = true``.
+        """
         try:
             conn = self._connection()
-            conn.send_message(message, from_addr=sender, to_addrs=recipients)
+            refused = conn.send_message(message, from_addr=sender, to_addrs=recipients)
         except BaseException as exc:
             self.close()
             if isinstance(exc, Exception):
                 raise classify(exc) from exc
             raise
+        return refused_replies(refused or {})
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -230,7 +256,8 @@ def make_transport(settings) -> Transport:
     if settings.transport == "smtp":
         return SMTPTransport(settings.host, settings.port, username=settings.username,
                              password=settings.password, tls=settings.tls, use_ssl=settings.ssl,
-                             timeout=settings.timeout)
+                             timeout=settings.timeout,
+                             allow_plaintext_auth=settings.allow_plaintext_auth)
     if settings.transport == "file":
         return FileTransport(settings.file_dir)
     return MemoryTransport()

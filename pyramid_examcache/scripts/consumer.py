@@ -6,7 +6,9 @@ sections, builds the queue from ``mail.queue_url`` and the outbox engine from
 ``mail.outbox_url`` (default: ``sqlalchemy.url``), relays what is due at start-up (mails
 committed while the broker was down, attempts cut off by a killed consumer) and runs
 Huey's consumer with ``mail.workers`` threads. Periodic jobs -- relay the outbox, purge
-finished jobs -- run every ``mail.relay_interval`` seconds.
+finished jobs -- run every ``mail.relay_interval`` seconds. The relay is also what runs
+the slow retries (M3): past ``mail.retries`` a ``delayed`` mail has no entry in the
+broker, only its outbox row's ``next_attempt_at``, and the relay pushes it when due.
 
 With a Redis cache (``examcache.redis_url``) and ``examcache.invalidation_log`` on, it also
 runs the relay of the durable invalidation log (G6) on ``examcache.invalidation_log_url``

@@ -26,6 +26,7 @@ from pyramid_examcache.testing import get_mail_capture
 from .hooks import include_failure_hooks
 
 SECRET = "test-secret-0123456789abcdef"
+PUBLIC_URL = "https://exams.example.com"
 TABLES = "users, exams, questions, examcache_mail_outbox"
 
 #: argon2 at its cheapest: the tests hash many passwords
@@ -39,6 +40,7 @@ def base_settings(db_url: str, **extra) -> dict:
         "examcache.redis_url": "memory://",
         "mail.default_sender": "Exam Platform <no-reply@example.com>",
         "demo.secret": SECRET,
+        "demo.public_url": PUBLIC_URL,
         **FAST_ARGON2,
     }
     settings.update(extra)
@@ -57,11 +59,14 @@ def close_testapp(testapp: TestApp) -> None:
     registry["dbengine"].dispose()
     get_policy(registry).close()
     get_mail_queue(registry).close()
+    registry["demo.throttle"].close()
 
 
 @pytest.fixture(scope="session")
 def teacher_hash() -> str:
-    hasher = make_password_hasher(parse_demo_settings({"demo.secret": SECRET, **FAST_ARGON2}))
+    hasher = make_password_hasher(parse_demo_settings({"demo.secret": SECRET,
+                                                          "demo.public_url": PUBLIC_URL,
+                                                          **FAST_ARGON2}))
     return hash_password(hasher, TEACHER_PASSWORD)
 
 

@@ -47,7 +47,11 @@ def keep_logging(monkeypatch):
 def dev_ini(tmp_path) -> Path:
     """development.ini copied to a temporary directory (so var/ lands there), on a free port."""
     text = (ROOT / "development.ini").read_text()
-    text = text.replace("listen = localhost:6543", f"listen = 127.0.0.1:{free_port()}")
+    port = free_port()
+    text = text.replace("listen = localhost:6543", f"listen = 127.0.0.1:{port}")
+    # links in mails come from demo.public_url (never the Host header): point it at this server
+    text = text.replace("demo.public_url = http://localhost:6543",
+                        f"demo.public_url = http://127.0.0.1:{port}")
     for name, value in FAST_ARGON2.items():
         text = re.sub(rf"^{re.escape(name)} = .*$", f"{name} = {value}", text, flags=re.M)
     ini = tmp_path / "development.ini"

@@ -46,11 +46,17 @@ class ScriptedHandler:
     attempts: list[Attempt] = field(default_factory=list)
     accepted: list[email.message.EmailMessage] = field(default_factory=list)
     rcpt_seen: threading.Event = field(default_factory=threading.Event)
+    #: RCPT TO address -> the reply refusing it (e.g. "550 5.1.1 no such user")
+    refuse: dict[str, str] = field(default_factory=dict)
+    #: (envelope recipients, raw bytes) of every accepted message
+    received: list[tuple[list[str], bytes]] = field(default_factory=list)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.rcpt_seen.set()
         if self.rcpt_delays:
             await asyncio.sleep(self.rcpt_delays.pop(0))
+        if address in self.refuse:
+            return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -60,6 +66,7 @@ class ScriptedHandler:
         self.attempts.append(Attempt(time.monotonic(), str(msg["Message-ID"]), reply, session.peer))
         if reply.startswith("250"):
             self.accepted.append(msg)
+            self.received.append((list(envelope.rcpt_tos), bytes(envelope.content)))
         return reply
 
 
@@ -71,9 +78,17 @@ class SMTPServer:
 
     def start(self) -> None:
         self.controller.start()
+        self.running = True
 
     def stop(self) -> None:
-        self.controller.stop()
+        if getattr(self, "running", False):
+            self.controller.stop()
+        self.running = False
+
+    def restart(self) -> None:
+        """Start again after :meth:`stop` (same port, same handler and its records)."""
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.start()
 
     def accepted_ids(self) -> list[str]:
         return [str(m["Message-ID"]) for m in self.handler.accepted]
@@ -106,6 +121,21 @@ def register_view(request):
     return {"queued": True, "jobId": job.id}
 
 
+def send_view(request):
+    """send_queued(**body): 400 with the ValueError's text for a bad address."""
+    try:
+        job = request.mailer.send_queued(**request.json_body)
+    except ValueError as exc:
+        request.response.status = 400
+        return {"error": str(exc)}
+    request.response.status = 201
+    return {"jobId": job.id}
+
+
+def retry_view(request):
+    return {"retried": request.mailer.retry(request.matchdict["job_id"])}
+
+
 def job_view(request):
     status = request.mailer.job_status(request.matchdict["job_id"])
     if status is None:
@@ -130,6 +160,10 @@ def make_app(db_url: str, settings: dict[str, Any], *, engine=None, include: str
     config.add_route("job", "/jobs/{job_id}")
     config.add_view(register_view, route_name="register", renderer="json", request_method="POST")
     config.add_view(job_view, route_name="job", renderer="json")
+    config.add_route("send", "/send")
+    config.add_route("retry", "/jobs/{job_id}/retry")
+    config.add_view(send_view, route_name="send", renderer="json", request_method="POST")
+    config.add_view(retry_view, route_name="retry", renderer="json", request_method="POST")
     app = config.make_wsgi_app()
     app.engine = engine
     return app

@@ -2,6 +2,7 @@
 redis-server) -> ``examcache-consumer`` subprocess -> aiosmtpd. Real sleeps only here."""
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 import uuid
@@ -80,7 +81,8 @@ def test_committed_mail_delivered_once_aborted_never(system, smtp_server, db):
     [msg] = smtp_server.handler.accepted
     assert msg["To"] == "ann@example.com" and msg["Subject"] == "Welcome"
     assert state_of(testapp, job_id) == {"id": job_id, "state": "completed", "progress": 100,
-                                         "attempts": 1, "failedReason": None}
+                                         "attempts": 1, "failedReason": None,
+                                         "nextAttemptAt": None, "failedRecipients": None}
     with db.connect() as conn:
         assert conn.execute(select(outbox_table.c.id)).scalars().all() == [job_id]
 
@@ -166,7 +168,8 @@ def test_permanent_failure_fails_at_once(system, smtp_server, db):
     consumer.wait_for_rounds(3)
     assert state_of(testapp, job_id) == {
         "id": job_id, "state": "failed", "progress": 100, "attempts": 1,
-        "failedReason": "550 5.1.1 <nobody@example.com>: user unknown"}
+        "failedReason": "550 5.1.1 <nobody@example.com>: user unknown",
+        "nextAttemptAt": None, "failedRecipients": None}
     assert len(smtp_server.handler.attempts) == 1 and smtp_server.handler.accepted == []
 
 
@@ -230,3 +233,104 @@ def test_consumer_start_up_relays_mail_committed_while_redis_was_down(system, sm
     assert "start-up relay: 1 mail(s) pushed" in consumer.log()
     wait_until(lambda: smtp_server.handler.accepted, timeout=10, message="delivered")
     assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
+
+
+def test_smtp_outage_of_a_minute_loses_nothing(system, smtp_server, db, mail_settings):
+    """M3, two phases: the sink is down for >= 60 s while 10 mails are queued. After the
+    fast retries the jobs stay 'delayed' with a nextAttemptAt, and no broker entry holds
+    their wait; when the sink is back, all 10 arrive exactly once, within a bound.
+    Before: every job was 'failed' for good after ~14 s (retries 2, 4, 8 s)."""
+    from pyramid_examcache.mail.queue import make_huey
+    from pyramid_examcache.settings import parse_mail_settings
+
+    overrides = {"mail.retry_delay": 0.5, "mail.retries": 2, "mail.max_retry_delay": 5,
+                 "mail.relay_interval": 1, "mail.max_age": 3600}
+    testapp, consumer = system(**overrides)
+    consumer.start()
+    smtp_server.stop()
+    down_at = time.monotonic()
+    jobs = [testapp.post_json("/register", {"email": f"out{i}@example.com"}, status=201)
+            .json["jobId"] for i in range(10)]
+
+    def statuses():
+        return [state_of(testapp, j) for j in jobs]
+
+    # past the fast phase (0.5 + 1 s): every job is waiting in the outbox only
+    wait_until(lambda: all(s["state"] == "delayed" and s["attempts"] > 2 for s in statuses()),
+               timeout=20, message="all delayed in the slow phase")
+    huey = make_huey(parse_mail_settings({**mail_settings, **{k: str(v) for k, v in
+                                                               overrides.items()}}))
+    samples = 0
+    while time.monotonic() - down_at < 62:
+        for status in statuses():
+            assert status["state"] in ("delayed", "active"), status
+            if status["state"] == "delayed":
+                next_at = dt.datetime.fromisoformat(status["nextAttemptAt"])
+                assert next_at.tzinfo is not None
+                assert status["failedReason"] and "Connection" in status["failedReason"]
+        assert huey.scheduled_count() == 0  # nothing in the broker holds a long wait
+        samples += 1
+        time.sleep(2)
+    assert samples >= 20
+    attempts_during_outage = max(s["attempts"] for s in statuses())
+    assert 5 <= attempts_during_outage <= 20, attempts_during_outage  # capped backoff, no spin
+    smtp_server.restart()
+    back_at = time.monotonic()
+    # the cap (5 s) + one relay interval (1 s) + a margin
+    wait_until(lambda: len(smtp_server.handler.accepted) >= 10, timeout=15,
+               message="10 delivered")
+    assert time.monotonic() - back_at < 15
+    wait_until(lambda: all(s["state"] == "completed" for s in statuses()), timeout=10,
+               message="all completed")
+    consumer.wait_for_rounds(3)
+    ids = smtp_server.accepted_ids()
+    assert sorted(ids) == sorted(f"<{j}@exams.example>" for j in jobs)  # each exactly once
+    for status in statuses():
+        assert status["nextAttemptAt"] is None and status["failedReason"] is None
+
+
+def test_failed_job_retried_is_delivered_once(system, smtp_server, db):
+    """request.mailer.retry(job_id): a failed job goes back to 'waiting' (same Message-ID,
+    attempts restart) and is delivered once; unknown or not-failed jobs answer False."""
+    testapp, consumer = system()
+    smtp_server.handler.replies = ["554 5.7.1 policy rejection"]
+    consumer.start()
+    job_id = testapp.post_json("/register", {"email": "rae@example.com"}, status=201).json["jobId"]
+    wait_until(lambda: state_of(testapp, job_id)["state"] == "failed", message="failed")
+    assert testapp.post(f"/jobs/{job_id}/retry").json == {"retried": True}
+    assert testapp.post(f"/jobs/{job_id}/retry").json == {"retried": False}  # not failed now
+    assert testapp.post("/jobs/nosuchjob/retry").json == {"retried": False}
+    wait_until(lambda: state_of(testapp, job_id)["state"] == "completed", message="completed")
+    consumer.wait_for_rounds(3)
+    assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
+    status = state_of(testapp, job_id)
+    assert status["attempts"] == 1 and status["failedReason"] is None
+    assert testapp.post(f"/jobs/{job_id}/retry").json == {"retried": False}  # completed
+
+
+def test_bcc_delivered_never_in_headers_and_refused_recipients_recorded(system, smtp_server, db):
+    """bcc goes in the envelope only (the received bytes are checked); a recipient refused
+    while others are accepted is recorded as failedRecipients (the job is completed);
+    all refused with 5xx is a permanent failure. Before: a visible Bcc: header, not
+    delivered; refusals ignored."""
+    testapp, consumer = system()
+    smtp_server.handler.refuse = {"gone@example.com": "550 5.1.1 no such user",
+                                  "gone2@example.com": "550 5.1.1 no such user"}
+    consumer.start()
+    body = {"to": "ann@example.com", "cc": "gone@example.com",
+            "bcc": ["secret@example.org", "Hidden Two <two@example.org>"],
+            "subject": "S", "html": "<p>x</p>"}
+    job_id = testapp.post_json("/send", body, status=201).json["jobId"]
+    wait_until(lambda: state_of(testapp, job_id)["state"] == "completed", message="completed")
+    [(rcpts, raw)] = smtp_server.handler.received
+    assert sorted(rcpts) == ["ann@example.com", "secret@example.org", "two@example.org"]
+    assert b"secret" not in raw and b"two@" not in raw and b"Bcc" not in raw
+    assert b"Cc: gone@example.com" in raw
+    status = state_of(testapp, job_id)
+    assert status["failedRecipients"] == {"gone@example.com": "550 5.1.1 no such user"}
+    bad = testapp.post_json("/send", {"to": ["gone@example.com", "gone2@example.com"],
+                                      "subject": "S", "html": "x"}, status=201).json["jobId"]
+    wait_until(lambda: state_of(testapp, bad)["state"] == "failed", message="failed")
+    status = state_of(testapp, bad)
+    assert status["attempts"] == 1 and status["failedReason"].startswith("all recipients refused")
+    assert set(status["failedRecipients"]) == {"gone@example.com", "gone2@example.com"}

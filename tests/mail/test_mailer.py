@@ -8,7 +8,7 @@ from webtest import TestApp
 from pyramid_examcache.mail.outbox import outbox_table
 from pyramid_examcache.testing import get_mail_capture, mail_testing_settings
 
-from .support import make_app
+from .support import make_app, users_table
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_committed_mail_is_sent_after_commit_and_captured(app):
     assert mail.sender == "Exams <no-reply@exams.example>"
     status = testapp.get(f"/jobs/{job_id}").json
     assert status == {"id": job_id, "state": "completed", "progress": 100, "attempts": 1,
-                      "failedReason": None}
+                      "failedReason": None, "nextAttemptAt": None, "failedRecipients": None}
 
 
 def test_aborted_request_writes_and_sends_nothing(app):
@@ -60,23 +60,42 @@ def test_testing_settings_alone_work(db, pg_url):
     assert [m.to for m in get_mail_capture(app.registry).outbox] == [["cy@example.com"]]
 
 
-def test_without_a_transaction_the_row_is_written_and_sent_at_once(app):
-    """Outside pyramid_tm (a script, a thread) send_queued writes and relays immediately."""
+@pytest.fixture
+def script_request(app):
+    """A request outside pyramid_tm (a script), with its own plain Session."""
     from pyramid.scripting import prepare
     from sqlalchemy.orm import Session
 
     env = prepare(registry=app.registry)
-    try:
-        request = env["request"]
-        request.dbsession = Session(bind=app.engine)
-        job = request.mailer.send_queued(["a@example.com", "b@example.com"], "Hi", "<b>x</b>",
-                                         text="x")
-        assert request.mailer.job_status(job.id)["state"] == "completed"
-        [mail] = get_mail_capture(request).outbox
-        assert mail.to == ["a@example.com", "b@example.com"] and mail.text.strip() == "x"
-    finally:
-        request.dbsession.close()
-        env["closer"]()
+    request = env["request"]
+    request.dbsession = Session(bind=app.engine)
+    yield request
+    request.dbsession.close()
+    env["closer"]()
+
+
+def test_without_a_transaction_the_mail_goes_with_the_sessions_commit(app, script_request):
+    """Outside pyramid_tm (a script) send_queued writes through the session and pushes on
+    the session's after_commit: nothing is written or sent before the commit."""
+    job = script_request.mailer.send_queued(["a@example.com", "b@example.com"], "Hi",
+                                            "<b>x</b>", text="x")
+    assert get_mail_capture(script_request).outbox == []
+    assert count_rows(app.engine) == 0  # not committed yet: only in the session
+    script_request.dbsession.commit()
+    assert script_request.mailer.job_status(job.id)["state"] == "completed"
+    [mail] = get_mail_capture(script_request).outbox
+    assert mail.to == ["a@example.com", "b@example.com"] and mail.text.strip() == "x"
+
+
+def test_without_a_transaction_a_rollback_sends_nothing(app, script_request):
+    """Before: the row was written through its own connection and sent at once."""
+    script_request.dbsession.execute(users_table.insert().values(email="r@example.com"))
+    script_request.mailer.send_queued("r@example.com", "Hi", "<b>x</b>")
+    script_request.dbsession.rollback()
+    script_request.mailer.send_queued("s@example.com", "Hi", "<b>y</b>")  # after the rollback
+    script_request.dbsession.commit()
+    assert [m.to for m in get_mail_capture(app).outbox] == [["s@example.com"]]
+    assert count_rows(app.engine) == 1
 
 
 def test_missing_session_attribute_is_explained(db, pg_url):

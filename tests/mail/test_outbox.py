@@ -56,15 +56,19 @@ def test_status_dict_through_all_states(db):
     t0 = utcnow()
     with db.connect() as conn:
         assert job_status(conn, job) == {"id": job, "state": WAITING, "progress": 0,
-                                         "attempts": 0, "failedReason": None}
+                                         "attempts": 0, "failedReason": None,
+                                         "nextAttemptAt": None, "failedRecipients": None}
     with db.begin() as conn:
         outbox.claim(conn, job, 60, t0)
         outbox.mark_delayed(conn, job, 1, "421 busy", t0, t0)
-        assert job_status(conn, job)["state"] == DELAYED
+        delayed = job_status(conn, job)
+        assert (delayed["state"], delayed["failedReason"]) == (DELAYED, "421 busy")
+        assert dt.datetime.fromisoformat(delayed["nextAttemptAt"]) == t0
         outbox.claim(conn, job, 60, t0)
         outbox.mark_failed(conn, job, 2, "550 no", t0)
         assert job_status(conn, job) == {"id": job, "state": FAILED, "progress": 100,
-                                         "attempts": 2, "failedReason": "550 no"}
+                                         "attempts": 2, "failedReason": "550 no",
+                                         "nextAttemptAt": None, "failedRecipients": None}
         assert job_status(conn, "missing") is None
         assert job_status(conn, "") is None
         assert job_status(conn, "\x00") is None  # PostgreSQL refuses NUL: not an error, unknown
@@ -111,3 +115,25 @@ def test_alembic_helpers_create_the_same_table(tmp_path):
     with engine.begin() as conn:
         drop_outbox(Operations(MigrationContext.configure(conn)))
     assert TABLE_NAME not in sa.inspect(engine).get_table_names()
+
+
+def test_add_new_columns_upgrades_an_old_table_and_is_idempotent():
+    """The Alembic helper for the columns added with two-phase retries and failedRecipients."""
+    import sqlalchemy as sa
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    engine = sa.create_engine("sqlite://")
+    new = {"failed_recipients", "retried_at"}
+    with engine.begin() as conn:
+        old = sa.MetaData()
+        sa.Table(outbox.TABLE_NAME, old, *[c for c in outbox._columns() if c.name not in new])
+        old.create_all(conn)
+        op = Operations(MigrationContext.configure(conn))
+        outbox.add_new_columns(op)
+        outbox.add_new_columns(op)  # a database made by create_outbox already has them
+        names = {c["name"] for c in sa.inspect(conn).get_columns(outbox.TABLE_NAME)}
+        assert new <= names
+        outbox.drop_new_columns(op)
+        names = {c["name"] for c in sa.inspect(conn).get_columns(outbox.TABLE_NAME)}
+        assert not new & names

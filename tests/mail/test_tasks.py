@@ -58,9 +58,11 @@ def test_backoff_schedule():
     assert [retry_delay(settings, n) for n in (1, 2, 3)] == [2, 4, 8]
 
 
-def test_transient_failures_delay_2_4_8_then_fail(db):
-    transport = ScriptedTransport(greylist(), greylist(), greylist(), greylist())
-    queue = make_queue(db, transport)
+def test_transient_failures_delay_2_4_8_then_slow_phase(db):
+    """The fast phase (RetryTask, Huey holds the wait) then the slow one (no broker entry,
+    next_attempt_at only, capped by max_retry_delay). Before: the 4th failure was final."""
+    transport = ScriptedTransport(*(greylist() for _ in range(7)))
+    queue = make_queue(db, transport, max_retry_delay=30)
     job = insert_job(db)
     delays = []
     for attempt in (1, 2, 3):
@@ -74,10 +76,47 @@ def test_transient_failures_delay_2_4_8_then_fail(db):
         assert deliver_job(queue, job) == "skipped"  # not due yet: a duplicate entry does nothing
         make_due(db, job)
     assert delays == [2, 4, 8]
-    assert deliver_job(queue, job) == FAILED
-    row = load(db, job)
-    assert (row.state, row.attempts, row.failed_reason) == (FAILED, 4, "451 4.7.1 greylisted")
+    waits = []
+    for attempt in (4, 5, 6):
+        before = utcnow()
+        assert deliver_job(queue, job) == DELAYED  # no RetryTask: nothing in the broker
+        row = load(db, job)
+        assert (row.state, row.attempts) == (DELAYED, attempt)
+        waits.append(round((row.next_attempt_at - before).total_seconds()))
+        make_due(db, job)
+    assert waits == [16, 30, 30]  # capped at mail.max_retry_delay
+    assert queue.huey.pending_count() == 0 and queue.huey.scheduled_count() == 0
     assert transport.sent == []
+
+
+def test_max_age_turns_a_transient_failure_final(db):
+    queue = make_queue(db, ScriptedTransport(greylist(), greylist()), max_age=3600)
+    job = insert_job(db, created_at=utcnow() - dt.timedelta(seconds=3599))
+    with pytest.raises(RetryTask):  # 1 s left: the next attempt is at the deadline
+        deliver_job(queue, job)
+    row = load(db, job)
+    assert row.state == DELAYED
+    assert row.next_attempt_at <= row.created_at + dt.timedelta(seconds=3600)
+    old = insert_job(db, created_at=utcnow() - dt.timedelta(seconds=3601))
+    assert deliver_job(queue, old) == FAILED
+    row = load(db, old)
+    assert row.state == FAILED and row.failed_reason == (
+        "gave up after 1 attempts (mail.max_age): 451 4.7.1 greylisted")
+
+
+def test_slow_phase_rows_are_pushed_by_the_relay_when_due(db):
+    """Past the fast phase the outbox row is the only copy of the wait: the relay pushes it
+    once when next_attempt_at has come, and not before, and not twice."""
+    queue = make_queue(db, ScriptedTransport(greylist()), retries=0)
+    job = insert_job(db, enqueued_at=utcnow())
+    assert deliver_job(queue, job) == DELAYED
+    assert queue.tasks.relay.call_local() == 0  # not due yet (2 s)
+    make_due(db, job)
+    assert queue.tasks.relay.call_local() == 1
+    assert queue.tasks.relay.call_local() == 0  # pushed once
+    assert queue.huey.pending_count() == 1
+    queue.huey.execute(queue.huey.dequeue())
+    assert load(db, job).state == COMPLETED
 
 
 def test_transient_then_success(db):
@@ -117,20 +156,26 @@ def test_invalid_address_fails_at_once(db):
     assert transport.sent == []
 
 
-def test_zero_retries_fail_on_first_transient_error(db):
+def test_zero_retries_go_to_the_slow_phase_at_once(db):
+    """Before: mail.retries = 0 failed on the first transient error."""
     queue = make_queue(db, ScriptedTransport(greylist()), retries=0)
     job = insert_job(db)
-    assert deliver_job(queue, job) == FAILED
+    assert deliver_job(queue, job) == DELAYED
+    assert queue.huey.scheduled_count() == 0
 
 
-def test_attempts_lost_to_crashes_count(db):
-    """A row whose attempts all died mid-send (lease expired each time) is given up."""
-    queue = make_queue(db, ScriptedTransport())
-    job = insert_job(db, state=ACTIVE, attempts=4, lease_until=utcnow() - dt.timedelta(seconds=1),
-                     failed_reason="451 busy")
-    assert deliver_job(queue, job) == FAILED
-    row = load(db, job)
-    assert row.state == FAILED and row.failed_reason == "gave up after 4 attempts: 451 busy"
+def test_attempts_lost_to_crashes_are_bounded_by_max_age(db):
+    """A row whose attempts died mid-send (lease expired each time) is given up once it is
+    older than mail.max_age (+ the lease); younger, it is tried again."""
+    queue = make_queue(db, ScriptedTransport(), max_age=3600, lease=60)
+    old = insert_job(db, state=ACTIVE, attempts=4, lease_until=utcnow() - dt.timedelta(seconds=1),
+                     failed_reason="451 busy", created_at=utcnow() - dt.timedelta(seconds=3661))
+    assert deliver_job(queue, old) == FAILED
+    row = load(db, old)
+    assert row.state == FAILED
+    assert row.failed_reason == "gave up after 4 attempts (mail.max_age): 451 busy"
+    young = insert_job(db, state=ACTIVE, attempts=4, lease_until=utcnow() - dt.timedelta(seconds=1))
+    assert deliver_job(queue, young) == COMPLETED
 
 
 def test_huey_schedules_the_retry_with_our_delay(db):
