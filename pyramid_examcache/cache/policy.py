@@ -212,9 +212,11 @@ class CachePolicy:
         except BaseException:
             self._release(key, token)
             raise
-        if data is None:
+        if data is None or self.deferred:
+            # (while this process owes the store an invalidation, it stores nothing:
+            # the value may predate a commit whose invalidation is still pending)
             self._release(key, token)
-            return value, None
+            return value, data
         stored = self._call("fill", backend.fill, key, token, data, ttl, tags, found.versions)
         if stored is not _FAILED:
             self.stats.incr("stores" if stored else "stale_rejected")

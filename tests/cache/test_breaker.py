@@ -158,3 +158,21 @@ def test_the_deferred_queue_degrades_to_clear_all_when_too_many():
     keys, tags, clear_all = queue.take()
     assert clear_all and not keys and not tags
     assert not queue
+
+
+def test_a_fill_is_refused_while_this_process_owes_an_invalidation():
+    """A loader took its lease, then a commit's invalidation could not be sent
+    (deferred), then the store came back: the loader's value may predate that
+    commit, so it must not be stored for other processes to read."""
+    clock = FakeClock()
+    backend, policy = broken_policy(clock, threshold=3)
+
+    def load():
+        backend.down = True
+        assert policy.invalidate_now(["k"]) is False  # deferred
+        backend.down = False
+        return "read before the commit"
+
+    assert policy.get_or_set("k", load) == "read before the commit"
+    assert backend.get("k") is None
+    policy.close()
