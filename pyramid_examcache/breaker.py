@@ -47,9 +47,7 @@ class Breaker:
         with self._lock:
             if self._opened_at is None:
                 return "closed"
-            if self._probing or self._clock() - self._opened_at < self.reset_after:
-                return "open"
-            return "half-open"
+            return "open" if self._refusing() else "half-open"
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` if the breaker allows it, reporting the outcome.
@@ -79,10 +77,14 @@ class Breaker:
         with self._lock:
             if self._opened_at is None:
                 return True
-            if self._probing or self._clock() - self._opened_at < self.reset_after:
+            if self._refusing():
                 return False
             self._probing = True
             return True
+
+    def _refusing(self) -> bool:
+        """Open and refusing calls: within ``reset_after``, or a probe is out (lock held)."""
+        return self._probing or self._clock() - self._opened_at < self.reset_after
 
     def _success(self) -> None:
         if self._failures or self._opened_at is not None:

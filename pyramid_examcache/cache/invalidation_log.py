@@ -142,8 +142,7 @@ class InvalidationLog:
         conn.execute(log_table.insert().values(id=row_id, scope=self.scope, keys=sorted(keys),
                                                tags=sorted(tags), created_at=utcnow()))
         self.stats["recorded"] += 1
-        if engine not in self._engines:
-            self._engines.add(engine)
+        self._engines.add(engine)
         self.start()
         return row_id
 
