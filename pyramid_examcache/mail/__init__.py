@@ -21,20 +21,27 @@ from typing import Any
 from pyramid.config import Configurator
 from zope.interface import Interface
 
+from pyramid.exceptions import ConfigurationError
+
 from ..settings import parse_mail_settings
+from .broker import HueyBroker
 from .mailer import Mailer, MailJob
 from .outbox import (add_new_columns, create_outbox, drop_new_columns, drop_outbox, metadata,
                      outbox_table)
 from .queue import MailQueue, build_huey, build_queue
 from .transports import MailError, PermanentMailError, TransientMailError
 
-__all__ = ["IMailQueue", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
+__all__ = ["IBrokerFactory", "IMailQueue", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
            "TransientMailError", "build_huey", "build_queue", "create_outbox", "drop_outbox",
            "get_mail_queue", "includeme", "metadata", "outbox_table"]
 
 
 class IMailQueue(Interface):
     """Marker for the application's :class:`~.queue.MailQueue` utility."""
+
+
+class IBrokerFactory(Interface):
+    """A ``factory(deliver_task) -> broker`` replacing the Huey push (the test mode's)."""
 
 
 def get_mail_queue(registry: Any) -> MailQueue:
@@ -55,7 +62,13 @@ def includeme(config: Configurator) -> None:
 
     def register() -> None:
         settings = parse_mail_settings(config.registry.settings)
-        config.registry.registerUtility(MailQueue(settings), IMailQueue)
+        factory = config.registry.queryUtility(IBrokerFactory)
+        if factory is None and settings.queue_url.startswith("memory:"):
+            raise ConfigurationError(
+                "mail.queue_url = memory:// is the in-process test mode: add "
+                "config.include('pyramid_examcache.testing') (nothing else would deliver the mail)")
+        config.registry.registerUtility(
+            MailQueue(settings, broker_factory=factory or HueyBroker), IMailQueue)
 
     config.action(("pyramid_examcache.mail", "queue"), register)
     config.add_request_method(_mailer, "mailer", reify=True)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from pyramid_tm import is_tm_active
+from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 from transaction.interfaces import NoTransaction
-
-from sqlalchemy import event, update
 
 from .message import (address_list, build_message, check_address, envelope_recipients,
                       header_name, make_message_id, make_recipients, validate_address)
@@ -205,9 +204,8 @@ def _push_after_session_commit(session: Any, queue: MailQueue, engine: Engine,
 def _after_commit(status: bool, queue: MailQueue, engine: Engine, job_id: str) -> None:
     if not status:
         return
-    if queue.immediate:
-        queue.use_engine(engine)
+    queue.resources.use_engine(engine)  # the outbox is where the session wrote it
     try:
-        push_one(engine, queue, job_id)
+        push_one(engine, queue.broker, job_id)
     except Exception:  # noqa: BLE001 -- never fail a committed request; the relay catches up
         log.exception("mail %s: after-commit push failed; the relay will retry", job_id)

@@ -23,36 +23,28 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 
+from .broker import Broker
 from .outbox import ACTIVE, DELAYED, WAITING, outbox_table, utcnow
-
-if TYPE_CHECKING:
-    from .queue import MailQueue
 
 log = logging.getLogger(__name__)
 
 
-def push_one(engine: Engine, queue: MailQueue, job_id: str, now: dt.datetime | None = None) -> bool:
+def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | None = None) -> bool:
     """Push a never-pushed ``waiting`` row to the broker; ``False`` if not pushed (or already)."""
     t = outbox_table
     now = now or utcnow()
     claim = (update(t).where(t.c.id == job_id, t.c.state == WAITING, t.c.enqueued_at.is_(None))
              .values(enqueued_at=now))
     try:
-        if queue.immediate:  # the task runs inside enqueue(): commit the claim first
-            with engine.begin() as conn:
-                if conn.execute(claim).rowcount != 1:
-                    return False
-            queue.enqueue(job_id)
-            return True
-        with engine.begin() as conn:  # the row stays locked until the push is recorded
+        with broker.batch() as push, engine.begin() as conn:
             if conn.execute(claim).rowcount != 1:
                 return False
-            queue.enqueue(job_id)
+            push(job_id)  # the row stays locked until the push is recorded
         return True
     except Exception as exc:  # noqa: BLE001 -- broker down: the periodic relay retries
         log.warning("mail %s not pushed to the queue (%s); the relay will retry", job_id, exc)
@@ -73,34 +65,27 @@ def _due(now: dt.datetime, requeue_after: float, retries: int):
     )
 
 
-def relay(engine: Engine, queue: MailQueue, *, limit: int = 500,
+def relay(engine: Engine, broker: Broker, settings: Any, *, limit: int = 500,
           now: dt.datetime | None = None) -> int:
     """Push every due row (up to ``limit``) to the broker; returns how many were pushed.
 
-    Stops at the first broker error, keeping what was pushed so far.
+    ``settings`` gives ``requeue_after`` and ``retries`` (the ``mail.*`` settings). Stops
+    at the first broker error, keeping what was pushed so far.
     """
     t = outbox_table
     now = now or utcnow()
-    query = (select(t.c.id, t.c.state).where(
-        _due(now, queue.settings.requeue_after, queue.settings.retries))
+    query = (select(t.c.id, t.c.state).where(_due(now, settings.requeue_after, settings.retries))
              .order_by(t.c.created_at).limit(limit).with_for_update(skip_locked=True))
     pushed: list = []
-    with engine.begin() as conn:
-        rows = conn.execute(query).all()
-        if queue.immediate:
-            pushed = rows
-        else:
-            for row in rows:
-                try:
-                    queue.enqueue(row.id)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("relay stopped, the queue is unreachable (%s)", exc)
-                    break
-                pushed.append(row)
+    with broker.batch() as push, engine.begin() as conn:
+        for row in conn.execute(query).all():
+            try:
+                push(row.id)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("relay stopped, the queue is unreachable (%s)", exc)
+                break
+            pushed.append(row)
         _record_pushed(conn, pushed, now)
-    if queue.immediate:
-        for row in pushed:
-            queue.enqueue(row.id)
     if pushed:
         log.info("relayed %d mail(s) to the queue", len(pushed))
     return len(pushed)

@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 
 from . import outbox
+from .broker import Broker, HueyBroker
 from .message import build_message, check_address, envelope_recipients
 from .relay import push_one, relay
 from .status import purge_finished
+from .resources import Resources
 from .transports import classify
-
-if TYPE_CHECKING:
-    from .queue import MailQueue
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,7 @@ class MailTasks(NamedTuple):
     deliver: Any
     relay: Any
     purge: Any
+    broker: Broker  #: pushes ``deliver`` for a job id
 
 
 def _every_check(timestamp: dt.datetime) -> bool:
@@ -59,7 +59,7 @@ def retry_delay(settings: Any, attempt: int) -> float:
     return min(settings.retry_delay * settings.retry_backoff ** exponent, settings.max_retry_delay)
 
 
-def deliver_job(queue: MailQueue, job_id: str) -> str:
+def deliver_job(settings: Any, resources: Resources, job_id: str) -> str:
     """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a fast retry).
 
     Two phases after a transient failure on attempt ``n`` (M3): while ``n <= mail.retries``
@@ -70,7 +70,7 @@ def deliver_job(queue: MailQueue, job_id: str) -> str:
     re-sent by :meth:`Mailer.retry`) a transient failure is final; the last attempt is
     scheduled at that deadline at the latest. Permanent failures fail at once.
     """
-    settings, engine = queue.settings, queue.engine
+    engine = resources.engine
     with engine.begin() as conn:
         row = outbox.claim(conn, job_id, settings.lease, outbox.utcnow())
     if row is None:
@@ -91,7 +91,7 @@ def deliver_job(queue: MailQueue, job_id: str) -> str:
         message = build_message(sender=row.sender, recipients=row.recipients,
                                 subject=row.subject, html=row.html, text=row.text,
                                 headers=row.headers, message_id=row.message_id)
-        refused = queue.transport.send(message, check_address(row.sender),
+        refused = resources.transport.send(message, check_address(row.sender),
                                        envelope_recipients(row.recipients)) or {}
     except Exception as exc:  # noqa: BLE001 -- classified below
         error = classify(exc)
@@ -126,22 +126,29 @@ def deliver_job(queue: MailQueue, job_id: str) -> str:
     return COMPLETED
 
 
-def register_tasks(queue: MailQueue) -> MailTasks:
-    """Register the mail tasks (and the interrupted-task handler) on ``queue.huey``."""
-    huey, settings = queue.huey, queue.settings
+def register_tasks(huey: Any, settings: Any, resources: Resources,
+                   broker_factory: Callable[[Any], Broker] = HueyBroker) -> MailTasks:
+    """Register the mail tasks (and the interrupted-task handler) on ``huey``.
+
+    ``broker_factory(deliver)`` makes the broker that pushes the ``deliver`` task (the
+    relay task pushes through it too); :mod:`pyramid_examcache.testing` passes one that
+    runs it in-process.
+    """
 
     @huey.task(retries=settings.retries, retry_delay=settings.retry_delay,
                retry_backoff=settings.retry_backoff, name=DELIVER)
     def deliver(job_id: str) -> str:
-        return deliver_job(queue, job_id)
+        return deliver_job(settings, resources, job_id)
+
+    broker = broker_factory(deliver)
 
     @huey.periodic_task(_every_check, name=RELAY)
     def relay_outbox() -> int:
-        return relay(queue.engine, queue)
+        return relay(resources.engine, broker, settings)
 
     @huey.periodic_task(_every_check, name=PURGE)
     def purge_outbox() -> int:
-        with queue.engine.begin() as conn:
+        with resources.engine.begin() as conn:
             return purge_finished(conn, settings.keep_completed, settings.keep_failed,
                                   outbox.utcnow())
 
@@ -151,10 +158,10 @@ def register_tasks(queue: MailQueue) -> MailTasks:
         if task.name != deliver.name or not task.args:
             return
         job_id = task.args[0]
-        with queue.engine.begin() as conn:
+        with resources.engine.begin() as conn:
             released = outbox.release(conn, job_id, outbox.utcnow())
         if released:
-            push_one(queue.engine, queue, job_id)
+            push_one(resources.engine, broker, job_id)
             log.warning("mail %s interrupted by shutdown; re-queued", job_id)
 
-    return MailTasks(deliver, relay_outbox, purge_outbox)
+    return MailTasks(deliver, relay_outbox, purge_outbox, broker)

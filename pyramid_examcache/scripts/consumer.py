@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"examcache-consumer: {exc}", file=sys.stderr)
         return 2
     try:
-        pushed = relay(queue.engine, queue)
+        pushed = relay(queue.engine, queue.broker, settings)
         log.info("start-up relay: %d mail(s) pushed to the queue", pushed)
     except Exception:  # noqa: BLE001 -- the periodic relay retries
         log.exception("start-up relay failed; the periodic relay will retry")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from pyramid.exceptions import ConfigurationError
 from sqlalchemy import func, select
 from webtest import TestApp
 
@@ -9,6 +10,10 @@ from pyramid_examcache.mail.outbox import outbox_table
 from pyramid_examcache.testing import get_mail_capture, mail_testing_settings
 
 from .support import make_app, users_table
+
+
+def TESTING(config):
+    config.include("pyramid_examcache.testing")
 
 
 @pytest.fixture
@@ -54,10 +59,10 @@ def test_unknown_job_is_none(app):
     testapp.get(f"/jobs/{'x' * 100}", status=404)
 
 
-def test_testing_settings_alone_work(db, pg_url):
-    app = make_app(pg_url, mail_testing_settings(), engine=db)
-    TestApp(app).post_json("/register", {"email": "cy@example.com"}, status=201)
-    assert [m.to for m in get_mail_capture(app.registry).outbox] == [["cy@example.com"]]
+def test_testing_settings_alone_are_refused_with_the_include_to_add(db, pg_url):
+    """memory:// without the testing include would queue mail that nothing delivers."""
+    with pytest.raises(ConfigurationError, match=r"pyramid_examcache\.testing"):
+        make_app(pg_url, mail_testing_settings(), engine=db)
 
 
 @pytest.fixture
@@ -99,7 +104,7 @@ def test_without_a_transaction_a_rollback_sends_nothing(app, script_request):
 
 
 def test_missing_session_attribute_is_explained(db, pg_url):
-    app = make_app(pg_url, {**mail_testing_settings(), "mail.session_attr": "nosuch"}, engine=db)
+    app = make_app(pg_url, {"mail.session_attr": "nosuch"}, engine=db, extra=TESTING)
     with pytest.raises(RuntimeError, match="mail.session_attr"):
         TestApp(app).post_json("/register", {"email": "d@example.com"})
 
@@ -118,7 +123,7 @@ def test_send_now_sends_synchronously(app):
 
 def test_each_application_has_its_own_queue(app, db, pg_url):
     """Nothing is shared between applications: each one's mail goes through its own queue."""
-    other = make_app(pg_url, mail_testing_settings(), engine=db)
+    other = make_app(pg_url, {}, engine=db, extra=TESTING)
     TestApp(app).post_json("/register", {"email": "one@example.com"}, status=201)
     TestApp(other).post_json("/register", {"email": "two@example.com"}, status=201)
     assert [m.to for m in get_mail_capture(app).outbox] == [["one@example.com"]]
@@ -127,8 +132,8 @@ def test_each_application_has_its_own_queue(app, db, pg_url):
 
 def test_works_under_the_package_include(db, pg_url):
     """config.include('pyramid_examcache') (cache + mail), as users do."""
-    app = make_app(pg_url, {**mail_testing_settings(), "examcache.redis_url": "memory://"},
-                   engine=db, include="pyramid_examcache")
+    app = make_app(pg_url, {"examcache.redis_url": "memory://"},
+                   engine=db, include="pyramid_examcache", extra=TESTING)
     testapp = TestApp(app)
     job_id = testapp.post_json("/register", {"email": "fay@example.com"}, status=201).json["jobId"]
     assert get_mail_capture(testapp).last.job_id == job_id

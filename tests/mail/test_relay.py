@@ -1,6 +1,7 @@
 """The relay (M2): after-commit push and the periodic/start-up relay, against PostgreSQL."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pytest
@@ -17,9 +18,7 @@ S = dt.timedelta(seconds=1)
 
 
 class FakeQueue:
-    """Records pushes; ``down`` makes the broker unreachable, ``fail_after`` after n pushes."""
-
-    immediate = False
+    """A broker that records pushes; ``down`` makes it unreachable, ``fail_after`` after n pushes."""
 
     def __init__(self, **settings):
         self.settings = parse_mail_settings({f"mail.{k}": v for k, v in settings.items()})
@@ -27,7 +26,11 @@ class FakeQueue:
         self.down = False
         self.fail_after: int | None = None
 
-    def enqueue(self, job_id: str) -> None:
+    @contextlib.contextmanager
+    def batch(self):
+        yield self.push
+
+    def push(self, job_id: str) -> None:
         if self.down or (self.fail_after is not None and len(self.pushed) >= self.fail_after):
             raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         self.pushed.append(job_id)
@@ -38,7 +41,7 @@ def test_push_one_pushes_a_fresh_row_once(db):
     job = insert_job(db)
     assert push_one(db, queue, job)
     assert not push_one(db, queue, job)
-    assert relay(db, queue) == 0
+    assert relay(db, queue, queue.settings) == 0
     assert queue.pushed == [job]
     assert load(db, job).enqueued_at is not None
 
@@ -49,10 +52,10 @@ def test_broker_down_leaves_the_row_for_the_relay(db):
     job = insert_job(db)
     assert not push_one(db, queue, job)
     assert load(db, job).enqueued_at is None and load(db, job).state == WAITING
-    assert relay(db, queue) == 0
+    assert relay(db, queue, queue.settings) == 0
     queue.down = False
-    assert relay(db, queue) == 1
-    assert relay(db, queue) == 0  # never twice for one successful push
+    assert relay(db, queue, queue.settings) == 1
+    assert relay(db, queue, queue.settings) == 0  # never twice for one successful push
     assert queue.pushed == [job]
 
 
@@ -60,11 +63,11 @@ def test_relay_stops_at_the_first_broker_error_and_keeps_what_was_pushed(db):
     queue = FakeQueue()
     jobs = [insert_job(db, created_at=utcnow() - (10 - i) * S) for i in range(4)]
     queue.fail_after = 2
-    assert relay(db, queue) == 2
+    assert relay(db, queue, queue.settings) == 2
     assert queue.pushed == jobs[:2]
     assert [load(db, j).enqueued_at is not None for j in jobs] == [True, True, False, False]
     queue.fail_after = None
-    assert relay(db, queue) == 2
+    assert relay(db, queue, queue.settings) == 2
     assert queue.pushed == jobs
 
 
@@ -78,12 +81,12 @@ def test_relay_rescues_lost_pushes_and_dead_attempts_only(db):
     lost_push = insert_job(db, enqueued_at=now - 700 * S)
     queued = insert_job(db, enqueued_at=now - 10 * S)
     done = insert_job(db, state=COMPLETED, finished_at=now)
-    assert relay(db, queue, now=now) == 3
+    assert relay(db, queue, queue.settings, now=now) == 3
     assert sorted(queue.pushed) == sorted([dead_attempt, lost_retry, lost_push])
     row = load(db, dead_attempt)
     assert row.state == WAITING and row.lease_until is None  # a new attempt will claim it
     assert load(db, lost_retry).state == DELAYED
-    assert relay(db, queue, now=now) == 0
+    assert relay(db, queue, queue.settings, now=now) == 0
     assert {live_attempt, due_retry, queued, done}.isdisjoint(queue.pushed)
 
 
@@ -95,9 +98,9 @@ def test_relay_skips_rows_locked_by_another_relay(db):
         with other.begin():
             other.execute(select(outbox_table.c.id).where(outbox_table.c.id == locked)
                           .with_for_update()).all()
-            assert relay(db, queue) == 1  # does not wait for the lock
+            assert relay(db, queue, queue.settings) == 1  # does not wait for the lock
             assert queue.pushed == [free]
-    assert relay(db, queue) == 1
+    assert relay(db, queue, queue.settings) == 1
     assert queue.pushed == [free, locked]
 
 

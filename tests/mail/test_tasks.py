@@ -68,18 +68,18 @@ def test_transient_failures_delay_2_4_8_then_slow_phase(db):
     for attempt in (1, 2, 3):
         before = utcnow()
         with pytest.raises(RetryTask) as info:
-            deliver_job(queue, job)
+            deliver_job(queue.settings, queue.resources, job)
         delays.append(info.value.delay)
         row = load(db, job)
         assert (row.state, row.attempts, row.failed_reason) == (DELAYED, attempt, "451 4.7.1 greylisted")
         assert dt.timedelta(seconds=info.value.delay) <= row.next_attempt_at - before
-        assert deliver_job(queue, job) == "skipped"  # not due yet: a duplicate entry does nothing
+        assert deliver_job(queue.settings, queue.resources, job) == "skipped"  # not due yet: a duplicate entry does nothing
         make_due(db, job)
     assert delays == [2, 4, 8]
     waits = []
     for attempt in (4, 5, 6):
         before = utcnow()
-        assert deliver_job(queue, job) == DELAYED  # no RetryTask: nothing in the broker
+        assert deliver_job(queue.settings, queue.resources, job) == DELAYED  # no RetryTask: nothing in the broker
         row = load(db, job)
         assert (row.state, row.attempts) == (DELAYED, attempt)
         waits.append(round((row.next_attempt_at - before).total_seconds()))
@@ -93,12 +93,12 @@ def test_max_age_turns_a_transient_failure_final(db):
     queue = make_queue(db, ScriptedTransport(greylist(), greylist()), max_age=3600)
     job = insert_job(db, created_at=utcnow() - dt.timedelta(seconds=3599))
     with pytest.raises(RetryTask):  # 1 s left: the next attempt is at the deadline
-        deliver_job(queue, job)
+        deliver_job(queue.settings, queue.resources, job)
     row = load(db, job)
     assert row.state == DELAYED
     assert row.next_attempt_at <= row.created_at + dt.timedelta(seconds=3600)
     old = insert_job(db, created_at=utcnow() - dt.timedelta(seconds=3601))
-    assert deliver_job(queue, old) == FAILED
+    assert deliver_job(queue.settings, queue.resources, old) == FAILED
     row = load(db, old)
     assert row.state == FAILED and row.failed_reason == (
         "gave up after 1 attempts (mail.max_age): 451 4.7.1 greylisted")
@@ -109,7 +109,7 @@ def test_slow_phase_rows_are_pushed_by_the_relay_when_due(db):
     once when next_attempt_at has come, and not before, and not twice."""
     queue = make_queue(db, ScriptedTransport(greylist()), retries=0)
     job = insert_job(db, enqueued_at=utcnow())
-    assert deliver_job(queue, job) == DELAYED
+    assert deliver_job(queue.settings, queue.resources, job) == DELAYED
     assert queue.tasks.relay.call_local() == 0  # not due yet (2 s)
     make_due(db, job)
     assert queue.tasks.relay.call_local() == 1
@@ -124,14 +124,14 @@ def test_transient_then_success(db):
     queue = make_queue(db, transport, retry_delay=0.5, retry_backoff=3)
     job = insert_job(db)
     with pytest.raises(RetryTask) as first:
-        deliver_job(queue, job)
+        deliver_job(queue.settings, queue.resources, job)
     make_due(db, job)
     with pytest.raises(RetryTask) as second:
-        deliver_job(queue, job)
+        deliver_job(queue.settings, queue.resources, job)
     assert (first.value.delay, second.value.delay) == (0.5, 1.5)
     assert "reset" in load(db, job).failed_reason
     make_due(db, job)
-    assert deliver_job(queue, job) == COMPLETED
+    assert deliver_job(queue.settings, queue.resources, job) == COMPLETED
     row = load(db, job)
     assert (row.state, row.attempts, row.progress, row.failed_reason) == (COMPLETED, 3, 100, None)
     [(message_id, sender, rcpts)] = transport.sent
@@ -142,7 +142,7 @@ def test_transient_then_success(db):
 def test_permanent_failure_at_once(db):
     queue = make_queue(db, ScriptedTransport(smtplib.SMTPDataError(550, b"5.1.1 unknown user")))
     job = insert_job(db)
-    assert deliver_job(queue, job) == FAILED
+    assert deliver_job(queue.settings, queue.resources, job) == FAILED
     row = load(db, job)
     assert (row.state, row.attempts, row.failed_reason) == (FAILED, 1, "550 5.1.1 unknown user")
 
@@ -151,7 +151,7 @@ def test_invalid_address_fails_at_once(db):
     transport = ScriptedTransport()
     queue = make_queue(db, transport)
     job = insert_job(db, to="not-an-address")
-    assert deliver_job(queue, job) == FAILED
+    assert deliver_job(queue.settings, queue.resources, job) == FAILED
     assert "invalid address" in load(db, job).failed_reason
     assert transport.sent == []
 
@@ -160,7 +160,7 @@ def test_zero_retries_go_to_the_slow_phase_at_once(db):
     """Before: mail.retries = 0 failed on the first transient error."""
     queue = make_queue(db, ScriptedTransport(greylist()), retries=0)
     job = insert_job(db)
-    assert deliver_job(queue, job) == DELAYED
+    assert deliver_job(queue.settings, queue.resources, job) == DELAYED
     assert queue.huey.scheduled_count() == 0
 
 
@@ -170,12 +170,12 @@ def test_attempts_lost_to_crashes_are_bounded_by_max_age(db):
     queue = make_queue(db, ScriptedTransport(), max_age=3600, lease=60)
     old = insert_job(db, state=ACTIVE, attempts=4, lease_until=utcnow() - dt.timedelta(seconds=1),
                      failed_reason="451 busy", created_at=utcnow() - dt.timedelta(seconds=3661))
-    assert deliver_job(queue, old) == FAILED
+    assert deliver_job(queue.settings, queue.resources, old) == FAILED
     row = load(db, old)
     assert row.state == FAILED
     assert row.failed_reason == "gave up after 4 attempts (mail.max_age): 451 busy"
     young = insert_job(db, state=ACTIVE, attempts=4, lease_until=utcnow() - dt.timedelta(seconds=1))
-    assert deliver_job(queue, young) == COMPLETED
+    assert deliver_job(queue.settings, queue.resources, young) == COMPLETED
 
 
 def test_huey_schedules_the_retry_with_our_delay(db):
