@@ -39,6 +39,7 @@ def make_config(settings: dict) -> Configurator:
     config.set_security_policy(BearerTokenSecurityPolicy(demo.secret))
 
     config.add_renderer("json", JSON(separators=(",", ":")))  # compact, like the errors
+    config.include("pyramid_jinja2")  # .jinja2 templates: the mails (templates/mail/)
     config.include(".models")  # pyramid_tm, request.dbsession
     config.include("pyramid_examcache")  # request.cache, cache= views, ORM hook, request.mailer
     config.include(".routes")

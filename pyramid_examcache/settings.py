@@ -91,6 +91,8 @@ class CacheSettings:
     invalidation_log_url: str | None = None
     relay_interval: float = 1.0
     relay_after: float = 2.0
+    #: values (get_or_set JSON, cached view entities) larger than this are not stored
+    max_value_bytes: int = 1048576
 
 
 def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
@@ -120,6 +122,8 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
         relay_interval=as_number(settings, p + "relay_interval", CacheSettings.relay_interval,
                                  allow_zero=False),
         relay_after=as_number(settings, p + "relay_after", CacheSettings.relay_after),
+        max_value_bytes=as_number(settings, p + "max_value_bytes", CacheSettings.max_value_bytes,
+                                  integer=True, allow_zero=False),
     )
 
 
@@ -149,6 +153,8 @@ class MailSettings:
     workers: int = 2
     relay_interval: int = 60
     session_attr: str = "dbsession"
+    request_attr: str = "mailer"
+    max_message_bytes: int = 10 * 1024 * 1024
     outbox_url: str | None = None
     lease: float = 120.0
     requeue_after: int = 900
@@ -186,6 +192,10 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
                      "must be a mail address, e.g. no-reply@example.com or 'Name <a@b.c>'")
     if not session_attr.isidentifier():
         raise _error(p + "session_attr", session_attr, "must be a request attribute name")
+    request_attr = str(settings.get(p + "request_attr", MailSettings.request_attr)).strip()
+    if not request_attr.isidentifier() or request_attr.startswith("_"):
+        raise _error(p + "request_attr", request_attr,
+                     "must be a request attribute name, e.g. mailer or outbox_mailer")
     from .mail.message import InvalidAddress, validate_address
 
     try:
@@ -233,6 +243,10 @@ def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
         relay_interval=as_number(settings, p + "relay_interval", MailSettings.relay_interval,
                                  integer=True, minimum=1),
         session_attr=session_attr,
+        request_attr=request_attr,
+        max_message_bytes=as_number(settings, p + "max_message_bytes",
+                                    MailSettings.max_message_bytes, integer=True,
+                                    allow_zero=False),
         outbox_url=_outbox_url(settings),
         lease=as_number(settings, p + "lease", MailSettings.lease, allow_zero=False),
         requeue_after=as_number(settings, p + "requeue_after", MailSettings.requeue_after,

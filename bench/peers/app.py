@@ -171,7 +171,7 @@ def sync_register(request):
     session.add(user)
     session.flush()
     link = f"{request.application_url}/api/auth/verify?{urlencode({'token': token})}"
-    mail = verification_mail(user, link, settings.verify_ttl / 3600)
+    mail = verification_mail(request, user, link, settings.verify_ttl / 3600)
     message = EmailMessage()
     message["From"] = "no-reply@example.com"
     message["To"] = email

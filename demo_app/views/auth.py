@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from pyramid.httpexceptions import (HTTPConflict, HTTPForbidden, HTTPGone, HTTPTooManyRequests,
                                     HTTPUnauthorized)
+from pyramid.renderers import render
 from pyramid.view import view_config
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -37,18 +38,14 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
 
 
-def verification_mail(user: User, link: str, hours: float) -> dict[str, str]:
-    name = html.escape(user.name)
-    href = html.escape(link, quote=True)
-    valid = f"{hours:g} hour{'s' if hours != 1 else ''}"
+def verification_mail(request, user: User, link: str, hours: float) -> dict[str, str]:
+    """Subject and both parts, from ``templates/mail/verify.{html,txt}.jinja2``."""
+    values = {"name": user.name, "link": link,
+              "valid": f"{hours:g} hour{'s' if hours != 1 else ''}"}
     return {
         "subject": "Verify your email address",
-        "html": (f"<p>Hello {name},</p>\n"
-                 f"<p>Please confirm your email address by opening this link "
-                 f"(valid for {valid}):</p>\n"
-                 f'<p><a href="{href}">{href}</a></p>\n'),
-        "text": (f"Hello {user.name},\n\nPlease confirm your email address by opening this "
-                 f"link (valid for {valid}):\n\n{link}\n"),
+        "html": render("demo_app:templates/mail/verify.html.jinja2", values, request=request),
+        "text": render("demo_app:templates/mail/verify.txt.jinja2", values, request=request),
     }
 
 
@@ -61,7 +58,7 @@ def verification_url(request, token: str) -> str:
 def queue_verification_mail(request, user: User, token: str):
     settings = get_demo_settings(request)
     return request.mailer.send_queued(
-        to=[user.email], **verification_mail(user, verification_url(request, token),
+        to=[user.email], **verification_mail(request, user, verification_url(request, token),
                                              settings.verify_ttl / 3600))
 
 

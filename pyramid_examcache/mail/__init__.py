@@ -5,12 +5,21 @@ validates the ``mail.*`` settings, registers one :class:`~.queue.MailQueue` per 
 and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
 
     job = request.mailer.send_queued(to, subject, html, text=None, cc=None, bcc=None,
-                                     reply_to=None, **headers)   # ValueError: bad address
+                                     reply_to=None, attachments=None, **headers)
+                                            # ValueError: bad address, too large, no body
+    job = request.mailer.send_queued(Message(...))   # pyramid_mailer's names; also
+    request.mailer.send(message)            # pyramid_mailer's send / send_to_queue /
+    request.mailer.send_immediately(message)  # send_immediately
     job.id                                  # known before the commit
     request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts', 'failedReason',
                                             #  'nextAttemptAt', 'failedRecipients'}
     request.mailer.retry(job.id)            # a failed job sent again; False if unknown/not failed
     request.mailer.send_now(to, subject, html)
+
+The request attribute is ``mail.request_attr`` (default ``mailer``): set it to another name
+to include pyramid_mailer beside this mailer. :func:`get_mailer` works whatever the name.
+Bodies from templates: ``html=pyramid.renderers.render('app:templates/mail/x.html.jinja2',
+values, request=request)`` (any Pyramid renderer).
 
 The outbox table lives in :mod:`.outbox`; the consumer is ``examcache-consumer CONFIG_URI``.
 """
@@ -25,13 +34,15 @@ from pyramid.exceptions import ConfigurationError
 
 from ..settings import parse_mail_settings
 from .broker import HueyBroker
+from .attachments import Attachment
+from .compose import Message
 from .mailer import Mailer, MailJob
 from .outbox import (add_new_columns, create_outbox, drop_new_columns, drop_outbox, metadata,
                      outbox_table)
 from .queue import MailQueue, build_huey, build_queue
 from .transports import MailError, PermanentMailError, TransientMailError
 
-__all__ = ["IBrokerFactory", "IMailQueue", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
+__all__ = ["Attachment", "Message", "get_mailer", "IBrokerFactory", "IMailQueue", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
            "TransientMailError", "build_huey", "build_queue", "create_outbox", "drop_outbox",
            "get_mail_queue", "includeme", "metadata", "outbox_table"]
 
@@ -52,13 +63,14 @@ def get_mail_queue(registry: Any) -> MailQueue:
     return queue
 
 
-def _mailer(request: Any) -> Mailer:
+def get_mailer(request: Any) -> Mailer:
+    """The request's mailer (whatever ``mail.request_attr`` names it)."""
     return Mailer(request, get_mail_queue(request.registry))
 
 
 def includeme(config: Configurator) -> None:
     """Register the mail queue and ``request.mailer``; settings are read when actions run."""
-    parse_mail_settings(config.get_settings())  # fail fast on bad values
+    attr = parse_mail_settings(config.get_settings()).request_attr  # fail fast on bad values
 
     def register() -> None:
         settings = parse_mail_settings(config.registry.settings)
@@ -71,4 +83,4 @@ def includeme(config: Configurator) -> None:
             MailQueue(settings, broker_factory=factory or HueyBroker), IMailQueue)
 
     config.action(("pyramid_examcache.mail", "queue"), register)
-    config.add_request_method(_mailer, "mailer", reify=True)
+    config.add_request_method(get_mailer, attr, reify=True)

@@ -11,18 +11,40 @@ from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 from transaction.interfaces import NoTransaction
 
+from .attachments import store, stored_size
+from .compose import is_message, message_arguments
 from .message import (address_list, build_message, check_address, envelope_recipients,
                       header_name, make_message_id, make_recipients, validate_address)
 from .outbox import FAILED, new_row, outbox_table, retry_values, utcnow
 from .queue import MailQueue
 from .relay import push_one
 from .status import _JOB_ID, job_status
+from .transports import MailError
 
 #: headers that only the mailer writes (addresses are arguments, ids and dates are ours)
 _RESERVED_HEADERS = frozenset({"From", "To", "Cc", "Bcc", "Message-Id", "Date", "Sender"})
 _PENDING = "pyramid_examcache.mail.pending"
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A validated mail, ready for the outbox row or the transport."""
+
+    sender: str
+    recipients: dict[str, list[str]]
+    subject: str
+    html: str
+    text: str | None
+    headers: dict[str, str]
+    attachments: list[dict]
+
+
+def _no_controls(text: str, what: str) -> str:
+    if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+        raise ValueError(f"{what} contains a control character or line break")
+    return text
 
 
 @dataclass(frozen=True)
@@ -51,9 +73,18 @@ class Mailer:
                                f"the request's SQLAlchemy session (setting mail.session_attr)")
         return session
 
-    def _prepare(self, to: Any, cc: Any, bcc: Any, reply_to: Any,
-                 headers: dict[str, Any]) -> tuple[str, dict[str, list[str]], dict[str, str]]:
+    def _compose(self, to: Any, subject: Any, html: Any, text: Any, cc: Any, bcc: Any,
+                 reply_to: Any, attachments: Any, headers: dict[str, Any]) -> Draft:
         """Validate everything a mail is made of, in the caller (never first in the consumer)."""
+        if is_message(to):
+            if any(v is not None for v in (subject, html, text, cc, bcc, reply_to, attachments)) \
+                    or headers:
+                raise TypeError("give either a Message or the mail's fields, not both")
+            fields = message_arguments(to)
+            headers = fields.pop("headers")
+            if "sender" in fields:
+                headers["sender"] = fields.pop("sender")
+            return self._compose(**fields, headers=headers)
         smtputf8 = self.settings.smtputf8
         sender = headers.pop("sender", None) or self.settings.default_sender
         sender = validate_address(sender, "sender", smtputf8=smtputf8)[0]
@@ -69,17 +100,27 @@ class Mailer:
             if name in _RESERVED_HEADERS:
                 raise ValueError(f"header {name} cannot be set through **headers; use the "
                                  f"to/cc/bcc/sender arguments")
-            text = str(value)
-            if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
-                raise ValueError(f"header {name} contains a control character or line break")
-            clean[name] = text
-        return sender, recipients, clean
+            clean[name] = _no_controls(str(value), f"header {name}")
+        subject = _no_controls("" if subject is None else str(subject), "subject")
+        if html is None and text is None:
+            raise ValueError("a mail needs a body: html, text (or both)")
+        html = "" if html is None else str(html)
+        stored = store(attachments)
+        size = len(html.encode()) + len((text or "").encode()) + stored_size(stored)
+        if size > self.settings.max_message_bytes:
+            raise ValueError(f"mail too large: {size} bytes of bodies and attachments, more than "
+                             f"mail.max_message_bytes ({self.settings.max_message_bytes})")
+        return Draft(sender, recipients, subject, html, text, clean, stored)
 
-    def send_queued(self, to: str | Iterable[str], subject: str, html: str,
+    def send_queued(self, to: Any, subject: str | None = None, html: str | None = None,
                     text: str | None = None, cc: str | Iterable[str] | None = None,
                     bcc: str | Iterable[str] | None = None,
-                    reply_to: str | Iterable[str] | None = None, **headers: str) -> MailJob:
+                    reply_to: str | Iterable[str] | None = None,
+                    attachments: Iterable[Any] | None = None, **headers: str) -> MailJob:
         """Queue a mail for delivery once the caller's transaction commits (M1, M2).
+
+        ``send_queued(message)`` takes a :class:`~.compose.Message` (pyramid_mailer's names;
+        pyramid_mailer's own ``Message`` works too); or give the fields:
 
         Writes an outbox row through the request's session (``mail.session_attr``): it
         commits or aborts with the user's data. Within pyramid_tm the row is pushed to the
@@ -93,17 +134,27 @@ class Mailer:
         a bad address raises :class:`ValueError` naming the field (control characters,
         RFC 2047 encoded words, non-ASCII addresses unless ``mail.smtputf8``). An address
         given twice is kept once (first of to, cc, bcc). ``bcc`` recipients get the mail
-        but never appear in its headers. Other ``headers`` become message headers
-        (``x_mailer`` -> ``X-Mailer``), except ``sender``, which overrides
-        ``mail.default_sender``. Returns a :class:`MailJob` whose ``id`` is the job id.
+        but never appear in its headers. ``html`` and/or ``text`` are the bodies (the text
+        part is derived from the HTML when missing). ``attachments`` are
+        :class:`~.attachments.Attachment` objects, stored with the row; the whole mail is
+        limited to ``mail.max_message_bytes`` (:class:`ValueError` beyond). Other
+        ``headers`` become message headers (``x_mailer`` -> ``X-Mailer``), except
+        ``sender``, which overrides ``mail.default_sender``. Returns a :class:`MailJob`
+        whose ``id`` is the job id.
         """
-        sender, recipients, clean = self._prepare(to, cc, bcc, reply_to, headers)
+        draft = self._compose(to, subject, html, text, cc, bcc, reply_to, attachments, headers)
         job_id = uuid.uuid4().hex
-        message_id = make_message_id(job_id, sender)
-        values = new_row(job_id, message_id, sender, recipients, subject, html, text,
-                         clean, utcnow())
+        message_id = make_message_id(job_id, draft.sender)
+        values = new_row(job_id, message_id, draft.sender, draft.recipients, draft.subject,
+                         draft.html, draft.text, draft.headers, utcnow(), draft.attachments)
         self._write_then_push(outbox_table.insert().values(**values), job_id, check=False)
         return MailJob(job_id, message_id)
+
+    def send(self, message: Any) -> MailJob:
+        """pyramid_mailer's ``send(message)``: queued, sent after the commit (= :meth:`send_queued`)."""
+        return self.send_queued(message)
+
+    send_to_queue = send
 
     def retry(self, job_id: str) -> bool:
         """Send a ``failed`` job again: back to ``waiting`` with the same Message-ID.
@@ -135,23 +186,37 @@ class Mailer:
             _push_after_session_commit(session, self.queue, engine, job_id)
         return True
 
-    def send_now(self, to: str | Iterable[str], subject: str, html: str,
+    def send_now(self, to: Any, subject: str | None = None, html: str | None = None,
                  text: str | None = None, cc: str | Iterable[str] | None = None,
                  bcc: str | Iterable[str] | None = None,
-                 reply_to: str | Iterable[str] | None = None, **headers: str) -> str:
+                 reply_to: str | Iterable[str] | None = None,
+                 attachments: Iterable[Any] | None = None, **headers: str) -> str:
         """Send synchronously through the configured transport; returns the Message-ID.
 
-        Same arguments and validation as :meth:`send_queued`. No outbox row, no retries:
-        raises :class:`~.transports.TransientMailError` or
+        Same arguments (or a Message) and validation as :meth:`send_queued`. No outbox row,
+        no retries: raises :class:`~.transports.TransientMailError` or
         :class:`~.transports.PermanentMailError` on failure.
         """
-        sender, recipients, clean = self._prepare(to, cc, bcc, reply_to, headers)
-        message_id = make_message_id(uuid.uuid4().hex, sender)
-        message = build_message(sender=sender, recipients=recipients, subject=subject,
-                                html=html, text=text, headers=clean, message_id=message_id)
-        self.queue.transport.send(message, check_address(sender),
-                                  envelope_recipients(recipients))
+        draft = self._compose(to, subject, html, text, cc, bcc, reply_to, attachments, headers)
+        message_id = make_message_id(uuid.uuid4().hex, draft.sender)
+        message = build_message(sender=draft.sender, recipients=draft.recipients,
+                                subject=draft.subject, html=draft.html, text=draft.text,
+                                headers=draft.headers, message_id=message_id,
+                                attachments=draft.attachments)
+        self.queue.transport.send(message, check_address(draft.sender),
+                                  envelope_recipients(draft.recipients))
         return message_id
+
+    def send_immediately(self, message: Any, fail_silently: bool = False) -> str | None:
+        """pyramid_mailer's ``send_immediately``: :meth:`send_now`; ``fail_silently``
+        returns ``None`` instead of raising a delivery error (bad input still raises)."""
+        try:  # a bad message raises ValueError (not a MailError): never silenced
+            return self.send_now(message)
+        except MailError:
+            if not fail_silently:
+                raise
+            log.warning("send_immediately failed (fail_silently)", exc_info=True)
+            return None
 
     def job_status(self, job_id: str) -> dict[str, Any] | None:
         """``{'id', 'state', 'progress', 'attempts', 'failedReason', 'nextAttemptAt',

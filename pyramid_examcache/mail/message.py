@@ -13,6 +13,8 @@ from typing import Any, Iterable
 import idna
 from email_validator import EmailNotValidError, validate_email
 
+from .attachments import attach
+
 class InvalidAddress(ValueError):
     """A recipient or sender that is not a usable mail address (a permanent failure)."""
 
@@ -200,13 +202,16 @@ def html_to_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def build_message(*, sender: str, recipients: Any, subject: str, html: str,
+def build_message(*, sender: str, recipients: Any, subject: str, html: str | None,
                   text: str | None, headers: dict[str, str] | None,
-                  message_id: str) -> EmailMessage:
-    """The multipart/alternative message; raises :class:`InvalidAddress` for a bad address.
+                  message_id: str, attachments: list[dict] | None = None) -> EmailMessage:
+    """The message; raises :class:`InvalidAddress` for a bad address.
 
-    ``recipients`` is a list (``To``) or ``{'to', 'cc', 'bcc'}``: ``To`` and ``Cc`` become
-    headers, ``bcc`` never does (it is only in the envelope, :func:`envelope_recipients`).
+    multipart/alternative (text + HTML; the text is derived from the HTML when not given),
+    or text/plain alone when there is no HTML; multipart/mixed around it when there are
+    ``attachments`` (stored dicts, :mod:`.attachments`). ``recipients`` is a list (``To``)
+    or ``{'to', 'cc', 'bcc'}``: ``To`` and ``Cc`` become headers, ``bcc`` never does (it
+    is only in the envelope, :func:`envelope_recipients`).
     """
     check_address(sender)
     parts = split_recipients(recipients)
@@ -226,8 +231,12 @@ def build_message(*, sender: str, recipients: Any, subject: str, html: str,
         if header_name(key) in ("Bcc", "To", "Cc", "From", "Message-Id", "Date"):
             continue  # never from free-form headers
         msg[header_name(key)] = str(value)
-    msg.set_content(text if text is not None else html_to_text(html))
-    msg.add_alternative(html, subtype="html")
+    if html:
+        msg.set_content(text if text is not None else html_to_text(html))
+        msg.add_alternative(html, subtype="html")
+    else:
+        msg.set_content(text or "")
+    attach(msg, attachments)
     return msg
 
 

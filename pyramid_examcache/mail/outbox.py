@@ -29,13 +29,16 @@ Columns used for relaying (internal, but documented for operators):
 * ``retried_at`` -- when :func:`retry` gave a ``failed`` row a new life; ``mail.max_age``
   counts from it (else from ``created_at``).
 * ``failed_recipients`` -- ``{address: SMTP reply}`` of recipients the server refused.
+* ``attachments`` -- ``[{filename, content_type, disposition, content_id, data}]`` with
+  ``data`` base64 (see :mod:`.attachments`); ``NULL`` when there are none.
 
 ``recipients`` is ``{"to": [...], "cc": [...], "bcc": [...]}`` (a plain list, from older
 rows, is read as ``to``).
 
-Upgrading an existing table (these two columns are new): in a new Alembic revision call
-:func:`add_new_columns` in ``upgrade()`` (``op.add_column`` of ``failed_recipients`` and
-``retried_at``, skipping those that exist) and :func:`drop_new_columns` in ``downgrade()``.
+Upgrading an existing table: in a new Alembic revision per release call
+:func:`add_new_columns` in ``upgrade()`` (``op.add_column`` of that release's columns,
+skipping those that exist) and :func:`drop_new_columns` in ``downgrade()``: release 1
+added ``failed_recipients`` and ``retried_at``, release 2 ``attachments``.
 """
 from __future__ import annotations
 
@@ -83,31 +86,41 @@ def _columns() -> list[Column]:
     ]
 
 
-def _new_columns() -> list[Column]:
-    """Columns added after the first release (see :func:`add_new_columns`)."""
-    return [
-        Column("failed_recipients", JSON, nullable=True),
-        Column("retried_at", DateTime(timezone=True), nullable=True),
-    ]
+#: columns added after the first release, by release (see :func:`add_new_columns`)
+_ADDED = {
+    1: lambda: [Column("failed_recipients", JSON, nullable=True),
+                Column("retried_at", DateTime(timezone=True), nullable=True)],
+    2: lambda: [Column("attachments", JSON, nullable=True)],
+}
 
 
-def add_new_columns(op: Any) -> None:
-    """Add the columns of this version to an outbox created earlier (an Alembic ``op``).
+def _new_columns(release: int | None = None) -> list[Column]:
+    """Columns added after the first release: those of ``release``, or all of them."""
+    releases = sorted(_ADDED) if release is None else [release]
+    return [column for r in releases for column in _ADDED[r]()]
 
-    Idempotent: columns that exist (a table made by this version's :func:`create_outbox`,
-    which has them all) are skipped, so one revision upgrades old and new databases.
+
+def add_new_columns(op: Any, release: int = 1) -> None:
+    """Add the columns of ``release`` to an outbox created earlier (an Alembic ``op``).
+
+    Release 1: ``failed_recipients``, ``retried_at``; release 2: ``attachments``. Call it
+    once per release in its own revision (``add_new_columns(op, 2)``). Idempotent:
+    columns that exist (a table made by a newer :func:`create_outbox`, which has them all)
+    are skipped, so one revision upgrades old and new databases.
     """
     from sqlalchemy import inspect
 
+    if release not in _ADDED:
+        raise ValueError(f"no outbox columns were added in release {release!r}")
     existing = {c["name"] for c in inspect(op.get_bind()).get_columns(TABLE_NAME)}
-    for column in _new_columns():
+    for column in _new_columns(release):
         if column.name not in existing:
             op.add_column(TABLE_NAME, column)
 
 
-def drop_new_columns(op: Any) -> None:
-    """The downgrade of :func:`add_new_columns`."""
-    for column in reversed(_new_columns()):
+def drop_new_columns(op: Any, release: int = 1) -> None:
+    """The downgrade of :func:`add_new_columns` for ``release``."""
+    for column in reversed(_new_columns(release)):
         op.drop_column(TABLE_NAME, column.name)
 
 
@@ -150,12 +163,13 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def new_row(job_id: str, message_id: str, sender: str, recipients: list[str] | dict,
-            subject: str,
-            html: str, text: str | None, headers: dict[str, str], now: dt.datetime) -> dict:
+            subject: str, html: str, text: str | None, headers: dict[str, str],
+            now: dt.datetime, attachments: list[dict] | None = None) -> dict:
     """The values of a freshly queued (``waiting``, not yet pushed) row."""
     return dict(id=job_id, message_id=message_id, sender=sender, recipients=recipients,
                 subject=subject, html=html, text=text, headers=headers or None, state=WAITING,
-                progress=0, attempts=0, created_at=now, updated_at=now)
+                progress=0, attempts=0, created_at=now, updated_at=now,
+                attachments=attachments or None)
 
 
 # -- the state machine, one conditional UPDATE per transition ---------------------------------

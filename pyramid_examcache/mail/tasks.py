@@ -90,7 +90,8 @@ def deliver_job(settings: Any, resources: Resources, job_id: str) -> str:
     try:
         message = build_message(sender=row.sender, recipients=row.recipients,
                                 subject=row.subject, html=row.html, text=row.text,
-                                headers=row.headers, message_id=row.message_id)
+                                headers=row.headers, message_id=row.message_id,
+                                attachments=row.attachments)
         refused = resources.transport.send(message, check_address(row.sender),
                                        envelope_recipients(row.recipients)) or {}
     except Exception as exc:  # noqa: BLE001 -- classified below

@@ -215,3 +215,15 @@ def test_concurrent_duplicate_registrations_create_one_user_and_one_mail(app, ma
     with db.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(User)
                            .where(User.email == "race@example.com")) == 1
+
+
+def test_verification_mail_comes_from_the_templates_with_both_parts(app, mail):
+    """templates/mail/verify.{html,txt}.jinja2: the HTML escapes the name, the text does not."""
+    app.post_json("/api/auth/register", {**NEW, "name": "Tom & Jerry <b>"}, status=201)
+    sent = mail.last
+    link = verification_link(sent)
+    assert "Hello Tom &amp; Jerry &lt;b&gt;," in sent.html
+    assert f'<a href="{link}' not in sent.html  # links are absolute (demo.public_url)
+    assert link.split("token=")[1] in sent.html and "<!DOCTYPE html>" in sent.html
+    assert "Hello Tom & Jerry <b>," in sent.text and "&amp;" not in sent.text
+    assert "If you did not register" in sent.text and "If you did not register" in sent.html
