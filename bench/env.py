@@ -147,7 +147,7 @@ class Env:
 
     def write_ini(self, name: str, **overrides: str) -> str:
         settings = self.settings(**overrides)
-        lines = ["[app:main]", "use = egg:pyramid_examcache"]
+        lines = ["[app:main]", "use = egg:examcache_demo"]
         lines += [f"{k} = {v}" for k, v in settings.items()]
         lines += ["", "[loggers]", "keys = root, waitress", "", "[handlers]", "keys = console", "",
                   "[formatters]", "keys = generic", "", "[logger_root]", "level = WARN",

@@ -1,6 +1,6 @@
 """demo_app: an exam platform wired to pyramid_examcache.
 
-``main`` is the paste ``app_factory`` (``use = egg:pyramid_examcache`` in the
+``main`` is the paste ``app_factory`` (``use = egg:examcache_demo`` in the
 .ini files); :func:`make_config` builds the same configuration without
 committing it, so tests can add test-only tweens or views before
 ``make_wsgi_app()``.

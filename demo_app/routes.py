@@ -9,6 +9,7 @@ ID = r"[1-9][0-9]{0,9}"
 
 #: (route name, pattern, allowed methods) -- other methods answer 405 JSON with ``Allow``
 ROUTES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("home", "/", ("GET", "HEAD")),
     ("register", "/api/auth/register", ("POST",)),
     ("verify", "/api/auth/verify", ("GET", "HEAD")),
     ("login", "/api/auth/login", ("POST",)),

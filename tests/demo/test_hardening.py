@@ -6,7 +6,9 @@ client or a dead database would produce and checks the answer.
 """
 from __future__ import annotations
 
+import html
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -422,3 +424,16 @@ def test_register_verified_helper_still_works_with_hardening(app, mail):
     token = register_verified(app, mail, "late@example.com")
     viewer = app.get("/api/exams/2", headers=bearer(token)).json["viewer"]
     assert viewer["email"] == "late@example.com"
+
+
+def test_the_landing_page_answers_html_and_json(app):
+    page = app.get("/", headers={"Accept": "text/html"}, status=200)
+    assert page.content_type == "text/html" and "Vary" in page.headers
+    assert "pyramid_examcache demo" in page.text and "/api/exams/{examId}/questions" in page.text
+    assert re.search(r"curl -s -X POST https?://[^ ]+/api/auth/login -H", html.unescape(page.text))
+    data = app.get("/", headers={"Accept": "application/json"}, status=200).json
+    assert {r["path"] for r in data["api"]} >= {"/api/auth/register", "/api/exams/{examId}"}
+    assert all(r["curl"].startswith("curl -s ") for r in data["api"])
+    assert app.get("/", status=200).content_type == "text/html"  # no Accept: the page
+    assert app.head("/", status=200).body == b""
+    app.post("/", status=405)

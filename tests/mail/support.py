@@ -176,7 +176,7 @@ def write_ini(path: str, settings: dict[str, Any]) -> str:
     with open(path, "w") as fh:
         fh.write(textwrap.dedent("""\
             [app:main]
-            use = egg:pyramid_examcache
+            use = egg:examcache_demo
             {settings}
 
             [loggers]

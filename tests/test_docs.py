@@ -1,0 +1,23 @@
+"""The Sphinx site (docs/) builds without a warning (issue 13, item 6): narrative pages
+included from the README and the API reference from the docstrings."""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.slow
+def test_sphinx_builds_with_warnings_as_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sphinx", "-W", "-E", "-q", "-b", "html",
+                             str(DOCS), str(tmp_path / "html")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    api = (tmp_path / "html" / "api.html").read_text()
+    assert 'id="pyramid_examcache.mail.mailer.Mailer.send_queued"' in api
+    assert 'id="pyramid_examcache.cache.orm.register"' in api
+    assert "Coming from pyramid_mailer" in (tmp_path / "html" / "mailer.html").read_text()
