@@ -22,3 +22,4 @@ __all__ = ["includeme", "register"]
 def includeme(config: Configurator) -> None:
     config.include("pyramid_examcache.cache")
     config.include("pyramid_examcache.mail")
+    config.include("pyramid_examcache.metrics")  # only with examcache.metrics_path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 FIELDS = (
     "hits",           # served from the cache
@@ -21,7 +22,11 @@ FIELDS = (
 class Stats:
     """Thread-safe counters; ``snapshot()`` returns a plain dict."""
 
-    __slots__ = ("_lock", "_counts")
+    ``sink(name, n)``, when set, is told of every increment as well (the Prometheus
+    counters of :mod:`pyramid_examcache.metrics`, which are multi-process correct).
+    """
+
+    __slots__ = ("_lock", "_counts", "sink")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -30,10 +35,13 @@ class Stats:
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+        self.sink: Callable[[str, int], None] | None = None
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+        if self.sink is not None:
+            self.sink(name, n)
 
     def reset(self) -> None:
         with self._lock:

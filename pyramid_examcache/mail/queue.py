@@ -31,17 +31,20 @@ class MailQueue:
     """``settings``, ``huey`` (with the tasks registered), ``tasks``, ``broker``, ``resources``.
 
     ``engine``, ``transport`` and ``huey`` may be given instead of being built from the
-    settings; ``broker_factory`` replaces the Huey push (the test mode's in-process one).
+    settings; ``broker_factory`` replaces the Huey push (the test mode's in-process one);
+    ``observer(outcome, row, reason)`` is told of every delivery attempt (the consumer's metrics).
     """
 
     def __init__(self, settings: MailSettings, *, consumer: bool = False,
                  engine: Engine | None = None, transport: Transport | None = None,
                  huey: Huey | None = None,
-                 broker_factory: Callable[[Any], Broker] = HueyBroker) -> None:
+                 broker_factory: Callable[[Any], Broker] = HueyBroker,
+                 observer: Callable[[str, Any, Any], None] | None = None) -> None:
         self.settings = settings
         self.huey = huey if huey is not None else make_huey(settings, consumer=consumer)
         self.resources = Resources(settings, engine=engine, transport=transport)
-        self.tasks = register_tasks(self.huey, settings, self.resources, broker_factory)
+        extra = {"observer": observer} if observer is not None else {}
+        self.tasks = register_tasks(self.huey, settings, self.resources, broker_factory, **extra)
         self.broker = self.tasks.broker
 
     @property

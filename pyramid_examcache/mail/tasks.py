@@ -59,7 +59,16 @@ def retry_delay(settings: Any, attempt: int) -> float:
     return min(settings.retry_delay * settings.retry_backoff ** exponent, settings.max_retry_delay)
 
 
-def deliver_job(settings: Any, resources: Resources, job_id: str) -> str:
+#: ``observer(outcome, row, reason)``: told of every attempt's outcome (metrics)
+Observer = Callable[[str, Any, "str | None"], None]
+
+
+def _quiet(outcome: str, row: Any, reason: str | None) -> None:
+    pass
+
+
+def deliver_job(settings: Any, resources: Resources, job_id: str,
+                observer: Observer = _quiet) -> str:
     """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a fast retry).
 
     Two phases after a transient failure on attempt ``n`` (M3): while ``n <= mail.retries``
@@ -85,6 +94,7 @@ def deliver_job(settings: Any, resources: Resources, job_id: str) -> str:
             reason = f"{reason}: {row.failed_reason}"
         with engine.begin() as conn:
             outbox.mark_failed(conn, job_id, attempt, reason, outbox.utcnow())
+        observer(FAILED, row, reason)
         return FAILED
     refused: dict[str, str] = {}
     try:
@@ -106,9 +116,11 @@ def deliver_job(settings: Any, resources: Resources, job_id: str) -> str:
             if attempt <= settings.retries:  # the fast phase: Huey holds the short wait
                 log.warning("mail %s attempt %d failed (%s); retrying in %.1fs",
                             job_id, attempt, error, delay)
+                observer(DELAYED, row, str(error))
                 raise RetryTask(f"transient failure: {error}", delay=delay) from exc
             log.warning("mail %s attempt %d failed (%s); next attempt at %s (by the relay)",
                         job_id, attempt, error, next_at.isoformat())
+            observer(DELAYED, row, str(error))
             return DELAYED
         if error.transient:
             reason = f"gave up after {attempt} attempts (mail.max_age): {error}"
@@ -118,19 +130,23 @@ def deliver_job(settings: Any, resources: Resources, job_id: str) -> str:
         with engine.begin() as conn:
             outbox.mark_failed(conn, job_id, attempt, reason, now,
                                getattr(error, "refused", None))
+        observer(FAILED, row, reason)
         return FAILED
     with engine.begin() as conn:
         outbox.mark_completed(conn, job_id, attempt, outbox.utcnow(), refused)
     if refused:
         log.warning("mail %s delivered, but refused for %s", job_id, ", ".join(refused))
     log.info("mail %s delivered (attempt %d, %s)", job_id, attempt, row.message_id)
+    observer(COMPLETED, row, None)
     return COMPLETED
 
 
 def register_tasks(huey: Any, settings: Any, resources: Resources,
-                   broker_factory: Callable[[Any], Broker] = HueyBroker) -> MailTasks:
+                   broker_factory: Callable[[Any], Broker] = HueyBroker,
+                   observer: Observer = _quiet) -> MailTasks:
     """Register the mail tasks (and the interrupted-task handler) on ``huey``.
 
+    ``observer`` is told of every attempt's outcome (the consumer's metrics).
     ``broker_factory(deliver)`` makes the broker that pushes the ``deliver`` task (the
     relay task pushes through it too); :mod:`pyramid_examcache.testing` passes one that
     runs it in-process.
@@ -139,7 +155,7 @@ def register_tasks(huey: Any, settings: Any, resources: Resources,
     @huey.task(retries=settings.retries, retry_delay=settings.retry_delay,
                retry_backoff=settings.retry_backoff, name=DELIVER)
     def deliver(job_id: str) -> str:
-        return deliver_job(settings, resources, job_id)
+        return deliver_job(settings, resources, job_id, observer)
 
     broker = broker_factory(deliver)
 

@@ -80,6 +80,32 @@ def make_consumer(queue: MailQueue, settings: MailSettings, **options: Any) -> C
     return consumer
 
 
+def _metrics_observer() -> Any:
+    try:
+        from ..metrics.mail import observe
+    except ImportError:
+        raise ConfigurationError("--metrics-port needs prometheus_client: "
+                                 "pip install pyramid_examcache[metrics]") from None
+    return observe
+
+
+def serve_metrics(addr: str, port: int, queue: MailQueue, cache_policy: Any) -> None:
+    """Prometheus metrics of this consumer: deliveries, retries, failures, latency, the
+    outbox's jobs by state and, when it relays the invalidation log, the cache's."""
+    from prometheus_client import start_http_server
+
+    from ..metrics.cache import DurableLogCollector, instrument
+    from ..metrics.exposition import scrape_registry
+    from ..metrics.mail import OutboxCollector
+
+    collectors: list[Any] = [OutboxCollector(lambda: queue.engine)]
+    if cache_policy is not None:
+        instrument(cache_policy)
+        collectors.append(DurableLogCollector(cache_policy))
+    start_http_server(port, addr=addr, registry=scrape_registry(collectors))
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="examcache-consumer",
@@ -91,6 +117,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("config_uri", help="the .ini file, e.g. development.ini (or file.ini#name)")
     parser.add_argument("-w", "--workers", type=int, default=None,
                         help="worker threads (default: mail.workers)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (needs the metrics extra)")
+    parser.add_argument("--metrics-addr", default="127.0.0.1",
+                        help="address of the metrics server (default: 127.0.0.1)")
     return parser.parse_args(argv)
 
 
@@ -110,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.queue_url.startswith("memory:"):
             raise ConfigurationError("mail.queue_url = memory:// runs mail in the web process; "
                                      "the consumer needs redis:// or sqlite:///")
-        queue = MailQueue(settings, consumer=True)
+        observer = _metrics_observer() if args.metrics_port else None
+        queue = MailQueue(settings, consumer=True, observer=observer)
         queue.engine  # noqa: B018 -- fail now when mail.outbox_url / sqlalchemy.url is missing
     except ConfigurationError as exc:
         print(f"examcache-consumer: {exc}", file=sys.stderr)
@@ -125,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             and not cache_settings.redis_url.startswith("memory://")):
         cache_policy = build_policy(cache_settings)
         log.info("relaying the cache invalidation log every %ss", cache_settings.relay_interval)
+    if args.metrics_port:
+        serve_metrics(args.metrics_addr, args.metrics_port, queue, cache_policy)
     options = {"workers": args.workers} if args.workers else {}
     consumer = make_consumer(queue, settings, **options)
     log.info("due retries are checked every %ss; relay and purge run every %ss",

@@ -218,6 +218,7 @@ def make_app(db_url: str, **settings):
         config.include("pyramid_examcache.cache")
 
         def dbsession(request):
+        config.include("pyramid_examcache.metrics")  # only with examcache.metrics_path
             session = factory()
             zope.sqlalchemy.register(session, transaction_manager=request.tm)
             register(session, request)

@@ -437,3 +437,28 @@ def test_the_landing_page_answers_html_and_json(app):
     assert app.get("/", status=200).content_type == "text/html"  # no Accept: the page
     assert app.head("/", status=200).body == b""
     app.post("/", status=405)
+
+
+def test_the_demo_serves_metrics_with_mail_jobs_from_the_outbox(settings):
+    """examcache.metrics_path = /metrics (as in both .ini files): cache counters and the
+    outbox's jobs by state; a registration's mail moves "completed" by one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .conftest import close_testapp, make_testapp
+
+    def completed(app) -> float:
+        res = app.get("/metrics", status=200)
+        assert res.headers["Cache-Control"] == "no-store"
+        samples = {(s.name, tuple(s.labels.items())): s.value
+                   for f in text_string_to_metric_families(res.text) for s in f.samples}
+        assert any(name == "examcache_cache_hits_total" for name, _ in samples)
+        return samples[("examcache_mail_jobs", (("state", "completed"),))]
+
+    app = make_testapp({**settings, "examcache.metrics_path": "/metrics"})
+    try:
+        before = completed(app)
+        app.post_json("/api/auth/register", {"email": "metrics@example.com", "name": "M",
+                                             "password": "correct horse battery"}, status=201)
+        assert completed(app) == before + 1
+    finally:
+        close_testapp(app)

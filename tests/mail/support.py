@@ -219,13 +219,14 @@ def consumer_command(ini: str) -> list[str]:
 
 
 class ConsumerProcess:
-    def __init__(self, ini: str, log_path: str) -> None:
-        self.ini, self.log_path = ini, log_path
+    def __init__(self, ini: str, log_path: str, args: list[str] | None = None) -> None:
+        self.ini, self.log_path, self.args = ini, log_path, list(args or [])
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(consumer_command(self.ini), stdout=log, stderr=log)
+        self.proc = subprocess.Popen(consumer_command(self.ini) + self.args, stdout=log,
+                                     stderr=log)
         log.close()
         self.wait_for_log("Huey consumer started", timeout=20)
 

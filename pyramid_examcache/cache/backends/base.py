@@ -100,5 +100,10 @@ class Backend(abc.ABC):
         """Block up to ``timeout`` seconds or until ``key`` may have changed."""
         time.sleep(timeout)
 
+    def near_cache_bytes(self) -> int:
+        """Bytes held in this process's near cache (0 without one)."""
+        near = getattr(self, "_near", None)
+        return near.nbytes if near is not None else 0
+
     def close(self) -> None:
         """Release connections."""

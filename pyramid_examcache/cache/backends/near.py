@@ -55,3 +55,8 @@ class NearCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values held (what ``examcache.near_cache_mb`` bounds)."""
+        return self._size
