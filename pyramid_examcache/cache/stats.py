@@ -20,7 +20,7 @@ FIELDS = (
 
 
 class Stats:
-    """Thread-safe counters; ``snapshot()`` returns a plain dict."""
+    """Thread-safe counters; ``snapshot()`` returns a plain dict.
 
     ``sink(name, n)``, when set, is told of every increment as well (the Prometheus
     counters of :mod:`pyramid_examcache.metrics`, which are multi-process correct).
@@ -31,17 +31,17 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(FIELDS, 0)
+        self.sink: Callable[[str, int], None] | None = None
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
-        self.sink: Callable[[str, int], None] | None = None
+        if self.sink is not None:
+            self.sink(name, n)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
-        if self.sink is not None:
-            self.sink(name, n)
 
     def reset(self) -> None:
         with self._lock:

@@ -216,9 +216,9 @@ def make_app(db_url: str, **settings):
         config.include("pyramid_retry")
         config.include("pyramid_tm")
         config.include("pyramid_examcache.cache")
+        config.include("pyramid_examcache.metrics")  # only with examcache.metrics_path
 
         def dbsession(request):
-        config.include("pyramid_examcache.metrics")  # only with examcache.metrics_path
             session = factory()
             zope.sqlalchemy.register(session, transaction_manager=request.tm)
             register(session, request)
