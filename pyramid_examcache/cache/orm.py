@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import ObjectDeletedError
 from sqlalchemy.sql.elements import TextClause
 
+from ..trace import trace_of
 from .templates import fields as _fields, fill
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,10 @@ def _after_commit(session: Session) -> None:
     applied = st.policy.invalidate_now(keys | explicit_keys, tags | explicit_tags)
     if applied and row is not None:
         st.policy.log.applied(*row)
+    trace = trace_of(st.cache.request) if st.cache is not None else None
+    if trace is not None:
+        trace.invalidation("applied" if applied else "failed", keys | explicit_keys,
+                           tags | explicit_tags)
 
 
 def _after_soft_rollback(session: Session, previous_transaction) -> None:

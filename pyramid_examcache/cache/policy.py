@@ -60,6 +60,7 @@ from . import codec
 from .backends.base import SEP, Backend, Status
 from ..breaker import Breaker, BreakerOpen
 from .deferred import DeferredInvalidations
+from ..trace import trace_of
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -307,11 +308,12 @@ class CachePolicy:
 class RequestCache:
     """``request.cache``: the policy bound to one request and its transaction."""
 
-    __slots__ = ("policy", "request")
+    __slots__ = ("policy", "request", "trace")
 
     def __init__(self, policy: CachePolicy, request) -> None:
         self.policy = policy
         self.request = request
+        self.trace = trace_of(request)  # the debug toolbar's record, usually None
 
     def _txn_state(self, create: bool = False):
         from .transaction import transaction_state
@@ -334,13 +336,35 @@ class RequestCache:
         """As :meth:`CachePolicy.get_or_set`; inside a transaction that has
         written, the cache is neither read nor filled (the caller sees its own
         writes; nothing uncommitted is stored)."""
-        return self.policy.get_or_set(key, creator, ttl, tags, bypass=self.is_dirty())
+        if self.trace is None:
+            return self.policy.get_or_set(key, creator, ttl, tags, bypass=self.is_dirty())
+        started = self.trace.start("get_or_set", key, tags)
+        try:
+            return self.policy.get_or_set(key, creator, ttl, tags, bypass=self.is_dirty())
+        finally:
+            self.trace.finish(started)
 
     def fetch(self, key, creator, ttl, tags, encode):
-        return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
+        if self.trace is None:
+            return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
+        started = self.trace.start("view", key, tags)
+        result = (None, None)
+        try:
+            result = self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
+            return result
+        finally:
+            self.trace.finish(started, result[1] if isinstance(result, tuple) else None)
 
     def peek(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
-        return self.policy.peek(key, bypass=self.is_dirty(), tags=tags)
+        if self.trace is None:
+            return self.policy.peek(key, bypass=self.is_dirty(), tags=tags)
+        started = self.trace.start("peek", key, tags)
+        data = None
+        try:
+            data = self.policy.peek(key, bypass=self.is_dirty(), tags=tags)
+            return data
+        finally:
+            self.trace.finish(started, data)
 
     def invalidate(self, *keys: str, tags: Iterable[str] = ()) -> None:
         """Invalidate ``keys`` and ``tags`` after the request's transaction
@@ -351,10 +375,14 @@ class RequestCache:
         state = self._txn_state(create=True)
         if state is None:
             self.policy.invalidate_now(keys, tags)
+            if self.trace is not None:
+                self.trace.invalidation("immediate", keys, tags)
             return
         state.dirty = True
         state.keys.update(keys)
         state.tags.update(tags)
+        if self.trace is not None:
+            self.trace.invalidation("queued", keys, tags)
 
     def stats(self) -> dict[str, int]:
         """This process's counters (hits, misses, loads, lock_waits, errors, …)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+from ..trace import note
+
 FIELDS = (
     "hits",           # served from the cache
     "misses",         # not in the cache (or invalid) at lookup
@@ -36,6 +38,7 @@ class Stats:
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+        note(name)  # the debug toolbar's trace of the current operation, if any
         if self.sink is not None:
             self.sink(name, n)
 

@@ -25,18 +25,21 @@ import logging
 from transaction._transaction import Status
 from transaction.interfaces import NoTransaction
 
+from ..trace import trace_of
+
 log = logging.getLogger(__name__)
 
 
 class TxnState:
     """What one transaction owes the cache."""
 
-    __slots__ = ("keys", "tags", "dirty")
+    __slots__ = ("keys", "tags", "dirty", "trace")
 
-    def __init__(self) -> None:
+    def __init__(self, trace=None) -> None:
         self.keys: set[str] = set()
         self.tags: set[str] = set()
         self.dirty = False
+        self.trace = trace  # the debug toolbar's (pyramid_examcache.trace), usually None
 
 
 _OPEN = frozenset({Status.ACTIVE, Status.COMMITTING, Status.DOOMED})
@@ -73,7 +76,7 @@ def transaction_state(request, policy, create: bool = False) -> TxnState | None:
     except KeyError:
         if not create:
             return None
-    state = TxnState()
+    state = TxnState(trace_of(request))
     txn.set_data(policy, state)
     txn.addAfterCommitHook(_after_commit, args=(policy, state))
     return state
@@ -83,5 +86,9 @@ def _after_commit(status: bool, policy, state: TxnState) -> None:
     if not status:
         log.debug("transaction failed to commit; %d cache invalidations dropped",
                   len(state.keys) + len(state.tags))
+        if state.trace is not None and (state.keys or state.tags):
+            state.trace.invalidation("dropped", state.keys, state.tags)
         return
-    policy.invalidate_now(state.keys, state.tags)
+    applied = policy.invalidate_now(state.keys, state.tags)
+    if state.trace is not None and (state.keys or state.tags):
+        state.trace.invalidation("applied" if applied else "failed", state.keys, state.tags)

@@ -11,6 +11,7 @@ from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 from transaction.interfaces import NoTransaction
 
+from ..trace import trace_of
 from .attachments import store, stored_size
 from .compose import is_message, message_arguments
 from .message import (address_list, build_message, check_address, envelope_recipients,
@@ -148,6 +149,11 @@ class Mailer:
         values = new_row(job_id, message_id, draft.sender, draft.recipients, draft.subject,
                          draft.html, draft.text, draft.headers, utcnow(), draft.attachments)
         self._write_then_push(outbox_table.insert().values(**values), job_id, check=False)
+        trace = trace_of(self.request)
+        if trace is not None:  # the debug toolbar's panel
+            trace.mails.append({"job_id": job_id, "message_id": message_id,
+                                "to": draft.recipients["to"], "subject": draft.subject,
+                                "attachments": len(draft.attachments)})
         return MailJob(job_id, message_id)
 
     def send(self, message: Any) -> MailJob:
