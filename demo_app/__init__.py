@@ -43,6 +43,7 @@ def make_config(settings: dict) -> Configurator:
     config.include(".models")  # pyramid_tm, request.dbsession
     config.include("pyramid_examcache")  # request.cache, cache= views, ORM hook, request.mailer
     config.include(".routes")
+    config.include(".docs")  # /docs/: the built Sphinx site, if demo.docs_dir has one
     config.include(".headers")  # Cache-Control: private / Vary: Authorization, after the cache
 
     from .throttle import make_throttle

@@ -462,3 +462,27 @@ def test_the_demo_serves_metrics_with_mail_jobs_from_the_outbox(settings):
         assert completed(app) == before + 1
     finally:
         close_testapp(app)
+
+
+def test_the_landing_page_links_to_built_docs_metrics_and_admin(settings, tmp_path):
+    from .conftest import close_testapp, make_testapp
+
+    (tmp_path / "index.html").write_text("<html><body>the docs</body></html>")
+    app = make_testapp({**settings, "demo.docs_dir": str(tmp_path),
+                        "examcache.metrics_path": "/metrics"})
+    try:
+        links = {link["title"]: link["href"] for link in
+                 app.get("/", headers={"Accept": "application/json"}).json["links"]}
+        assert links["Documentation"].endswith("/docs/")
+        assert links["Prometheus metrics"].endswith("/metrics")
+        assert "the docs" in app.get("/docs/index.html", status=200).text
+    finally:
+        close_testapp(app)
+    bare = make_testapp({**settings, "demo.docs_dir": str(tmp_path / "not-built")})
+    try:
+        titles = [link["title"] for link in
+                  bare.get("/", headers={"Accept": "application/json"}).json["links"]]
+        assert "Documentation" not in titles
+        bare.get("/docs/index.html", status=404)
+    finally:
+        close_testapp(bare)
