@@ -12,6 +12,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 from webtest import TestApp
 
+from ..conftest import private_database
 from ..mail.support import get_tm_session
 
 COLD = itertools.count()
@@ -28,15 +29,22 @@ def page_view(request):
     return Response("<html><body><p>ok</p></body></html>", content_type="text/html")
 
 
+@pytest.fixture(scope="module")
+def panel_db():
+    """Its own database: the outbox table made here must not meet the demo's migrations."""
+    with private_database("panel") as url:
+        yield url
+
+
 @pytest.fixture
-def app(pg_url):
+def app(panel_db):
     from pyramid_examcache.mail.outbox import metadata
 
-    engine = create_engine(pg_url)
+    engine = create_engine(panel_db)
     metadata.create_all(engine)
     factory = sessionmaker(bind=engine)
     config = Configurator(settings={
-        "sqlalchemy.url": pg_url, "examcache.redis_url": "memory://",
+        "sqlalchemy.url": panel_db, "examcache.redis_url": "memory://",
         "debugtoolbar.hosts": "0.0.0.0/0", "debugtoolbar.intercept_exc": "false"})
     config.include("pyramid_tm")
     config.add_request_method(lambda r: get_tm_session(factory, r.tm, request=r), "dbsession",
@@ -81,7 +89,7 @@ def test_an_aborted_request_shows_its_invalidations_dropped(app):
     assert "examcache-when\">applied" not in panel
 
 
-def test_the_toolbar_convention_debugtoolbar_includes_works_too(pg_url):
+def test_the_toolbar_convention_debugtoolbar_includes_works_too():
     config = Configurator(settings={
         "examcache.redis_url": "memory://", "debugtoolbar.hosts": "0.0.0.0/0",
         "debugtoolbar.includes": "pyramid_examcache.debugtoolbar"})
