@@ -1,0 +1,281 @@
+"""Server-assisted invalidation for the near cache: ``CLIENT TRACKING`` plus an ordering barrier.
+
+Issue 11's building block (not yet wired into :class:`~.redis.RedisBackend`): it tells a
+process which keys under its prefix changed, and lets a request wait -- usually together
+with every other request in flight -- until every change Redis made before the request
+started has been seen.
+
+The connection
+--------------
+One dedicated RESP2 connection per process does it all: ``CLIENT ID``, then
+``CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>``, then
+``SUBSCRIBE __redis__:invalidate``. In BCAST mode Redis sends a message for *every*
+modified key matching the prefix (values, leases, tag versions), whether or not this
+process read it; ``FLUSHALL``/``FLUSHDB`` send a message without keys. Redirecting to
+itself matters: when the tracking client is another connection and that one dies, Redis
+stops producing messages *silently*; here the connection that receives the messages is the
+one whose loss stops them, so the reader thread sees the error and the stream is marked
+unhealthy at once (measured with redis-server 7.0: after the tracking connection was
+killed, writes produced no message, while the listener stayed connected).
+
+The barrier, and why a hit served after it is never stale (G2)
+--------------------------------------------------------------
+Claim: if a request calls :meth:`InvalidationStream.barrier` at time ``t`` and it returns
+``True``, every invalidation message for a write that Redis executed before ``t`` has
+been handed to ``on_keys`` (or ``on_flush``) before ``barrier`` returned.
+
+1. Redis emits the invalidation message for a write while executing the write, into the
+   output buffer of the tracking connection, before it replies to the writer. A write
+   acknowledged before ``t`` was executed before ``t``.
+2. ``barrier`` waits for the reply to a ``PING <n>`` that was *sent* on this connection
+   after ``t`` (its own, or one another request sent after ``t`` -- group commit). Redis
+   executes commands of one connection in order and executes that PING after it arrives,
+   i.e. after ``t``, hence after the write; its reply is appended to the same output buffer
+   after the write's invalidation message.
+3. One reader thread consumes that buffer in order and calls ``on_keys`` for each message
+   before it records the pong; ``barrier`` returns only once the pong is recorded.
+
+So a near-cache entry still present after a successful barrier was not invalidated by any
+write acknowledged before the request started: serving it satisfies G2 ("a read that
+starts after a write's response returned never sees older data"). Across processes the
+same holds: the argument only uses Redis's order, not who wrote.
+
+If the stream is (or becomes) unhealthy -- never connected, connection lost, Redis
+restarted -- ``barrier`` returns ``False`` and the caller must use the ordinary path
+(one round trip that validates the stamp and tag versions), exactly as without tracking.
+On every (re)connection and on every loss, ``on_flush`` is called: nothing cached while
+messages could have been missed survives.
+
+Filling without a stale insert
+------------------------------
+A fill reads a value from Redis and then inserts it into the near cache. If a write lands
+between the two and its message is processed before the insert, the insert would put a
+stale value back *after* its invalidation. :meth:`InvalidationStream.mark` returns a
+token taken before the read; :meth:`InvalidationStream.unchanged` says, at insert time,
+whether any of the entry's keys (its value key, its tags) was invalidated since -- or the
+stream reconnected, or the record was trimmed -- in which case the caller must not insert.
+
+Costs: a hit after a barrier costs no Redis command of its own; under load one PING
+serves every request that started before it was sent, and a lone request pays one small
+round trip on this connection (as today's validation does).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "__redis__:invalidate"
+#: how many recently invalidated keys are remembered for :meth:`InvalidationStream.unchanged`
+RECENT = 65536
+
+
+class InvalidationStream:
+    """The tracking connection, its reader thread and the barrier.
+
+    ``connection_kwargs``: how to reach Redis (``redis.Connection`` arguments; the protocol
+    is forced to RESP2). ``prefix``: the key prefix tracked (BCAST). ``on_keys(keys)`` is
+    called from the reader thread with the ``str`` keys of each message; ``on_flush()``
+    when everything must be forgotten (a FLUSH message, a (re)connection, a loss).
+    """
+
+    def __init__(self, connection_kwargs: dict[str, Any], prefix: str,
+                 on_keys: Callable[[list[str]], None], on_flush: Callable[[], None],
+                 reconnect_delay: float = 0.5) -> None:
+        self.kwargs = {**connection_kwargs, "protocol": 2, "socket_timeout": None}
+        self.prefix = prefix
+        self.on_keys, self.on_flush = on_keys, on_flush
+        self.reconnect_delay = reconnect_delay
+        self._conn: redis.Connection | None = None
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._healthy = False
+        self._epoch = 0  # +1 on every (re)connection and every loss
+        self._seq = itertools.count(1)
+        self._in_flight: int | None = None  # the PING sent and not yet answered
+        self._in_flight_at = 0.0  # monotonic time it was sent
+        self._next: int | None = None  # reserved by barriers that began after it was sent
+        self._acked = 0
+        self._messages = 0  # invalidation messages processed (for mark/unchanged)
+        self._recent: dict[str, int] = {}  # key -> message number of its last invalidation
+        self._floor = 0  # message number below which trimmed records may hide changes
+        self.pings_sent = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> "InvalidationStream":
+        self._thread = threading.Thread(target=self._run, name="examcache-tracking", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def wait_healthy(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._healthy, timeout)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn = self._connect()
+                self._read_forever(conn)
+            except (redis.RedisError, OSError) as exc:
+                if not self._stopped.is_set():
+                    log.warning("cache tracking connection lost (%s); near cache flushed, "
+                                "reads validate against Redis until it is back", exc)
+            finally:
+                self._lose()
+            self._stopped.wait(self.reconnect_delay)
+
+    def _connect(self) -> redis.Connection:
+        conn = redis.Connection(**self.kwargs)
+        conn.connect()
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST",
+                          "PREFIX", self.prefix)
+        if conn.read_response() != b"OK":
+            raise redis.RedisError("CLIENT TRACKING refused")
+        conn.send_command("SUBSCRIBE", CHANNEL)
+        conn.read_response()
+        with self._cond:
+            self._conn = conn
+            self._epoch += 1
+            self._recent.clear()
+            self._floor = self._messages
+        self.on_flush()  # what was cached before tracking (re)started may be stale
+        with self._cond:
+            self._healthy = True
+            self._cond.notify_all()
+        return conn
+
+    def _lose(self) -> None:
+        with self._cond:
+            was = self._healthy
+            self._healthy = False
+            self._epoch += 1
+            self._conn = None
+            self._in_flight = self._next = None
+            self._cond.notify_all()  # barrier waiters give up
+        if was:
+            self.on_flush()
+
+    def _read_forever(self, conn: redis.Connection) -> None:
+        while not self._stopped.is_set():
+            reply = conn.read_response()
+            kind = reply[0]
+            if kind == b"message":
+                keys = reply[2]
+                if keys is None:  # FLUSHALL / FLUSHDB
+                    with self._cond:
+                        self._messages += 1
+                        self._recent.clear()
+                        self._floor = self._messages
+                    self.on_flush()
+                else:
+                    names = [k.decode() if isinstance(k, bytes) else k for k in keys]
+                    with self._cond:
+                        self._messages += 1
+                        for name in names:
+                            self._recent[name] = self._messages
+                        if len(self._recent) > RECENT:
+                            self._recent.clear()
+                            self._floor = self._messages
+                    self.on_keys(names)
+            elif kind == b"pong":
+                number = int(reply[1])
+                send = None
+                with self._cond:
+                    self._acked = max(self._acked, number)
+                    if self._in_flight == number:  # the next group's PING goes now
+                        self._in_flight, self._next = self._next, None
+                        if self._in_flight is not None:
+                            self._in_flight_at = time.monotonic()
+                            send = self._in_flight
+                    self._cond.notify_all()
+                if send is not None:
+                    self._send(conn, send)
+
+    # -- the barrier ----------------------------------------------------------------------------
+
+    def barrier(self, timeout: float) -> bool:
+        """Wait until a PING sent after this call began has been answered (see the module
+        docstring); ``False`` if the stream is unhealthy or the wait exceeds ``timeout``.
+
+        Group commit: at most one PING is in flight. A barrier that begins while one is
+        in flight that was sent *before* it began reserves the next PING, which the reader
+        thread sends as soon as the one in flight is answered; every barrier that began in
+        the meantime shares it. Under load: one PING per round trip, whatever the number
+        of requests; alone: one round trip.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        send = None
+        with self._cond:
+            if not self._healthy or self._conn is None:
+                return False
+            epoch, conn = self._epoch, self._conn
+            if self._in_flight is not None and self._in_flight_at >= started:
+                mine = self._in_flight
+            elif self._in_flight is None:
+                mine = send = self._in_flight = next(self._seq)
+                self._in_flight_at = time.monotonic()
+            else:
+                if self._next is None:
+                    self._next = next(self._seq)
+                mine = self._next
+        if send is not None:
+            self._send(conn, send)
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: self._acked >= mine or self._epoch != epoch or not self._healthy,
+                max(0.0, deadline - time.monotonic()))
+            return bool(ok) and self._acked >= mine and self._epoch == epoch
+
+    def _send(self, conn: redis.Connection, number: int) -> None:
+        """Send ``PING <number>``; a failure is the reader's to notice (the connection is gone)."""
+        with self._send_lock:
+            try:
+                conn.send_command("PING", str(number))
+                self.pings_sent += 1
+            except (redis.RedisError, OSError):
+                pass
+
+    # -- safe fills ---------------------------------------------------------------------------
+
+    def mark(self) -> tuple[int, int] | None:
+        """A token to take *before* reading a value that may be put in the near cache."""
+        with self._cond:
+            return (self._epoch, self._messages) if self._healthy else None
+
+    def unchanged(self, token: tuple[int, int] | None, keys: Iterable[str]) -> bool:
+        """True if none of ``keys`` was invalidated since :meth:`mark` gave ``token`` (and
+        the stream stayed connected): only then may the value read meanwhile be inserted."""
+        if token is None:
+            return False
+        epoch, seen = token
+        with self._cond:
+            if not self._healthy or self._epoch != epoch or self._floor > seen:
+                return False
+            return all(self._recent.get(key, 0) <= seen for key in keys)
