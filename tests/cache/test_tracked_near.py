@@ -1,0 +1,83 @@
+"""The tracked near cache (issue 11): entries go when their value key or a tag's version
+key changes in Redis, a fill racing a write is never inserted, a loss forgets everything."""
+from __future__ import annotations
+
+import threading
+
+from pyramid_examcache.cache.backends.tracked_near import TrackedNearCache
+from pyramid_examcache.cache.backends.tracking import InvalidationStream
+
+from ..mail.support import wait_until
+
+P = "tn:"
+
+
+def make(server, max_bytes=1 << 20):
+    near = TrackedNearCache(max_bytes, lambda k: f"{P}v:{k}", lambda t: f"{P}t:{t}")
+    stream = InvalidationStream({"host": "127.0.0.1", "port": server.port}, P, near.on_keys,
+                                near.on_flush, reconnect_delay=0.05).start()
+    assert stream.wait_healthy(10)
+    return near, stream
+
+
+def test_entries_go_with_their_key_or_any_of_their_tags(private_redis):
+    near, stream = make(private_redis)
+    r = private_redis.client()
+    for key, tags in (("a", ("g1",)), ("b", ("g1", "g2")), ("c", ())):
+        assert near.put(key, tags, b"s", key.encode(), stream, stream.mark())
+    r.incr(f"{P}t:g2")  # b's tag
+    assert stream.barrier(5)
+    assert (near.get("a"), near.get("b"), near.get("c")) == (b"a", None, b"c")
+    r.hset(f"{P}v:c", "d", "new")  # c's value key
+    assert stream.barrier(5)
+    assert (near.get("a"), near.get("c")) == (b"a", None)
+    r.incr(f"{P}t:g1")
+    assert stream.barrier(5)
+    assert near.get("a") is None and near.nbytes == 0
+    stream.stop()
+
+
+def test_a_fill_racing_writes_never_leaves_a_stale_entry(private_redis):
+    """Readers read the version and insert it; a writer bumps it. After every write's
+    barrier, an entry present must hold the latest version (300 rounds)."""
+    near, stream = make(private_redis)
+    r = private_redis.client()
+    r.set(f"{P}v:x", 0)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def reader():
+        client = private_redis.client()
+        while not stop.is_set():
+            token = stream.mark()
+            value = client.get(f"{P}v:x")
+            near.put("x", (), b"s", value, stream, token)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for version in range(1, 301):
+            r.set(f"{P}v:x", version)
+            assert stream.barrier(5)
+            held = near.get("x")
+            if held is not None and int(held) < version:
+                errors.append(f"stale {held!r} after version {version}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        stream.stop()
+    assert errors == []
+
+
+def test_losing_the_stream_empties_the_near_cache(private_redis):
+    near, stream = make(private_redis)
+    assert near.put("k", (), b"s", b"v", stream, stream.mark())
+    r = private_redis.client()
+    for c in r.client_list():
+        if "P" in c.get("flags", ""):
+            r.client_kill_filter(_id=c["id"])
+    wait_until(lambda: near.get("k") is None, timeout=10, message="near cache emptied")
+    assert stream.wait_healthy(10)
+    stream.stop()
