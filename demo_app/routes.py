@@ -18,6 +18,9 @@ ROUTES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("exam_questions", "/api/exams/{examId:%s}/questions" % ID, ("GET", "HEAD")),
     ("exam_question", "/api/exams/{examId:%s}/questions/{questionId:%s}" % (ID, ID), ("PUT",)),
     ("job", "/api/jobs/{jobId}", ("GET", "HEAD")),
+    # the browser's way in (HTML, the login cookie; CSRF-checked forms): views/login.py
+    ("login_page", "/login", ("GET", "HEAD", "POST")),
+    ("logout", "/logout", ("POST",)),
 )
 
 

@@ -1,5 +1,6 @@
-"""The demo's sample data: ``teacher@example.com`` / ``examcache-demo`` (verified),
-owner of exams 1-3, each with 50 questions of ~700 characters and 4 choices.
+"""The demo's sample data: ``teacher@example.com`` / ``examcache-demo`` (verified, an
+admin: the admin page at ``examcache.admin_path``), owner of exams 1-3, each with 50
+questions of ~700 characters and 4 choices.
 
 :func:`load_sample_data` is idempotent: what exists is left alone, what is
 missing is added.  The text is generated from a fixed seed, so every database
@@ -56,10 +57,12 @@ def load_sample_data(session: Session, password_hash: str) -> dict[str, int]:
     teacher = session.scalar(select(User).where(User.email == TEACHER_EMAIL))
     if teacher is None:
         teacher = User(email=TEACHER_EMAIL, name=TEACHER_NAME, password_hash=password_hash,
-                       verified=True)
+                       verified=True, is_admin=True)
         session.add(teacher)
         session.flush()
         added["users"] += 1
+    elif not teacher.is_admin:  # a database loaded before the admin flag (migration 0005)
+        teacher.is_admin = True
     for exam_id, title in EXAMS.items():
         exam = session.get(Exam, exam_id)
         if exam is None:

@@ -1,5 +1,9 @@
-"""Passwords (argon2), login tokens (HMAC-signed, expiring) and the bearer-token
-security policy.
+"""Passwords (argon2), login tokens (HMAC-signed, expiring) and the security policy:
+a bearer token in ``Authorization`` (the JSON API), or the same token in the HttpOnly
+``demo_auth`` cookie set by the HTML login form (``/login``), honoured outside ``/api/``
+only: the JSON API stays bearer-only, so a browser's cookie never authenticates an API
+call, and the pages that accept the cookie check Pyramid's CSRF token on every POST
+(``require_csrf=True``; ``tests/demo/test_admin.py`` holds every such view to it).
 
 A login token is ``<user id>.<expiry, unix seconds>.<signature>`` where the
 signature is HMAC-SHA256 over ``login:<user id>.<expiry>`` with ``demo.secret``
@@ -17,6 +21,7 @@ import time
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pyramid.security import Allowed, Denied
+from webob.cookies import make_cookie
 
 from .models import User
 from .settings import DemoSettings
@@ -104,6 +109,16 @@ def read_login_token(secret: str, token: str, now: float | None = None) -> int |
     return int(user_id)
 
 
+#: the cookie of the HTML login (HttpOnly, SameSite=Lax; Secure when demo.public_url is https)
+AUTH_COOKIE = "demo_auth"
+
+
+def cookie_applies(request) -> bool:
+    """The login cookie authenticates the HTML pages, never the JSON API under ``/api/``."""
+    path = request.environ.get("PATH_INFO", "")  # raw: request.path_info may not decode
+    return not (path == "/api" or path.startswith("/api/"))
+
+
 def bearer_token(request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
@@ -113,10 +128,19 @@ def bearer_token(request) -> str | None:
 
 
 class BearerTokenSecurityPolicy:
-    """``Authorization: Bearer <token>`` -> the verified :class:`User`, or None."""
+    """``Authorization: Bearer <token>`` (or, outside ``/api/``, the ``demo_auth`` cookie)
+    -> the verified :class:`User`, or None.
 
-    def __init__(self, secret: str) -> None:
+    Permissions: only ``admin_permission`` (the add-on's ``examcache.admin_permission``,
+    the admin page) exists, granted to users whose ``is_admin`` is set.
+    """
+
+    def __init__(self, secret: str, admin_permission: str | None = None, *,
+                 token_ttl: int = 3600, secure_cookie: bool = False) -> None:
         self.secret = secret
+        self.admin_permission = admin_permission
+        self.token_ttl = token_ttl
+        self.secure_cookie = secure_cookie
 
     def identity(self, request) -> User | None:
         cached = request.environ.get("demo.identity", _NO_IDENTITY)
@@ -124,6 +148,8 @@ class BearerTokenSecurityPolicy:
             return cached
         user = None
         token = bearer_token(request)
+        if token is None and cookie_applies(request):
+            token = request.cookies.get(AUTH_COOKIE) or None
         user_id = read_login_token(self.secret, token) if token else None
         if user_id is not None and user_id < 2**31:
             user = request.dbsession.get(User, user_id)
@@ -137,11 +163,26 @@ class BearerTokenSecurityPolicy:
         return None if user is None else user.id
 
     def permits(self, request, context, permission):
-        # views check ownership themselves; no view uses a permission
-        return Denied("no permissions are defined") if permission else Allowed("no permission")
+        # views check exam ownership themselves; the one permission is the admin page's
+        if not permission:
+            return Allowed("no permission")
+        if self.admin_permission and permission == self.admin_permission:
+            user = self.identity(request)
+            if user is not None and user.is_admin:
+                return Allowed("an admin")
+            return Denied("admins only")
+        return Denied(f"no such permission: {permission}")
 
     def remember(self, request, userid, **kw):
-        return []
+        """The ``Set-Cookie`` header of the HTML login: a login token for ``userid`` (the
+        same signed token the API's login answers), HttpOnly, SameSite=Lax, for
+        ``demo.token_ttl`` seconds."""
+        token = make_login_token(self.secret, int(userid), self.token_ttl)
+        return [("Set-Cookie", self._cookie(token, self.token_ttl))]
 
     def forget(self, request, **kw):
-        return []
+        return [("Set-Cookie", self._cookie("", 0))]
+
+    def _cookie(self, value: str, max_age: int) -> str:
+        return make_cookie(AUTH_COOKIE, value, max_age=max_age, path="/", httponly=True,
+                           secure=self.secure_cookie, samesite="lax")

@@ -23,3 +23,4 @@ def includeme(config: Configurator) -> None:
     config.include("pyramid_examcache.cache")
     config.include("pyramid_examcache.mail")
     config.include("pyramid_examcache.metrics")  # only with examcache.metrics_path
+    config.include("pyramid_examcache.admin")  # only with examcache.admin_path

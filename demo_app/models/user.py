@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, Integer, String
+from sqlalchemy import Boolean, DateTime, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .meta import Base
@@ -22,6 +22,9 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100), nullable=False)
     password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
     verified: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: may use the add-on's admin page (the security policy grants ``examcache.admin_permission``)
+    is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False,
+                                           server_default=false())
     #: sha256 hex of the token mailed to the user; NULL once used
     verify_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     verify_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),

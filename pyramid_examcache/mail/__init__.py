@@ -14,6 +14,7 @@ and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
     request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts', 'failedReason',
                                             #  'nextAttemptAt', 'failedRecipients'}
     request.mailer.retry(job.id)            # a failed job sent again; False if unknown/not failed
+    request.mailer.cancel(job.id)           # a waiting/delayed job -> failed ("cancelled by admin")
     request.mailer.send_now(to, subject, html)
 
 The request attribute is ``mail.request_attr`` (default ``mailer``): set it to another name

@@ -16,7 +16,8 @@ from .attachments import store, stored_size
 from .compose import is_message, message_arguments
 from .message import (address_list, build_message, check_address, envelope_recipients,
                       header_name, make_message_id, make_recipients, validate_address)
-from .outbox import FAILED, new_row, outbox_table, retry_values, utcnow
+from .outbox import (CANCELLED_REASON, FAILED, cancel_statement, new_row, outbox_table,
+                     retry_values, utcnow)
 from .queue import MailQueue
 from .relay import push_one
 from .status import _JOB_ID, job_status
@@ -177,6 +178,23 @@ class Mailer:
         stmt = update(t).where(t.c.id == job_id, t.c.state == FAILED).values(
             **retry_values(utcnow()))
         return self._write_then_push(stmt, job_id)
+
+    def cancel(self, job_id: str, reason: str = CANCELLED_REASON) -> bool:
+        """Cancel a ``waiting`` or ``delayed`` job: ``failed`` with ``reason`` (default
+        ``"cancelled by admin"``), so nothing more is sent and :meth:`retry` can revive it.
+
+        Written through the session, in the caller's transaction (a rollback cancels
+        nothing). Returns ``False`` (and changes nothing) when the job is unknown, already
+        ``active`` (an attempt is running: it is not interrupted) or finished.
+        """
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            return False
+        session = self.session
+        if session.execute(cancel_statement(job_id, utcnow(), reason)).rowcount != 1:
+            return False
+        if self._transaction() is not None:
+            _mark_changed(session, self.request)
+        return True
 
     def _write_then_push(self, stmt: Any, job_id: str, *, check: bool = True) -> bool:
         session = self.session

@@ -2,7 +2,9 @@
 
 The row is written in the request's SQLAlchemy session, so it commits or aborts
 with the user's data (M1). It is also the durable home of the job's status (M4):
-``state`` moves ``waiting -> active -> (delayed -> active)* -> completed | failed``.
+``state`` moves ``waiting -> active -> (delayed -> active)* -> completed | failed``;
+:func:`cancel` (the admin page's "cancel") moves ``waiting | delayed -> failed`` with the
+reason ``"cancelled by admin"``, and ``retry`` moves ``failed -> waiting``.
 
 Add the table to your schema in one of two ways:
 
@@ -241,6 +243,37 @@ def retry_values(now: dt.datetime) -> dict:
 def started_at(row: Row) -> dt.datetime:
     """Where ``mail.max_age`` counts from: the last :func:`retry`, else the creation."""
     return as_utc(row.retried_at or row.created_at)
+
+
+#: the ``failed_reason`` of a job cancelled from the admin page (:func:`cancel`)
+CANCELLED_REASON = "cancelled by admin"
+#: states :func:`cancel` accepts: not yet started (an ``active`` attempt is not interrupted)
+CANCELLABLE = (WAITING, DELAYED)
+
+
+def cancel_values(now: dt.datetime, reason: str = CANCELLED_REASON) -> dict:
+    """A ``waiting`` or ``delayed`` row to ``failed`` with ``reason``: nothing more is sent,
+    :func:`retry` can give it a new life, and the purge deletes it after ``mail.keep_failed``."""
+    return dict(state=FAILED, progress=100, failed_reason=reason, lease_until=None,
+                next_attempt_at=None, finished_at=now, updated_at=now)
+
+
+def cancel_statement(job_id: str, now: dt.datetime, reason: str = CANCELLED_REASON) -> Any:
+    """The conditional UPDATE of :func:`cancel` (for a caller writing through its session)."""
+    t = outbox_table
+    return (update(t).where(t.c.id == job_id, t.c.state.in_(CANCELLABLE))
+            .values(**cancel_values(now, reason)))
+
+
+def cancel(conn: Connection, job_id: str, now: dt.datetime,
+           reason: str = CANCELLED_REASON) -> bool:
+    """Cancel a job that has not started: ``waiting``/``delayed`` -> ``failed`` with ``reason``.
+
+    One conditional UPDATE, so it races safely with :func:`claim`: whichever commits first
+    wins; a job already ``active`` (or finished) is left alone and ``False`` is returned. A
+    queue entry pushed earlier then finds a ``failed`` row, which :func:`claim` refuses.
+    """
+    return conn.execute(cancel_statement(job_id, now, reason)).rowcount == 1
 
 
 def release(conn: Connection, job_id: str, now: dt.datetime) -> bool:
