@@ -34,6 +34,7 @@ from .conftest import base_settings
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "_static" / "admin.png"
+LANDING_SCREENSHOT = ROOT / "docs" / "_static" / "landing.png"
 REFUSED = "550 5.1.1 <ada@example.com>: mailbox unavailable"
 
 
@@ -189,4 +190,21 @@ def test_a_user_without_the_admin_flag_is_forbidden(demo_system, browser, db):
     assert response.status == 403
     assert "Your account does not have it." in page.inner_text("#error")
     assert page.goto(f"{base}/_examcache/cache").status == 403
+    page.close()
+
+
+def test_a_browser_gets_the_landing_page(demo_system, browser):
+    """GET / in a browser: the landing page (issue 13, item 5), with a screenshot for the docs."""
+    base, _consumer = demo_system
+    page = browser.new_page()
+    response = page.goto(f"{base}/")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "pyramid_examcache demo" in page.inner_text("h1")
+    routes = page.locator("table code").all_inner_texts()
+    assert "/api/exams/{examId}/questions" in routes and "/api/auth/login" in routes
+    admin = page.get_by_role("link", name="Admin: mail jobs and cache")
+    assert admin.get_attribute("href").endswith("/_examcache/")
+    page.screenshot(path=str(LANDING_SCREENSHOT), full_page=True)
+    assert LANDING_SCREENSHOT.stat().st_size > 10_000
     page.close()
