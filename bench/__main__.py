@@ -1,7 +1,7 @@
-"""``python -m bench SCENARIO [--quick] --out DIR [--report FILE]``
+"""``python -m bench SCENARIO [SCENARIO ...] [--quick] --out DIR [--report FILE]``
 
 Scenarios: ``throughput``, ``stampede``, ``consistency``, ``mail-enqueue``,
-``mail-throughput``, ``memory``, ``write``, or ``all``.  Starts its own redis-server and
+``mail-throughput``, ``memory``, ``write``, ``logged-in``, ``revalidate``, ``cluster``, or ``all``.  Starts its own redis-server and
 PostgreSQL database (dropped at the end), runs, and writes ``DIR/results.json``,
 ``DIR/throughput.png`` (when the throughput scenario ran) and the Markdown
 report (``--report``, default ``DIR/RESULTS.md``).
@@ -20,22 +20,24 @@ import sys
 import time
 
 SCENARIOS = ("throughput", "stampede", "consistency", "mail-enqueue", "mail-throughput", "memory",
-             "write")
+             "write", "logged-in", "revalidate", "cluster")
 
 
 def _runner(name: str):
-    from .scenarios import consistency, mail, memory, stampede, throughput, write
+    from .scenarios import (cluster, consistency, http_cache, mail, memory, stampede, throughput,
+                            write)
 
     return {"throughput": throughput.run, "stampede": stampede.run,
             "consistency": consistency.run, "mail-enqueue": mail.run_enqueue,
             "mail-throughput": mail.run_throughput, "memory": memory.run,
-            "write": write.run}[name]
+            "write": write.run, "logged-in": http_cache.run_logged_in,
+            "revalidate": http_cache.run_revalidate, "cluster": cluster.run}[name]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all"))
+    parser.add_argument("scenario", nargs="+", choices=(*SCENARIOS, "all"))
     parser.add_argument("--out", default="bench/results", help="directory for results.json and the chart")
     parser.add_argument("--report", default=None, help="Markdown report (default OUT/RESULTS.md)")
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test), not results")
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     from .env import environment
 
     os.makedirs(args.out, exist_ok=True)
-    names = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    names = SCENARIOS if "all" in args.scenario else tuple(dict.fromkeys(args.scenario))
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     results: dict = {"command": command, "quick": args.quick, "scenarios": {}}
     started = time.time()

@@ -230,6 +230,12 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                   ""]
     if "write" in s:
         lines += _write_section(s["write"])
+    from .scenarios import http_cache
+
+    lines += http_cache.markdown(s)
+    from .scenarios import cluster
+
+    lines += cluster.markdown(s)
     lines += ["## Notes", "",
               "- Where the time goes on a hit: `python -m bench.profile_hit --profile` (in-process, "
               "pyinstrument) and py-spy on the waitress process under wrk. Three fixes in the "

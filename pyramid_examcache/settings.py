@@ -14,8 +14,15 @@ from urllib.parse import urlsplit
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
-CACHE_SCHEMES = ("redis", "rediss", "unix", "memory")
-QUEUE_SCHEMES = ("redis", "rediss", "unix", "sqlite", "memory")
+CACHE_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "rediss+sentinel",
+                 "redis+cluster", "rediss+cluster")
+QUEUE_SCHEMES = ("redis", "rediss", "unix", "sqlite", "memory", "redis+sentinel",
+                 "rediss+sentinel")
+#: why the mail queue refuses a cluster URL
+QUEUE_NO_CLUSTER = ("Huey's Redis storage is a plain redis-py client whose queue, schedule and "
+                    "result keys are separate keys used together (multi-key commands and a "
+                    "Lua script across them), which Redis Cluster refuses (CROSSSLOT); use "
+                    "redis+sentinel:// (or redis:// to one node) for mail.queue_url")
 MAIL_TRANSPORTS = ("smtp", "file", "memory")
 
 
@@ -55,6 +62,17 @@ def as_url(settings: Mapping[str, Any], name: str, default: str, schemes: tuple[
     url = str(raw or default).strip()
     if "://" not in url:
         raise _error(name, raw, f"must be a URL with a scheme, one of {', '.join(schemes)}")
+    from .topology import CLUSTER_SCHEMES, InvalidURL, is_multi_node, parse
+
+    scheme = url.split("://", 1)[0]
+    if scheme in CLUSTER_SCHEMES and schemes is QUEUE_SCHEMES:
+        raise _error(name, raw, QUEUE_NO_CLUSTER)
+    if is_multi_node(url) and scheme in schemes:
+        try:
+            parse(url)
+        except InvalidURL as exc:
+            raise _error(name, raw, str(exc)) from None
+        return url
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError on a bad port
@@ -102,8 +120,12 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
     if not prefix or any(c.isspace() for c in prefix):
         raise _error(p + "key_prefix", prefix, "must be a non-empty string without whitespace")
     lock_timeout = as_number(settings, p + "lock_timeout", CacheSettings.lock_timeout, allow_zero=False)
+    redis_url = as_url(settings, p + "redis_url", CacheSettings.redis_url, CACHE_SCHEMES)
+    if "+cluster://" in redis_url and ("{" in prefix or "}" in prefix):
+        raise _error(p + "key_prefix", prefix, "must not contain { or } with a redis+cluster:// "
+                     "URL (the cache puts each key's hash tag in braces)")
     return CacheSettings(
-        redis_url=as_url(settings, p + "redis_url", CacheSettings.redis_url, CACHE_SCHEMES),
+        redis_url=redis_url,
         key_prefix=prefix,
         default_ttl=as_number(settings, p + "default_ttl", CacheSettings.default_ttl,
                               integer=True, allow_zero=False),

@@ -105,6 +105,8 @@ class PrivateRedis:
     (SIGSTOP: connections hang, the worst case for a client) and restarted on
     the same port with its data kept (when paused) or lost (when stopped)."""
 
+    kind = "redis"
+
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="examcache-redis-")
@@ -152,3 +154,61 @@ def private_redis():
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+# -- multi-node topologies (tests/topologies.py): a Redis Cluster and a Sentinel setup --------
+
+TOPOLOGIES = ("redis", "sentinel", "cluster")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A 3-primary Redis Cluster on private ports, shared by the session (keys under
+    random prefixes, like the shared Redis); stopped at the end."""
+    from .topologies import PrivateCluster
+
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel():
+    """A primary, a replica and 3 sentinels on private ports, shared by the session."""
+    from .topologies import PrivateSentinel
+
+    sentinel = PrivateSentinel()
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.close()
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request):
+    """The cache's Redis on each topology: the shared Redis, Sentinel, Cluster."""
+    if request.param == "redis":
+        from .topologies import SharedRedis
+
+        return SharedRedis(REDIS_URL)
+    return request.getfixturevalue(f"redis_{request.param}")
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def private_topology(request):
+    """A topology of its own that the test may pause, stop and restart."""
+    if request.param == "redis":
+        yield request.getfixturevalue("private_redis")
+        return
+    from .topologies import PrivateCluster, PrivateSentinel
+
+    own = PrivateCluster() if request.param == "cluster" else PrivateSentinel()
+    try:
+        own.start()
+        yield own
+    finally:
+        own.close()

@@ -111,7 +111,7 @@ def run(env, quick: bool = False, rounds: int = 3) -> dict:
         version = 1
         for _ in range(rounds):
             for name, _app, get_path, put_path in TARGETS:
-                r.delete(f"{PREFIX}v:exam:1:questions", "seed:exam:1:questions")
+                r.delete(f"{PREFIX}v:@view:exam:1:questions", "seed:exam:1:questions")
                 headers = {"Authorization": f"Bearer {token}"} if name == "ours" else {}
                 runs[name].append(race(servers[name], get_path, put_path, qid, text, version,
                                        writes, headers))

@@ -1,6 +1,6 @@
 """Scenario 6: Redis bytes per cached exam (``MEMORY USAGE``) vs the JSON body size.
 
-Ours stores a hash ``<prefix>v:exam:1:questions`` = {d: b"r" + Content-Type +
+Ours stores a hash ``<prefix>v:@view:exam:1:questions`` = {d: b"h" + JSON head (ETag, headers) +
 "\\n" + body, t: tags, g: tag versions} plus one small tag-version key per tag
 (``<prefix>t:exam:1``, shared by everything cached about exam 1); the seed
 stores the JSON string; dogpile a pickled ``CachedValue`` (when installed).
@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..env import PREFIX
 
 KEYS = (
-    ("ours", "ours", "/api/exams/1/questions", f"{PREFIX}v:exam:1:questions"),
+    ("ours", "ours", "/api/exams/1/questions", f"{PREFIX}v:@view:exam:1:questions"),
     ("seed", "peers", "/seed/exams/1/questions", "seed:exam:1:questions"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", "dogpile:exam:1:questions"),
     ("raw", "peers", "/raw/exams/1/questions", "raw:exam:1:questions"),

@@ -19,7 +19,7 @@ PROCESSES = 4
 #: (name, app, path, redis keys to delete for a cold start, label)
 TARGETS = (
     ("ours", "ours", "/api/exams/1/questions",
-     (f"{PREFIX}v:exam:1:questions", f"{PREFIX}l:exam:1:questions"), "ours (leases)"),
+     (f"{PREFIX}v:@view:exam:1:questions", f"{PREFIX}l:@view:exam:1:questions"), "ours (leases)"),
     ("seed", "peers", "/seed/exams/1/questions", ("seed:exam:1:questions",),
      "seed cache-aside (no lock)"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", ("dogpile:exam:1:questions",),

@@ -29,7 +29,8 @@ def get_exam(request) -> Exam:
              cache_vary=("authenticated_userid",))
 def exam_view(request):
     """Exam metadata; ``viewer`` describes the authenticated caller, so the
-    cached copy varies by user (each user's copy lives under its own key)."""
+    cached copy varies by user (each user's copy lives under its own key, the
+    user id hashed in the key name, and the response carries ``Vary``)."""
     exam = get_exam(request)
     count = request.dbsession.scalar(
         select(func.count()).select_from(Question).where(Question.exam_id == exam.id))
@@ -42,9 +43,12 @@ def exam_view(request):
 
 
 @view_config(route_name="exam_questions", request_method="GET", renderer="json",
-             cache="exam:{examId}:questions", cache_ttl=7200, cache_tags=("exam:{examId}",))
+             cache="exam:{examId}:questions", cache_ttl=7200, cache_tags=("exam:{examId}",),
+             cache_public=True)
 def exam_questions(request):
-    """The exam's questions ordered by position (the same for every caller)."""
+    """The exam's questions ordered by position: the same for every caller, so
+    ``cache_public=True`` lets logged-in readers (the platform's usual readers)
+    read and fill the shared entry."""
     exam = get_exam(request)
     questions = request.dbsession.scalars(
         select(Question).where(Question.exam_id == exam.id)

@@ -1,8 +1,19 @@
-"""What the policy stores: JSON values and rendered responses, never pickle (G5).
+"""What the policy stores: JSON values and HTTP entities, never pickle (G5).
 
-A stored value is ``b"j"`` + UTF-8 JSON, or ``b"r"`` + the Content-Type
-header + ``b"\\n"`` + the body bytes of a rendered response, which a hit
-serves as they are, without decoding or re-rendering.
+A stored value is one of
+
+* ``b"j"`` + UTF-8 JSON: a ``get_or_set`` value;
+* ``b"h"`` + a JSON *head* + ``b"\\n"`` + the body bytes: a cached view's
+  response.  The head is ``{"e": etag, "h": [[name, value], ...]}`` (the
+  headers replayed on a hit, :mod:`.http`); JSON never writes a raw newline, so
+  the first ``b"\\n"`` ends the head.  A hit serves the body as a slice of the
+  stored bytes, without decoding or re-rendering, and reads the ETag from the
+  head without touching the body (what a ``304`` needs).
+
+The two kinds live in separate key namespaces (:mod:`.variants`), so a view and
+a ``get_or_set`` using the same key template never read each other's values;
+a decoder handed the wrong kind raises ``ValueError`` (the callers treat that as
+a miss they do not store over, never as a 500).
 """
 from __future__ import annotations
 
@@ -10,7 +21,7 @@ import json
 from typing import Any
 
 JSON = b"j"
-RESPONSE = b"r"
+ENTITY = b"h"
 
 
 def encode_json(value: Any) -> bytes:
@@ -25,15 +36,23 @@ def decode_json(data: bytes) -> Any:
     return json.loads(data[1:])
 
 
-def encode_response(content_type: str, body: bytes) -> bytes:
-    if "\n" in content_type or "\r" in content_type:
-        raise ValueError("bad content type")
-    return RESPONSE + content_type.encode("latin-1") + b"\n" + body
+def encode_entity(etag: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    head = json.dumps({"e": etag, "h": headers}, separators=(",", ":"), ensure_ascii=True)
+    return ENTITY + head.encode("ascii") + b"\n" + body
 
 
-def decode_response(data: bytes) -> tuple[str, bytes]:
-    """Return ``(content_type, body)``; the body is a slice, not a re-encoding."""
-    if data[:1] != RESPONSE:
-        raise ValueError("stored value is not a response")
-    head, _, body = data.partition(b"\n")
-    return head[1:].decode("latin-1"), body
+def decode_head(data: bytes) -> tuple[str, list[tuple[str, str]], int]:
+    """``(etag, headers, offset of the body)`` -- reads the head only."""
+    if data[:1] != ENTITY:
+        raise ValueError("stored value is not an HTTP entity")
+    end = data.find(b"\n")
+    if end < 0:
+        raise ValueError("stored entity has no head")
+    head = json.loads(data[1:end])
+    return head["e"], [(str(n), str(v)) for n, v in head["h"]], end + 1
+
+
+def decode_entity(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    """``(etag, headers, body)``; the body is a slice, not a re-encoding."""
+    etag, headers, offset = decode_head(data)
+    return etag, headers, data[offset:]

@@ -27,6 +27,12 @@ fresh random strings, never counters, so a lost tag (Redis restart, eviction,
 expiry) makes every value stored under it invalid and can never make an old
 value valid again (G2b).  Leases have a TTL (``lock_timeout``): a killed loader
 leaves no stuck key, and a loader whose lease expired simply does not store.
+On Redis Cluster a value and its lease share a slot but tag versions do not, so
+the tag checks run outside the atomic scripts; the argument above needs only
+that a hit compares versions read after the invalidation (re-proved in
+``backends/cluster.py``).  On Sentinel, keys carry the primary's epoch, so a
+failover that lost an acknowledged ``DEL`` cannot resurrect a value
+(``backends/failover.py``).
 
 One load per cold key (G3)
 --------------------------
@@ -40,6 +46,16 @@ Backend errors are never raised to the caller: the creator is called and its
 result returned.  A circuit breaker stops paying the socket timeout on every
 request; invalidations that fail are kept and applied before this process
 reads the cache again.
+
+Keys, view variants and sizes
+-----------------------------
+Keys and tags of the public API may not start with ``@``: cached views store
+their entries under ``@view:<key>…`` and tag each with ``@key:<key>``
+(:mod:`.variants`), and invalidating ``<key>`` here always invalidates that tag
+too, so every query/vary variant of a view goes with its key -- through the same
+tag-version check that proves G2 above.  A value whose encoding is larger than
+``examcache.max_value_bytes`` is returned but not stored (the lease is released,
+``too_large`` is counted).
 
 Dirty transactions (G2b)
 ------------------------
@@ -62,6 +78,7 @@ from ..breaker import Breaker, BreakerOpen
 from .deferred import DeferredInvalidations
 from ..trace import trace_of
 from .stats import Stats
+from .variants import RESERVED, key_tag
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +87,24 @@ _FIRST_POLL = 0.002
 _MAX_POLL = 0.01
 
 
-def check_key(key: str, what: str = "key") -> str:
+def check_key(key: str, what: str = "key", internal: bool = False) -> str:
+    """``key`` if it may be used; ValueError else.  Keys and tags of the public
+    API may not start with ``@``: that namespace holds the cached views' entries
+    and their implicit tags (:mod:`.variants`)."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"cache {what} must be a non-empty string, got {key!r}")
     if len(key) > MAX_KEY_LENGTH or SEP in key or "\n" in key:
         raise ValueError(f"cache {what} too long or contains control characters: {key[:80]!r}")
+    if not internal and key.startswith(RESERVED):
+        raise ValueError(f"cache {what} {key[:80]!r}: names starting with {RESERVED!r} are "
+                         f"reserved for cached views' entries")
     return key
 
 
-def _as_tuple(tags: Iterable[str] | str) -> tuple[str, ...]:
+def _as_tuple(tags: Iterable[str] | str, internal: bool = False) -> tuple[str, ...]:
     if isinstance(tags, str):
         tags = (tags,)
-    return tuple(check_key(t, "tag") for t in tags)
+    return tuple(check_key(t, "tag", internal) for t in tags)
 
 
 _FAILED = object()  # what _call returns when the backend could not be used
@@ -150,10 +173,14 @@ class CachePolicy:
         return True
 
     def _send(self, keys: list[str], tags: list[str]) -> tuple[list[str], list[str]] | None:
-        """Invalidate in chunks; None when all were applied, else what was not."""
+        """Invalidate in chunks; None when all were applied, else what was not.
+        A key's invalidation also invalidates its implicit tag, which every
+        cached-view variant of that key carries (:mod:`.variants`)."""
         invalidate = self.backend.invalidate
         for i in range(0, len(keys), CHUNK):
-            if self._call("invalidate", invalidate, keys[i:i + CHUNK], ()) is _FAILED:
+            chunk = keys[i:i + CHUNK]
+            if self._call("invalidate", invalidate, chunk,
+                          [key_tag(k) for k in chunk]) is _FAILED:
                 return keys[i:], tags
         for i in range(0, len(tags), CHUNK):
             if self._call("invalidate", invalidate, (), tags[i:i + CHUNK]) is _FAILED:
@@ -167,9 +194,10 @@ class CachePolicy:
         """The lease protocol.  Returns ``(value, stored_bytes)``: on a hit
         ``value`` is None and ``stored_bytes`` what the cache holds; on a miss
         ``value`` is the creator's result and ``stored_bytes`` its encoding
-        (None if ``encode`` declined to store it)."""
-        check_key(key)
-        tags = _as_tuple(tags)
+        (None if ``encode`` declined to store it, or it is larger than
+        ``max_value_bytes``: then it is returned but not stored)."""
+        check_key(key, internal=True)
+        tags = _as_tuple(tags, internal=True)
         ttl = self.settings.default_ttl if ttl is None else ttl
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
             raise ValueError(f"cache ttl must be a positive int (seconds), got {ttl!r}")
@@ -213,6 +241,12 @@ class CachePolicy:
         except BaseException:
             self._release(key, token)
             raise
+        if data is not None and len(data) > self.settings.max_value_bytes:
+            self.stats.incr("too_large")
+            log.info("cache value for %r not stored: %d bytes > examcache.max_value_bytes (%d)",
+                     key[:200], len(data), self.settings.max_value_bytes)
+            self._release(key, token)
+            return value, None
         if data is None or self.deferred:
             # (while this process owes the store an invalidation, it stores nothing:
             # the value may predate a commit whose invalidation is still pending)
@@ -226,7 +260,7 @@ class CachePolicy:
     def peek(self, key: str, bypass: bool = False, tags: Sequence[str] = ()) -> bytes | None:
         """The stored bytes of ``key`` if valid, without taking a lease (for a
         caller that may read but must not store); None on a miss or failure."""
-        check_key(key)
+        check_key(key, internal=True)
         if bypass or not self._ready():
             return None
         data = self._call("peek", self.backend.get, key, tuple(tags))
@@ -247,10 +281,18 @@ class CachePolicy:
         values).  ``creator`` runs at most once per cold key across threads and
         processes (G3); a backend failure never raises (G4).
         """
+        check_key(key)
+        _as_tuple(tags)
         value, data = self.fetch(key, creator, ttl, tags, codec.encode_json, bypass)
         if data is None:
             return value
-        return codec.decode_json(data)
+        try:
+            return codec.decode_json(data)
+        except ValueError:  # not a JSON value (written by another version): load, do not store
+            log.warning("cache key %r does not hold a JSON value; loading without the cache",
+                        key[:200])
+            self.stats.incr("bypasses")
+            return creator() if value is None else value
 
     # -- invalidation ---------------------------------------------------------------
     def invalidate_now(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> bool:

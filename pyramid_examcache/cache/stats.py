@@ -18,6 +18,10 @@ FIELDS = (
     "errors",         # backend errors (timeouts, connection failures)
     "invalidations",  # keys + tags invalidated
     "deferred",       # invalidations kept for retry because the backend failed (G4)
+    "too_large",      # values not stored: larger than examcache.max_value_bytes
+    "param_bypasses", # cached-view requests with undeclared query parameters (served uncached)
+    "uncacheable",    # cached-view responses not stored (status, Set-Cookie, private, session)
+    "not_modified",   # cached-view requests answered 304 Not Modified (If-None-Match)
 )
 
 

@@ -4,6 +4,9 @@
 
 * ``redis://``, ``rediss://``, ``unix://`` -> :class:`huey.RedisHuey` (short socket timeouts,
   no client-side retries: a request's after-commit push fails fast when Redis is down);
+* ``redis+sentinel://h1:26379,h2:26379/<service>/<db>`` -> :class:`huey.RedisHuey` on a
+  :class:`redis.sentinel.SentinelConnectionPool` (the primary, found again after a
+  failover; :mod:`pyramid_examcache.topology`).  A cluster URL is refused by the settings;
 * ``sqlite:///path`` -> :class:`huey.SqliteHuey` (embedded, one file shared by the web
   processes and the consumer);
 * ``memory://`` -> :class:`huey.MemoryHuey`, for the in-process test mode of
@@ -59,13 +62,20 @@ def make_huey(settings: MailSettings, *, consumer: bool = False) -> Huey:
 
     timeout = settings.queue_timeout
     if consumer:  # blocking reads wait up to 1 s; survive short Redis restarts
-        pool = redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 1.0) + 5.0,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3), health_check_interval=30)
+        options = dict(socket_connect_timeout=timeout, socket_timeout=max(timeout, 1.0) + 5.0,
+                       retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+                       health_check_interval=30)
     else:
-        pool = redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), health_check_interval=30)
+        options = dict(socket_connect_timeout=timeout, socket_timeout=timeout,
+                       retry=Retry(NoBackoff(), 0), health_check_interval=30)
+    from ..topology import SENTINEL_SCHEMES, parse, primary_pool
+
+    if url.split("://", 1)[0] in SENTINEL_SCHEMES:
+        # every new connection asks the sentinels for the primary: after a failover the
+        # pool's connections fail (or hit READONLY), reconnect and find the new primary
+        pool = primary_pool(parse(url), **options)
+    else:
+        pool = redis.ConnectionPool.from_url(url, **options)
     return RedisHuey(name, connection_pool=pool, results=False, blocking=True, read_timeout=1)
 
 

@@ -4,7 +4,8 @@ concurrency and fail-open tests.  It is wired like a cookiecutter app
 ``session.info``) and knows nothing of the tests.
 
 Routes:
-  GET  /items/{id}             cached view (``item:{id}``), optional slow loader
+  GET  /items/{id}             cached view (``item:{id}``), optional slow loader;
+                               ``cache_public=True`` with the setting ``test.cache_public = true``
   GET  /naive/items/{id}       the seed's cache-aside: GET, json.loads, SETEX on miss
   PUT  /items/{id}?v=N         update through the ORM (auto invalidation); ``fail=1`` raises after the write
   PUT  /naive/items/{id}?v=N   update, commit, then DEL (naive)
@@ -31,6 +32,7 @@ from sqlalchemy import Column, Integer, String, create_engine, select, text, upd
 from sqlalchemy.orm import declarative_base, sessionmaker
 
 from pyramid_examcache import register
+from pyramid_examcache.topology import client_for
 from pyramid_examcache.cache.invalidation_log import metadata as log_metadata
 
 Base = declarative_base()
@@ -226,8 +228,8 @@ def make_app(db_url: str, **settings):
 
         config.add_request_method(dbsession, "dbsession", reify=True)
         redis_url = settings.get("test.redis_url") or settings["examcache.redis_url"]
-        if redis_url.startswith("redis"):
-            config.registry["test.redis"] = redis.Redis.from_url(redis_url)
+        if redis_url.startswith("redis"):  # any topology (redis+sentinel://, redis+cluster://)
+            config.registry["test.redis"] = client_for(redis_url)
         config.registry["test.engine"] = engine
         config.add_route("item", "/items/{id}")
         config.add_route("naive", "/naive/items/{id}")
@@ -244,7 +246,8 @@ def make_app(db_url: str, **settings):
         config.add_view(retried_update, route_name="retried", request_method="PUT",
                         renderer="json")
         config.add_view(item_view, route_name="item", request_method="GET", renderer="json",
-                        cache="item:{id}", cache_tags=("group:0",))
+                        cache="item:{id}", cache_tags=("group:0",),
+                        cache_public=settings.get("test.cache_public") == "true")
         config.add_view(update_view, route_name="item", request_method="PUT", renderer="json")
         config.add_view(naive_get, route_name="naive", request_method="GET", renderer="json")
         config.add_view(naive_put, route_name="naive", request_method="PUT", renderer="json")

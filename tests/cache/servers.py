@@ -31,8 +31,8 @@ class Client:
         body = resp.read()
         return resp.status, dict(resp.getheaders()), body
 
-    def json(self, method: str, path: str):
-        status, headers, body = self.request(method, path)
+    def json(self, method: str, path: str, headers: dict | None = None):
+        status, headers, body = self.request(method, path, headers)
         assert status == 200, (status, body[:300])
         return json.loads(body), headers
 
@@ -84,8 +84,11 @@ def process_servers(n: int, db: str, redis_url: str | list[str], prefix: str,
         stop_processes(procs)
 
 
-def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, readers: int = 6):
+def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, readers: int = 6,
+         reader_headers: dict | None = None, caches: list | None = None):
     """One writer and ``readers`` readers.  Returns (stale_reads, reads, written).
+    ``reader_headers`` are sent with every read (e.g. an Authorization header);
+    ``caches`` receives each read's X-Cache.
 
     A read is stale when the version it saw is older than the newest version
     whose PUT response had returned before the read was sent."""
@@ -113,8 +116,10 @@ def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, read
         try:
             while not done.is_set():
                 started = time.monotonic()
-                data, _ = client.json("GET", get_path)
+                data, headers = client.json("GET", get_path, reader_headers)
                 mine.append((started, data["version"]))
+                if caches is not None:
+                    caches.append(headers.get("X-Cache"))
         except BaseException as exc:
             errors.append(exc)
         finally:

@@ -6,17 +6,27 @@ import time
 import pytest
 
 from pyramid_examcache.cache.backends.base import Status
+from pyramid_examcache.cache.backends.cluster import ClusterBackend
 from pyramid_examcache.cache.backends.memory import MemoryBackend
 from pyramid_examcache.cache.backends.redis import RedisBackend
 
 
-@pytest.fixture(params=["memory", "redis"])
+def topology_backend(url: str, prefix: str, **kw):
+    """The backend ``make_backend`` builds for ``url`` (Redis, Sentinel or Cluster)."""
+    if "+cluster://" in url:
+        return ClusterBackend(url, prefix=prefix, **kw)
+    return RedisBackend(url, prefix=prefix, **kw)
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 def backend(request):
     if request.param == "memory":
         b = MemoryBackend()
     else:
         prefix = request.getfixturevalue("redis_prefix")
-        b = RedisBackend(request.getfixturevalue("redis_url"), prefix=prefix)
+        url = (request.getfixturevalue("redis_url") if request.param == "redis"
+               else request.getfixturevalue(f"redis_{request.param}").url)
+        b = topology_backend(url, prefix)
     yield b
     b.close()
 
@@ -180,10 +190,10 @@ def test_lookup_validates_the_stored_tags_even_when_called_with_other_tags(backe
 
 
 @pytest.fixture
-def two_processes(redis_url, redis_prefix):
-    """Two backends with near caches on one Redis, as two processes would be."""
-    a = RedisBackend(redis_url, prefix=redis_prefix, near_cache_bytes=1 << 20)
-    b = RedisBackend(redis_url, prefix=redis_prefix, near_cache_bytes=1 << 20)
+def two_processes(topology, redis_prefix):
+    """Two backends with near caches on one Redis (each topology), as two processes would be."""
+    a = topology_backend(topology.url, redis_prefix, near_cache_bytes=1 << 20)
+    b = topology_backend(topology.url, redis_prefix, near_cache_bytes=1 << 20)
     yield a, b
     a.close(), b.close()
 

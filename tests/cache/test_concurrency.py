@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import redis
 
 from pyramid_examcache.cache import get_policy
 
@@ -17,6 +16,28 @@ from . import itemapp
 from .servers import Client, process_servers, race, thread_server
 
 LOAD_DELAY = 0.005  # widens the load window equally for both caches
+#: the G2/G3 tests run twice: anonymous readers, and logged-in readers of the
+#: view declared ``cache_public=True`` (they read and fill the shared key, H1)
+#: ... and on each Redis topology (Sentinel, Cluster: tests/topologies.py), anonymous readers
+VARIANTS = [(False, "redis"), (True, "redis"), (False, "sentinel"), (False, "cluster")]
+VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster"]
+PUBLIC = pytest.mark.parametrize(("public", "topology"), VARIANTS, ids=VARIANT_IDS,
+                                 indirect=["topology"])
+READER = {"Authorization": "Bearer a-logged-in-reader"}
+
+
+def reader_headers(public: bool) -> dict | None:
+    return READER if public else None
+
+
+def public_settings(public: bool) -> dict:
+    return {"test.cache_public": "true"} if public else {}
+
+
+def check_public_hits(public: bool, caches: list) -> None:
+    """With logged-in readers, hits prove they were served from (and filled) the cache."""
+    if public:
+        assert caches.count("HIT") > 0, "logged-in readers never hit the public view"
 
 
 @pytest.fixture
@@ -25,11 +46,17 @@ def db(cache_pg_url):
     return cache_pg_url
 
 
+def topology_url(request, name: str) -> str:
+    return (request.getfixturevalue("redis_url") if name == "redis"
+            else request.getfixturevalue(f"redis_{name}").url)
+
+
 @pytest.fixture
-def threaded(db, redis_url, redis_prefix):
-    app = itemapp.make_app(db, **{"examcache.redis_url": redis_url,
+def threaded(request, db, redis_prefix):
+    public, name = getattr(request, "param", (False, "redis"))
+    app = itemapp.make_app(db, **{"examcache.redis_url": topology_url(request, name),
                                   "examcache.key_prefix": redis_prefix,
-                                  "test.load_delay": str(LOAD_DELAY)})
+                                  "test.load_delay": str(LOAD_DELAY), **public_settings(public)})
     with thread_server(app, threads=16) as base:
         yield [base]
     app.registry["test.engine"].dispose()
@@ -46,12 +73,18 @@ def check_fresh_after_quiescence(bases, db, path):
 
 
 @pytest.mark.slow
-def test_no_stale_reads_one_writer_six_readers_threads(threaded, db, record_property):
-    stale, reads, writes = race(threaded, "/items/1", "/items/1?v={v}", writes=300, readers=6)
+@pytest.mark.parametrize("threaded", VARIANTS, indirect=True, ids=VARIANT_IDS)
+def test_no_stale_reads_one_writer_six_readers_threads(threaded, db, record_property, request):
+    public, name = request.node.callspec.params["threaded"]
+    caches: list = []
+    stale, reads, writes = race(threaded, "/items/1", "/items/1?v={v}", writes=300, readers=6,
+                                reader_headers=reader_headers(public), caches=caches)
     record_property("reads", reads)
-    print(f"\n[G2 threads] writes={writes} reads={reads} stale={stale}")
+    print(f"\n[G2 threads public={public} {name}] writes={writes} reads={reads} stale={stale} "
+          f"hits={caches.count('HIT')}")
     assert reads >= 100  # readers really ran during the writes
     assert stale == 0
+    check_public_hits(public, caches)
     check_fresh_after_quiescence(threaded, db, "/items/1")
 
 
@@ -64,12 +97,18 @@ def test_naive_cache_aside_is_caught_by_the_same_race_threads(threaded, db):
 
 
 @pytest.mark.slow
-def test_no_stale_reads_across_two_processes(db, redis_url, redis_prefix):
-    with process_servers(2, db, redis_url, redis_prefix, load_delay=LOAD_DELAY) as bases:
-        stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=300, readers=6)
-        print(f"\n[G2 processes] writes={writes} reads={reads} stale={stale}")
+@PUBLIC
+def test_no_stale_reads_across_two_processes(db, topology, redis_prefix, public):
+    with process_servers(2, db, topology.url, redis_prefix, load_delay=LOAD_DELAY,
+                         settings=public_settings(public)) as bases:
+        caches: list = []
+        stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=300, readers=6,
+                                    reader_headers=reader_headers(public), caches=caches)
+        print(f"\n[G2 processes public={public} {topology.kind}] writes={writes} reads={reads} stale={stale} "
+              f"hits={caches.count('HIT')}")
         assert reads >= 100  # readers really ran during the writes
         assert stale == 0
+        check_public_hits(public, caches)
         check_fresh_after_quiescence(bases, db, "/items/1")
 
 
@@ -82,7 +121,7 @@ def test_naive_cache_aside_is_caught_across_two_processes(db, redis_url, redis_p
         assert stale > 0
 
 
-def stampede(bases, path, n=50):
+def stampede(bases, path, n=50, headers=None):
     barrier = threading.Barrier(n)
     statuses, caches, errors = [], [], []
     lock = threading.Lock()
@@ -92,14 +131,14 @@ def stampede(bases, path, n=50):
             client = Client(bases[i % len(bases)])
             client.conn.connect()
             barrier.wait(60)
-            status, headers, _ = client.request("GET", path)
+            status, answer, _ = client.request("GET", path, headers)
             client.close()
         except BaseException as exc:  # noqa: BLE001 -- re-raised in the test
             errors.append(exc)
             return
         with lock:
             statuses.append(status)
-            caches.append(headers.get("X-Cache"))
+            caches.append(answer.get("X-Cache"))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     started = time.monotonic()
@@ -114,13 +153,18 @@ def stampede(bases, path, n=50):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 4])
-def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, redis_url, redis_prefix, processes):
+@PUBLIC
+def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_prefix, processes,
+                                                          public):
     counter = f"{redis_prefix}loads"
-    with process_servers(processes, db, redis_url, redis_prefix, load_delay=0.3,
-                         load_counter=counter, threads=50) as bases:
-        statuses, caches, elapsed = stampede(bases, "/items/2")
-    loads = int(redis.Redis.from_url(redis_url).get(counter) or 0)
-    print(f"\n[G3 {processes} proc] 50 requests: loads={loads} misses={caches.count('MISS')} "
+    with process_servers(processes, db, topology.url, redis_prefix, load_delay=0.3,
+                         load_counter=counter, threads=50,
+                         settings=public_settings(public)) as bases:
+        statuses, caches, elapsed = stampede(bases, "/items/2", headers=reader_headers(public))
+    client = topology.client()
+    loads = int(client.get(counter) or 0)
+    client.close()
+    print(f"\n[G3 {processes} proc public={public} {topology.kind}] 50 requests: loads={loads} misses={caches.count('MISS')} "
           f"hits={caches.count('HIT')} in {elapsed:.2f}s")
     assert statuses == [200] * 50
     assert loads == 1

@@ -55,11 +55,11 @@ def test_an_update_that_commits_invalidates_through_the_orm(app):
 
 def test_an_update_whose_transaction_aborts_leaves_the_cache_untouched(app, raw, redis_prefix):
     app.get("/items/1")
-    before = raw.hgetall(f"{redis_prefix}v:item:1")
+    before = raw.hgetall(f"{redis_prefix}v:@view:item:1")
     assert before
     with pytest.raises(RuntimeError, match="failing after the write, on purpose"):
         app.put("/items/1?v=9&fail=1")
-    assert raw.hgetall(f"{redis_prefix}v:item:1") == before
+    assert raw.hgetall(f"{redis_prefix}v:@view:item:1") == before
     cached = app.get("/items/1")
     assert cached.headers["X-Cache"] == "HIT" and cached.json["version"] == 0
 
@@ -68,9 +68,12 @@ def test_explicit_invalidate_commits_or_is_dropped(app, raw, redis_prefix):
     app.get("/items/2")
     with pytest.raises(RuntimeError, match="abort after invalidate, on purpose"):
         app.post("/invalidate/2?fail=1")
-    assert raw.exists(f"{redis_prefix}v:item:2")
+    # the view entry carries the implicit tag of its key; invalidating the key deletes it
+    assert raw.exists(f"{redis_prefix}t:@key:item:2")
+    assert app.get("/items/2").headers["X-Cache"] == "HIT"
     app.post("/invalidate/2")
-    assert not raw.exists(f"{redis_prefix}v:item:2")
+    assert not raw.exists(f"{redis_prefix}t:@key:item:2")
+    assert app.get("/items/2").headers["X-Cache"] == "MISS"
 
 
 def test_orm_tags_invalidate_every_key_of_the_group(app, db):
@@ -116,16 +119,16 @@ def test_only_200s_without_cookies_for_anonymous_requests_are_stored(redis_url, 
     app = TestApp(wsgi)
     app.get("/missing/1", status=404)
     app.get("/cookie/1")
-    assert not raw.exists(f"{redis_prefix}v:missing:1")
-    assert not raw.exists(f"{redis_prefix}v:cookie:1")
+    assert not raw.exists(f"{redis_prefix}v:@view:missing:1")
+    assert not raw.exists(f"{redis_prefix}v:@view:cookie:1")
     app.get("/missing/1", status=404)
     app.get("/cookie/1")
     assert calls["n"] == 4  # neither was served from the cache the second time
     # an authenticated request under a key that does not vary by user: not stored
     app.get("/public/1", headers={"Authorization": "Bearer alice"})
-    assert not raw.exists(f"{redis_prefix}v:public:1")
+    assert not raw.exists(f"{redis_prefix}v:@view:public:1")
     app.get("/public/1")
-    assert raw.exists(f"{redis_prefix}v:public:1")
+    assert raw.exists(f"{redis_prefix}v:@view:public:1")
     # varying by the Authorization header: one entry per user
     a = app.get("/mine/1", headers={"Authorization": "Bearer alice"})
     b = app.get("/mine/1", headers={"Authorization": "Bearer bob"})
@@ -164,3 +167,21 @@ def test_request_cache_stats_are_readable(app):
     policy = get_policy(app.app.registry)
     stats = policy.stats.snapshot()
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["stores"] == 1
+
+
+def test_the_orm_invalidating_a_key_drops_the_view_entry_stored_under_that_key(app, db):
+    """The ORM's ``__cache_keys__`` names ``item:{id}``; the view's entry lives in the
+    view namespace under that key.  Item 3 is moved to group 1 behind the cache's
+    back, so the ORM's tag (``group:1``) is not the view's (``group:0``): only the
+    key's implicit view tag can drop the entry."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE cache_test_item SET grp = 1 WHERE id = 3"))
+    engine.dispose()
+    app.get("/items/3")
+    assert app.get("/items/3").headers["X-Cache"] == "HIT"
+    app.put("/items/3?v=11")
+    fresh = app.get("/items/3")
+    assert fresh.headers["X-Cache"] == "MISS" and fresh.json["version"] == 11

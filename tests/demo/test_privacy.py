@@ -3,8 +3,8 @@ another user's private data.
 
 ``GET /api/exams/{id}`` carries a ``viewer`` block (the caller's id and email)
 and is cached per user (``cache_vary=('authenticated_userid',)``);
-``GET /api/exams/{id}/questions`` is the same for everybody and is only ever
-stored from anonymous requests.
+``GET /api/exams/{id}/questions`` is the same for everybody and declared so
+(``cache_public=True``): logged-in requests read and fill its shared entry.
 """
 from __future__ import annotations
 
@@ -44,15 +44,15 @@ def test_cached_responses_never_carry_another_users_data(app, mail):
     assert all(hits.values()), hits  # every caller was served from the cache
 
 
-def test_an_authenticated_request_does_not_fill_the_shared_questions_key(app):
+def test_an_authenticated_request_fills_the_shared_questions_key_declared_public(app):
     token = bearer(login(app))
-    assert app.get("/api/exams/3/questions", headers=token).headers["X-Cache"] == "MISS"
-    assert app.get("/api/exams/3/questions", headers=token).headers["X-Cache"] == "MISS"
-    anonymous = app.get("/api/exams/3/questions")
-    assert anonymous.headers["X-Cache"] == "MISS"  # nothing was stored by the teacher
-    assert app.get("/api/exams/3/questions").headers["X-Cache"] == "HIT"
-    hit = app.get("/api/exams/3/questions", headers=token)  # the shared copy may be served
-    assert hit.headers["X-Cache"] == "HIT" and hit.body == anonymous.body
+    first = app.get("/api/exams/3/questions", headers=token)
+    assert first.headers["X-Cache"] == "MISS"
+    second = app.get("/api/exams/3/questions", headers=token)
+    assert second.headers["X-Cache"] == "HIT" and second.body == first.body
+    anonymous = app.get("/api/exams/3/questions")  # the teacher's fill is the shared copy
+    assert anonymous.headers["X-Cache"] == "HIT" and anonymous.body == first.body
+    assert "Authorization" not in anonymous.headers.get("Vary", "")
 
 
 def test_per_user_exam_copies_are_invalidated_with_the_exam(app, mail):

@@ -10,6 +10,12 @@ def make_backend(settings: CacheSettings) -> Backend:
     """Build the backend named by ``examcache.redis_url`` (settings already validated)."""
     if settings.redis_url.startswith("memory://"):
         return MemoryBackend()
+    if "+cluster://" in settings.redis_url:
+        from .cluster import ClusterBackend
+
+        return ClusterBackend(settings.redis_url, prefix=settings.key_prefix,
+                              socket_timeout=settings.socket_timeout,
+                              near_cache_bytes=int(settings.near_cache_mb * 1024 * 1024))
     from .redis import RedisBackend
 
     return RedisBackend(settings.redis_url, prefix=settings.key_prefix,

@@ -1,4 +1,4 @@
-"""``redis://`` / ``rediss://`` / ``unix://``: the Redis backend.
+"""``redis://`` / ``rediss://`` / ``unix://`` / ``redis+sentinel://``: the Redis backend.
 
 Layout under the key prefix ``P``:
 
@@ -18,8 +18,11 @@ the value proves no invalidation of that tag happened between the store and
 the read -- the value was valid when it was read.  Anything else (a miss, a
 mismatch, different tags) goes through the atomic ``LOOKUP`` script, which
 deletes invalid values and grants leases.  Every key a script touches lives
-under one prefix on one Redis; this backend is for a single Redis (or a
-primary), not Redis Cluster.
+under one prefix on one Redis; this backend is for a single Redis or a
+Sentinel-managed primary.  On a Sentinel topology every key also carries the
+primary's *epoch* and every batch ends with ``ROLE`` (:mod:`.failover`: no
+value that predates a failover is ever served).  Redis Cluster has its own
+backend, :mod:`.cluster`.
 
 With a near cache (``examcache.near_cache_mb``, :mod:`.near`), a value this
 process already holds is validated by ``HMGET v s t g`` instead: same round
@@ -40,6 +43,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ...topology import parse as parse_url, primary_pool, sentinel_manager
+from . import failover
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
 from .near import NearCache
 
@@ -127,15 +132,16 @@ return r[1]
 
 
 def make_client(url: str, socket_timeout: float, max_connections: int = 64) -> redis.Redis:
-    """A client on its own pool: short timeouts, no retries, health checks."""
-    pool = redis.ConnectionPool.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-        health_check_interval=30,
-    )
+    """A client on its own pool: short timeouts, no retries, health checks (for a
+    ``redis+sentinel://`` URL, a pool on the service's primary)."""
+    options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                   retry=Retry(NoBackoff(), 0), max_connections=max_connections,
+                   health_check_interval=30)
+    topo = parse_url(url)
+    if topo.kind == "sentinel":
+        pool = primary_pool(topo, **options)
+    else:
+        pool = redis.ConnectionPool.from_url(url, **options)
     return redis.Redis(connection_pool=pool)
 
 
@@ -159,11 +165,13 @@ def glob_escape(text: str) -> str:
 class _ThreadConnection:
     """One thread's connection; disconnected when the thread (and so this holder) goes."""
 
-    __slots__ = ("conn", "pid", "__weakref__")
+    __slots__ = ("conn", "pid", "epoch", "generation", "__weakref__")
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, generation: int = 0) -> None:
         self.conn = conn
         self.pid = os.getpid()
+        self.epoch: str | None = None  # the primary's replication ID (Sentinel only)
+        self.generation = generation
 
     def __del__(self) -> None:
         if self.pid == os.getpid():  # never close a parent's socket from a forked child
@@ -180,6 +188,14 @@ class RedisBackend(Backend):
                  client: redis.Redis | None = None, near_cache_bytes: int = 0) -> None:
         self.client = client or make_client(url, socket_timeout)
         self.prefix = prefix
+        topo = parse_url(url)
+        #: Sentinel: keys carry the primary's epoch, batches end with ROLE (:mod:`.failover`)
+        self._fenced = topo.kind == "sentinel"
+        self._generation = 0  # bumped by +switch-master: every thread reconnects
+        self._watch = None
+        if self._fenced:
+            self._watch = failover.SwitchWatch(sentinel_manager(topo, max(socket_timeout, 0.5)),
+                                               topo.service, self._switched)
         self._tag_prefix = f"{prefix}t:"
         self._lookup = self.client.register_script(LOOKUP)
         self._fill = self.client.register_script(FILL)
@@ -192,11 +208,9 @@ class RedisBackend(Backend):
         self._conns: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
 
-    def _v(self, key: str) -> str:
-        return f"{self.prefix}v:{key}"
-
-    def _l(self, key: str) -> str:
-        return f"{self.prefix}l:{key}"
+    def _switched(self) -> None:
+        """A sentinel announced a failover: every thread reconnects before its next call."""
+        self._generation += 1
 
     def _valid(self, tags, stored_tags, stored_versions, current) -> bool:
         """Were the value's tags (as stored) ``tags``, with the versions just read?"""
@@ -204,22 +218,24 @@ class RedisBackend(Backend):
             not tags or stored_versions == SEP.encode().join(
                 v if v is not None else b"\x00" for v in current))
 
-    def _read(self, key: str, tags) -> bytes | None:
+    def _read(self, key: str, tags, holder=None) -> bytes | None:
         """The value of ``key`` if it is valid and was stored under exactly ``tags``
         (one pipelined round trip, no Lua; see the module docstring); else None."""
-        value_key = self._v(key)
-        tag_gets = b"".join(_pack(b"GET", self._tag_prefix + tag) for tag in tags)
+        holder, p = holder or self._prepare()
+        value_key = f"{p}v:{key}".encode()
+        tag_prefix = f"{p}t:".encode()
+        tag_gets = b"".join(_pack(b"GET", tag_prefix + tag.encode()) for tag in tags)
         near = self._near.get(key) if self._near is not None else None
         if near is not None:
             # the near-cache path: only the stamp and tag versions cross the wire
-            replies = self._roundtrip(_pack(b"HMGET", value_key, b"s", b"t", b"g") + tag_gets,
-                                      1 + len(tags))
+            replies = self._roundtrip(holder, _pack(b"HMGET", value_key, b"s", b"t", b"g")
+                                      + tag_gets, 1 + len(tags))
             stamp, stored_tags, stored_versions = replies[0]
             if stamp == near[0] and self._valid(tags, stored_tags, stored_versions, replies[1:]):
                 return near[1]
             self._near.discard(key)
-        replies = self._roundtrip(_pack(b"HMGET", value_key, b"d", b"s", b"t", b"g") + tag_gets,
-                                  1 + len(tags))
+        replies = self._roundtrip(holder, _pack(b"HMGET", value_key, b"d", b"s", b"t", b"g")
+                                  + tag_gets, 1 + len(tags))
         data, stamp, stored_tags, stored_versions = replies[0]
         if data is not None and self._valid(tags, stored_tags, stored_versions, replies[1:]):
             if self._near is not None and stamp:
@@ -228,14 +244,14 @@ class RedisBackend(Backend):
         return None
 
     def lookup(self, key, token, lease_ttl, ttl, tags=()):
-        data = self._read(key, tags)
+        holder, p = self._prepare()
+        data = self._read(key, tags, (holder, p))
         if data is not None:
             return Lookup(Status.HIT, data)
-        value_key = self._v(key)
         # a miss (or anything unusual): the atomic script decides and leases
         status, payload = self._eval(
-            LOOKUP, self._lookup.sha, (value_key, self._l(key)),
-            (token, max(1, int(lease_ttl * 1000)), self._tag_prefix, int(ttl),
+            holder, LOOKUP, self._lookup.sha, (f"{p}v:{key}", f"{p}l:{key}"),
+            (token, max(1, int(lease_ttl * 1000)), f"{p}t:", int(ttl),
              os.urandom(16).hex(), *tags))
         if status == 1:
             return Lookup(Status.HIT, payload)
@@ -245,59 +261,96 @@ class RedisBackend(Backend):
         return Lookup(Status(status))
 
     def fill(self, key, token, value, ttl, tags=(), versions=()):
+        holder, p = self._prepare()
         stored = bool(self._eval(
-            FILL, self._fill.sha, (self._v(key), self._l(key)),
-            (token, value, int(ttl), self._tag_prefix, SEP.join(tags), SEP.join(versions))))
+            holder, FILL, self._fill.sha, (f"{p}v:{key}", f"{p}l:{key}"),
+            (token, value, int(ttl), f"{p}t:", SEP.join(tags), SEP.join(versions))))
         if stored and self._near is not None:
             self._near.put(key, token.encode(), bytes(value))
         return stored
 
     def release(self, key, token):
-        self._release(keys=[self._l(key)], args=[token, BYPASS_MS])
+        holder, p = self._prepare()
+        self._eval(holder, RELEASE, self._release.sha, (f"{p}l:{key}",), (token, BYPASS_MS))
 
     def invalidate(self, keys=(), tags=()):
-        names = [name for key in keys for name in (self._v(key), self._l(key))]
-        names += [self._tag_prefix + tag for tag in tags]
         if self._near is not None:
             for key in keys:
                 self._near.discard(key)
-        if names:
-            self.client.delete(*names)
+        keys, tags = list(keys), list(tags)
+        if not keys and not tags:
+            return
+        holder, p = self._prepare()
+        names = [name for key in keys for name in (f"{p}v:{key}", f"{p}l:{key}")]
+        names += [f"{p}t:{tag}" for tag in tags]
+        self._roundtrip(holder, _pack(b"DEL", *names), 1)
 
     def get(self, key, tags=()):
-        data = self._read(key, tags)
+        holder, p = self._prepare()
+        data = self._read(key, tags, (holder, p))
         if data is not None:
             return data
-        return self._eval(GET, self._get.sha, (self._v(key),), (self._tag_prefix,))
+        return self._eval(holder, GET, self._get.sha, (f"{p}v:{key}",), (f"{p}t:",))
 
-    def _connection(self):
+    def _prepare(self) -> tuple[_ThreadConnection, str]:
+        """This thread's connection and the key prefix to use on it: on a
+        Sentinel topology, connected to the current primary, with its epoch."""
+        holder = self._connection()
+        if not self._fenced:
+            return holder, self.prefix
+        if holder.epoch is None or holder.generation != self._generation:
+            if holder.generation != self._generation:
+                holder.conn.disconnect()
+                holder.generation = self._generation
+            holder.epoch = None
+            try:
+                holder.epoch = failover.primary_epoch(holder.conn)  # (re)connects via sentinels
+            except BaseException:
+                holder.conn.disconnect()
+                raise
+        return holder, f"{self.prefix}{holder.epoch}:"
+
+    def _connection(self) -> _ThreadConnection:
         """This thread's own connection (no pool checkout per call: on a hit
         that is a third of the client's CPU).  Recreated after a fork; closed
         when the thread ends."""
         holder = getattr(self._local, "holder", None)
         if holder is None or holder.pid != os.getpid():
             pool = self.client.connection_pool
-            holder = _ThreadConnection(pool.connection_class(**pool.connection_kwargs))
+            holder = _ThreadConnection(pool.connection_class(**pool.connection_kwargs),
+                                       self._generation)
             self._local.holder = holder
             with self._conns_lock:
                 self._conns.add(holder)
-        return holder.conn
+        return holder
 
-    def _roundtrip(self, packed: bytes, replies: int) -> list:
-        """Send pipelined commands, read ``replies`` replies (errors are raised)."""
-        conn = self._connection()
+    def _roundtrip(self, holder: _ThreadConnection, packed: bytes, replies: int) -> list:
+        """Send pipelined commands, read ``replies`` replies (errors are raised).
+        On a Sentinel topology the batch ends with ``ROLE``: its replies count only
+        if the node was still the primary after running them (:mod:`.failover`)."""
+        conn = holder.conn
+        if self._fenced:
+            packed += failover.ROLE
         try:
             conn.send_packed_command([packed])  # connects first if need be
-            return [conn.read_response() for _ in range(replies)]
+            out = [conn.read_response() for _ in range(replies)]
+            if self._fenced:
+                failover.check_role(conn.read_response())
+            return out
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse it as is
+            holder.epoch = None
             raise
 
-    def _eval(self, script: str, sha: str, keys: tuple, args: tuple):
+    def _eval(self, holder, script: str, sha: str, keys: tuple, args: tuple):
+        epoch = holder.epoch
         try:
-            return self._roundtrip(_pack(b"EVALSHA", sha, len(keys), *keys, *args), 1)[0]
+            return self._roundtrip(holder, _pack(b"EVALSHA", sha, len(keys), *keys, *args), 1)[0]
         except redis.exceptions.NoScriptError:  # Redis restarted or SCRIPT FLUSH
-            return self._roundtrip(_pack(b"EVAL", script, len(keys), *keys, *args), 1)[0]
+            holder, _ = self._prepare()
+            if holder.epoch != epoch:  # the keys were built for another primary
+                raise failover.NotPrimary("the primary changed during the call") from None
+            return self._roundtrip(holder, _pack(b"EVAL", script, len(keys), *keys, *args), 1)[0]
 
     def clear(self):
         if self._near is not None:
@@ -315,6 +368,8 @@ class RedisBackend(Backend):
         self.client.ping()
 
     def close(self):
+        if self._watch is not None:
+            self._watch.close()
         with self._conns_lock:
             holders, self._conns = list(self._conns), weakref.WeakSet()
         for holder in holders:

@@ -1,0 +1,156 @@
+"""A cached view as an HTTP cache: which responses are stored, which headers
+are replayed, the strong ETag, ``If-None-Match`` and ``304 Not Modified``.
+
+Stored: a ``200`` to a GET whose response sets no cookie, is not marked
+``Cache-Control: private`` or ``no-store``, and whose view did not read
+``request.session`` (:func:`uncacheable`).  Pyramid's ``request.session`` is a
+reified property: once read, the session object sits in ``request.__dict__``;
+a body rendered with a session (a CSRF token, a flash message) belongs to one
+visitor and is never stored.
+
+Replayed (:func:`stored_headers`): every header of the response except the
+hop-by-hop ones (``Connection`` and the headers it names, ``Keep-Alive``,
+``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``),
+``Content-Length`` (recomputed from the body) and ``X-Cache``.  A hit carries
+the same header values as the miss that stored it, byte for byte.
+
+ETag: a stored response keeps the view's own ETag if it is strong; otherwise it
+gets ``"<first 128 bits of SHA-256 over the stored headers and body, base64url>"``
+-- set on the miss before it is stored, so the miss and every hit carry the same
+value, and a different entity always has a different ETag.  It is a content hash,
+not the fill's stamp, so a refill with the same bytes (after an invalidation that
+did not change this response) keeps the clients' copies valid.
+
+``If-None-Match`` (:func:`matches`) uses the weak comparison RFC 9110 §13.1.2
+prescribes for it (``W/"x"`` matches ``"x"``), a list of tags, and ``*``; a match
+on a GET or HEAD answers ``304`` with no body, keeping the headers RFC 9110
+§15.4.5 lists (ETag, Cache-Control, Expires, Vary, Content-Location, Date) and
+Last-Modified -- on a hit and on a miss whose response has the same ETag.
+
+What a 304 costs: on a hit the ETag is read from the entry's head (a short JSON
+prefix, :mod:`.codec`) without slicing or copying the body.  With the Redis
+backend the entry still crosses the network unless the process's near cache
+(``examcache.near_cache_mb``, on by default) holds it; then the hit's round trip
+carries only the fill stamp and tag versions (the near cache's own proof), so a
+revalidation transfers no value bytes from Redis.  Storing the ETag in a
+separate hash field would save the first transfer per process too, but needs a
+second read path in every backend; the near cache already gives it for every
+value a process has seen once (``python -m bench revalidate`` measures it).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+
+from pyramid.response import Response
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
+                        "upgrade"})
+NOT_STORED = HOP_BY_HOP | {"content-length", "x-cache", "set-cookie"}
+#: kept on a 304 (RFC 9110 §15.4.5, plus Last-Modified and our X-Cache)
+KEPT_ON_304 = frozenset({"etag", "cache-control", "expires", "vary", "content-location", "date",
+                         "last-modified"})
+#: ``cache_vary`` names whose value comes from request headers: the Vary they need
+VARY_HEADERS = {
+    "authorization": ("Authorization",),
+    "authenticated_userid": ("Authorization", "Cookie"),
+    "authenticated_identity": ("Authorization", "Cookie"),
+    "identity": ("Authorization", "Cookie"),
+    "user": ("Authorization", "Cookie"),
+    "user_id": ("Authorization", "Cookie"),
+    "cookies": ("Cookie",),
+    "accept": ("Accept",),
+    "accept_language": ("Accept-Language",),
+    "accept_encoding": ("Accept-Encoding",),
+    "user_agent": ("User-Agent",),
+    "host": ("Host",),
+}
+_TAG = re.compile(r'\s*(\*|(?:W/)?"[^"]*")\s*(?:,|$)')
+
+
+def uncacheable(response, request) -> str | None:
+    """Why ``response`` must not be stored, or None."""
+    if response.status_code != 200:
+        return "status"
+    if "Set-Cookie" in response.headers:
+        return "set-cookie"
+    cache_control = response.headers.get("Cache-Control", "").lower()
+    if "private" in cache_control or "no-store" in cache_control:
+        return "private"
+    if "session" in request.__dict__:
+        return "session"
+    return None
+
+
+def stored_headers(response) -> list[tuple[str, str]]:
+    """The response's headers a hit replays (see the module docstring)."""
+    named = {token.strip().lower() for value in response.headers.getall("Connection")
+             for token in value.split(",")}
+    skip = NOT_STORED | named
+    return [(name, value) for name, value in response.headerlist if name.lower() not in skip]
+
+
+def add_vary(response, names) -> None:
+    """Merge ``names`` into the response's ``Vary`` (kept as the view wrote it, appended)."""
+    if not names:
+        return
+    current = [v.strip() for v in response.headers.getall("Vary") for v in v.split(",") if v.strip()]
+    if "*" in current:
+        return
+    seen = {v.lower() for v in current}
+    added = [n for n in names if n.lower() not in seen and not seen.add(n.lower())]
+    if added:
+        if "Vary" in response.headers:
+            del response.headers["Vary"]  # every Vary line; one merged line replaces them
+        response.headers["Vary"] = ", ".join([*current, *added])
+
+
+def is_strong(etag: str | None) -> bool:
+    return bool(etag) and len(etag) >= 2 and etag[0] == '"' and etag[-1] == '"' \
+        and '"' not in etag[1:-1]
+
+
+def entity_etag(headers: list[tuple[str, str]], body: bytes) -> str:
+    h = hashlib.sha256(json.dumps(headers, separators=(",", ":")).encode())
+    h.update(b"\n")
+    h.update(body)
+    return '"' + base64.urlsafe_b64encode(h.digest()[:16]).rstrip(b"=").decode() + '"'
+
+
+def prepare(response) -> tuple[str, list[tuple[str, str]]]:
+    """Give a storable response its strong ETag; return ``(etag, headers to store)``."""
+    etag = response.headers.get("ETag")
+    if not is_strong(etag):
+        if etag is not None:
+            del response.headers["ETag"]
+        etag = entity_etag(stored_headers(response), response.body)
+        response.headers["ETag"] = etag
+    return etag, stored_headers(response)
+
+
+def matches(request, etag: str) -> bool:
+    """Does the request's ``If-None-Match`` match ``etag`` (weak comparison)?"""
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    opaque = etag[2:] if etag.startswith("W/") else etag
+    pos = 0
+    while pos < len(header):
+        m = _TAG.match(header, pos)
+        if m is None:
+            return False  # malformed: never a false 304
+        tag = m.group(1)
+        if tag == "*" or (tag[2:] if tag.startswith("W/") else tag) == opaque:
+            return True
+        pos = m.end()
+    return False
+
+
+def not_modified(headers) -> Response:
+    """A ``304`` carrying the validator and cache headers of ``headers``."""
+    response = Response(status=304, headerlist=[(n, v) for n, v in headers
+                                                if n.lower() in KEPT_ON_304])
+    return response
