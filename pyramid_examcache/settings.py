@@ -104,6 +104,8 @@ class CacheSettings:
     breaker_threshold: int = 3
     breaker_reset: float = 2.0
     near_cache_mb: float = 32.0
+    #: keep the near cache exact with Redis CLIENT TRACKING + a shared barrier (issue 11)
+    tracking: bool = False
     enabled: bool = True
     invalidation_log: bool = True
     invalidation_log_url: str | None = None
@@ -138,6 +140,7 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
         breaker_reset=as_number(settings, p + "breaker_reset", CacheSettings.breaker_reset,
                                 allow_zero=False),
         near_cache_mb=as_number(settings, p + "near_cache_mb", CacheSettings.near_cache_mb),
+        tracking=as_bool(settings, p + "tracking", CacheSettings.tracking),
         enabled=as_bool(settings, p + "enabled", True),
         invalidation_log=as_bool(settings, p + "invalidation_log", True),
         invalidation_log_url=_database_url(settings, (p + "invalidation_log_url", "sqlalchemy.url")),

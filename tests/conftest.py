@@ -191,10 +191,10 @@ def redis_sentinel():
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request):
     """The cache's Redis on each topology: the shared Redis, Sentinel, Cluster."""
-    if request.param == "redis":
+    if request.param in ("redis", "tracking"):  # tracking: the near cache kept by Redis
         from .topologies import SharedRedis
 
-        return SharedRedis(REDIS_URL)
+        return SharedRedis(REDIS_URL, tracking=request.param == "tracking")
     return request.getfixturevalue(f"redis_{request.param}")
 
 

@@ -286,9 +286,14 @@ class SharedRedis:
     """The machine's test Redis (``EXAMCACHE_TEST_REDIS``) as a topology."""
 
     kind = "redis"
+    #: extra app settings for this topology (the tracked near cache: ``examcache.tracking``)
+    settings: dict = {}
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tracking: bool = False) -> None:
         self.url = url
+        if tracking:
+            self.kind = "redis+tracking"
+            self.settings = {"examcache.tracking": "true"}
 
     def client(self):
         return redis.Redis.from_url(self.url)

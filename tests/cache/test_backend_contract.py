@@ -18,10 +18,15 @@ def topology_backend(url: str, prefix: str, **kw):
     return RedisBackend(url, prefix=prefix, **kw)
 
 
-@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
+@pytest.fixture(params=["memory", "redis", "redis-tracking", "sentinel", "cluster"])
 def backend(request):
     if request.param == "memory":
         b = MemoryBackend()
+    elif request.param == "redis-tracking":  # issue 11: the tracked near cache
+        b = RedisBackend(request.getfixturevalue("redis_url"),
+                         prefix=request.getfixturevalue("redis_prefix"),
+                         near_cache_bytes=1 << 20, tracking=True)
+        assert b._stream.wait_healthy(10)
     else:
         prefix = request.getfixturevalue("redis_prefix")
         url = (request.getfixturevalue("redis_url") if request.param == "redis"

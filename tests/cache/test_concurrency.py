@@ -19,8 +19,10 @@ LOAD_DELAY = 0.005  # widens the load window equally for both caches
 #: the G2/G3 tests run twice: anonymous readers, and logged-in readers of the
 #: view declared ``cache_public=True`` (they read and fill the shared key, H1)
 #: ... and on each Redis topology (Sentinel, Cluster: tests/topologies.py), anonymous readers
-VARIANTS = [(False, "redis"), (True, "redis"), (False, "sentinel"), (False, "cluster")]
-VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster"]
+#: ... and with the near cache kept exact by CLIENT TRACKING (issue 11), logged-in and public
+VARIANTS = [(False, "redis"), (True, "redis"), (False, "sentinel"), (False, "cluster"),
+            (True, "tracking")]
+VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster", "tracking"]
 PUBLIC = pytest.mark.parametrize(("public", "topology"), VARIANTS, ids=VARIANT_IDS,
                                  indirect=["topology"])
 READER = {"Authorization": "Bearer a-logged-in-reader"}
@@ -47,8 +49,12 @@ def db(cache_pg_url):
 
 
 def topology_url(request, name: str) -> str:
-    return (request.getfixturevalue("redis_url") if name == "redis"
+    return (request.getfixturevalue("redis_url") if name in ("redis", "tracking")
             else request.getfixturevalue(f"redis_{name}").url)
+
+
+def topology_settings(name: str) -> dict:
+    return {"examcache.tracking": "true"} if name == "tracking" else {}
 
 
 @pytest.fixture
@@ -56,7 +62,8 @@ def threaded(request, db, redis_prefix):
     public, name = getattr(request, "param", (False, "redis"))
     app = itemapp.make_app(db, **{"examcache.redis_url": topology_url(request, name),
                                   "examcache.key_prefix": redis_prefix,
-                                  "test.load_delay": str(LOAD_DELAY), **public_settings(public)})
+                                  "test.load_delay": str(LOAD_DELAY), **public_settings(public),
+                                  **topology_settings(name)})
     with thread_server(app, threads=16) as base:
         yield [base]
     app.registry["test.engine"].dispose()
@@ -100,7 +107,8 @@ def test_naive_cache_aside_is_caught_by_the_same_race_threads(threaded, db):
 @PUBLIC
 def test_no_stale_reads_across_two_processes(db, topology, redis_prefix, public):
     with process_servers(2, db, topology.url, redis_prefix, load_delay=LOAD_DELAY,
-                         settings=public_settings(public)) as bases:
+                         settings={**public_settings(public),
+                                   **getattr(topology, "settings", {})}) as bases:
         caches: list = []
         stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=300, readers=6,
                                     reader_headers=reader_headers(public), caches=caches)
@@ -159,7 +167,8 @@ def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_p
     counter = f"{redis_prefix}loads"
     with process_servers(processes, db, topology.url, redis_prefix, load_delay=0.3,
                          load_counter=counter, threads=50,
-                         settings=public_settings(public)) as bases:
+                         settings={**public_settings(public),
+                                   **getattr(topology, "settings", {})}) as bases:
         statuses, caches, elapsed = stampede(bases, "/items/2", headers=reader_headers(public))
     client = topology.client()
     loads = int(client.get(counter) or 0)

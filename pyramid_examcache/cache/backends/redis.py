@@ -28,6 +28,14 @@ With a near cache (``examcache.near_cache_mb``, :mod:`.near`), a value this
 process already holds is validated by ``HMGET v s t g`` instead: same round
 trip, same proof, without the value's bytes.
 
+With ``examcache.tracking`` (a single Redis, not Sentinel or Cluster), the near
+cache is kept exact by Redis itself instead (:mod:`.tracking`,
+:mod:`.tracked_near`): a held value is served after an ordering *barrier* --
+one ``PING`` on the tracking connection shared by every request in flight --
+with no command of its own; a value not held (or a barrier that fails: the
+tracking connection is down) takes the validating read above, and the value it
+read is inserted only if none of its keys changed meanwhile.
+
 Connections come from one pool per application with short socket/connect
 timeouts and **no** client-side retries: a slow Redis must cost one timeout,
 not three (the policy's circuit breaker handles the rest).
@@ -47,6 +55,8 @@ from ...topology import parse as parse_url, primary_pool, sentinel_manager
 from . import failover
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
 from .near import NearCache
+from .tracked_near import TrackedNearCache
+from .tracking import InvalidationStream
 
 _SPLIT = r"""
 local function split(s)
@@ -185,7 +195,8 @@ class RedisBackend(Backend):
     errors = (redis.RedisError, OSError)
 
     def __init__(self, url: str, prefix: str = "examcache:", socket_timeout: float = 0.25,
-                 client: redis.Redis | None = None, near_cache_bytes: int = 0) -> None:
+                 client: redis.Redis | None = None, near_cache_bytes: int = 0,
+                 tracking: bool = False) -> None:
         self.client = client or make_client(url, socket_timeout)
         self.prefix = prefix
         topo = parse_url(url)
@@ -203,6 +214,17 @@ class RedisBackend(Backend):
         self._get = self.client.register_script(GET)
         self._local = threading.local()
         self._near = NearCache(near_cache_bytes) if near_cache_bytes > 0 else None
+        self._tracked: TrackedNearCache | None = None
+        self._stream: InvalidationStream | None = None
+        self._barrier_timeout = socket_timeout
+        if tracking and near_cache_bytes > 0 and topo.kind == "single":
+            self._near = None  # the tracked near cache replaces the validated one
+            self._tracked = TrackedNearCache(near_cache_bytes, lambda k: f"{prefix}v:{k}",
+                                             lambda t: f"{prefix}t:{t}")
+            pool = self.client.connection_pool
+            self._stream = InvalidationStream(
+                dict(pool.connection_kwargs), prefix, self._tracked.on_keys,
+                self._tracked.on_flush, connection_class=pool.connection_class).start()
         # every thread's connection, weakly: a thread that ends drops its holder
         # (thread-local data dies with the thread), which disconnects it
         self._conns: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
@@ -221,6 +243,8 @@ class RedisBackend(Backend):
     def _read(self, key: str, tags, holder=None) -> bytes | None:
         """The value of ``key`` if it is valid and was stored under exactly ``tags``
         (one pipelined round trip, no Lua; see the module docstring); else None."""
+        if self._tracked is not None:
+            return self._read_tracked(key, tags, holder)
         holder, p = holder or self._prepare()
         value_key = f"{p}v:{key}".encode()
         tag_prefix = f"{p}t:".encode()
@@ -242,6 +266,34 @@ class RedisBackend(Backend):
                 self._near.put(key, stamp, data)
             return data
         return None
+
+    def _read_tracked(self, key: str, tags, holder=None) -> bytes | None:
+        """:meth:`_read` with the tracked near cache: a held value after a barrier (no
+        command of its own), else the validating read, inserting what it read unless one
+        of its keys changed since the mark (:mod:`.tracked_near`)."""
+        tracked, stream = self._tracked, self._stream
+        if tracked.get(key, tags) is not None and stream.barrier(self._barrier_timeout):
+            data = tracked.get(key, tags)  # every invalidation before the barrier is applied
+            if data is not None:
+                return data
+        token = stream.mark()
+        holder, p = holder or self._prepare()
+        value_key = f"{p}v:{key}".encode()
+        tag_prefix = f"{p}t:".encode()
+        tag_gets = b"".join(_pack(b"GET", tag_prefix + tag.encode()) for tag in tags)
+        replies = self._roundtrip(holder, _pack(b"HMGET", value_key, b"d", b"s", b"t", b"g")
+                                  + _pack(b"PTTL", value_key) + tag_gets, 2 + len(tags))
+        data, stamp, stored_tags, stored_versions = replies[0]
+        if data is not None and self._valid(tags, stored_tags, stored_versions, replies[2:]):
+            if stamp:
+                tracked.put(key, tags, stamp, data, stream, token, replies[1])
+            return data
+        return None
+
+    def near_cache_bytes(self) -> int:
+        if self._tracked is not None:
+            return self._tracked.nbytes
+        return self._near.nbytes if self._near is not None else 0
 
     def lookup(self, key, token, lease_ttl, ttl, tags=()):
         holder, p = self._prepare()
@@ -277,6 +329,9 @@ class RedisBackend(Backend):
         if self._near is not None:
             for key in keys:
                 self._near.discard(key)
+        if self._tracked is not None:  # at once here; the DELs' messages do it everywhere
+            self._tracked.on_keys([f"{self.prefix}v:{k}" for k in keys]
+                                  + [f"{self.prefix}t:{t}" for t in tags])
         keys, tags = list(keys), list(tags)
         if not keys and not tags:
             return
@@ -355,6 +410,8 @@ class RedisBackend(Backend):
     def clear(self):
         if self._near is not None:
             self._near.clear()
+        if self._tracked is not None:
+            self._tracked.on_flush()
         batch = []
         for name in self.client.scan_iter(match=glob_escape(self.prefix) + "*", count=1000):
             batch.append(name)
@@ -370,6 +427,8 @@ class RedisBackend(Backend):
     def close(self):
         if self._watch is not None:
             self._watch.close()
+        if self._stream is not None:
+            self._stream.stop()
         with self._conns_lock:
             holders, self._conns = list(self._conns), weakref.WeakSet()
         for holder in holders:

@@ -17,6 +17,7 @@ drop runs after the insert (the entry goes). Memory is bounded by the wrapped
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Iterable
 
 from .near import NearCache
@@ -31,15 +32,31 @@ class TrackedNearCache:
         self._lock = threading.Lock()
         self._deps: dict[str, set[str]] = {}  # Redis key -> cache keys depending on it
         self._entry_deps: dict[str, tuple[str, ...]] = {}  # cache key -> its Redis keys
+        self._expires: dict[str, float] = {}  # cache key -> monotonic deadline (Redis's TTL)
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, tags: Iterable[str] | None = None) -> bytes | None:
+        """The held bytes of ``key`` -- if stored under exactly ``tags`` (when given) and
+        not past the TTL the value had in Redis when it was read."""
         item = self.near.get(key)
-        return item[1] if item is not None else None
+        if item is None:
+            return None
+        if tags is not None:
+            deps = self._entry_deps.get(key)
+            if deps is None or deps[1:] != tuple(self.tag_key(t) for t in tags):
+                return None
+        deadline = self._expires.get(key)
+        if deadline is not None and time.monotonic() >= deadline:
+            with self._lock:
+                self._forget(key)
+            return None
+        return item[1]
 
     def put(self, key: str, tags: Iterable[str], stamp: bytes, data: bytes,
-            stream: InvalidationStream, token: tuple[int, int] | None) -> bool:
+            stream: InvalidationStream, token: tuple[int, int] | None,
+            ttl_ms: int | None = None) -> bool:
         """Insert ``data`` read after ``stream.mark()`` gave ``token``, unless one of its
-        Redis keys changed since (then nothing is inserted; returns whether it was)."""
+        Redis keys changed since (then nothing is inserted; returns whether it was).
+        ``ttl_ms``: the value's remaining TTL in Redis (its ``PTTL``), kept as a deadline."""
         deps = (self.value_key(key), *(self.tag_key(t) for t in tags))
         with self._lock:
             if not stream.unchanged(token, deps):
@@ -49,6 +66,8 @@ class TrackedNearCache:
             if self.near.get(key) is None:  # too large for the near cache
                 return False
             self._entry_deps[key] = deps
+            if ttl_ms is not None and ttl_ms > 0:
+                self._expires[key] = time.monotonic() + ttl_ms / 1000
             for dep in deps:
                 self._deps.setdefault(dep, set()).add(key)
             return True
@@ -64,9 +83,11 @@ class TrackedNearCache:
             self.near.clear()
             self._deps.clear()
             self._entry_deps.clear()
+            self._expires.clear()
 
     def _forget(self, key: str) -> None:
         self.near.discard(key)
+        self._expires.pop(key, None)
         for dep in self._entry_deps.pop(key, ()):
             keys = self._deps.get(dep)
             if keys is not None:

@@ -87,8 +87,10 @@ class InvalidationStream:
 
     def __init__(self, connection_kwargs: dict[str, Any], prefix: str,
                  on_keys: Callable[[list[str]], None], on_flush: Callable[[], None],
-                 reconnect_delay: float = 0.5) -> None:
+                 reconnect_delay: float = 0.5,
+                 connection_class: type = redis.Connection) -> None:
         self.kwargs = {**connection_kwargs, "protocol": 2, "socket_timeout": None}
+        self.connection_class = connection_class
         self.prefix = prefix
         self.on_keys, self.on_flush = on_keys, on_flush
         self.reconnect_delay = reconnect_delay
@@ -149,7 +151,7 @@ class InvalidationStream:
             self._stopped.wait(self.reconnect_delay)
 
     def _connect(self) -> redis.Connection:
-        conn = redis.Connection(**self.kwargs)
+        conn = self.connection_class(**self.kwargs)
         conn.connect()
         conn.send_command("CLIENT", "ID")
         client_id = conn.read_response()
