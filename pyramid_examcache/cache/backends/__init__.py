@@ -1,13 +1,21 @@
 """Cache backends behind the narrow interface of :mod:`.base`."""
 from __future__ import annotations
 
+import logging
+
 from ...settings import CacheSettings
 from .base import Backend, Lookup, Status
 from .memory import MemoryBackend
 
+log = logging.getLogger(__name__)
+
 
 def make_backend(settings: CacheSettings) -> Backend:
     """Build the backend named by ``examcache.redis_url`` (settings already validated)."""
+    if settings.tracking and (settings.near_cache_mb <= 0 or "+" in settings.redis_url
+                              or settings.redis_url.startswith("memory://")):
+        log.warning("examcache.tracking is ignored: it needs a single Redis (not memory://, "
+                    "Sentinel or Cluster) and examcache.near_cache_mb > 0")
     if settings.redis_url.startswith("memory://"):
         return MemoryBackend()
     if "+cluster://" in settings.redis_url:
