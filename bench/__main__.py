@@ -41,7 +41,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results", help="directory for results.json and the chart")
     parser.add_argument("--report", default=None, help="Markdown report (default OUT/RESULTS.md)")
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test), not results")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="throughput: alternating rounds (default 5)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="throughput: wrk duration of each run (default 5)")
+    parser.add_argument("--targets", default=None,
+                        help="throughput: comma-separated targets (default all: "
+                             "ours,ours-tracking,seed,dogpile,raw,fixed,orm)")
     args = parser.parse_args(argv)
+    throughput_options = {"rounds": args.rounds, "seconds": args.seconds,
+                          "targets": args.targets.split(",") if args.targets else None}
 
     from . import report
     from .env import environment
@@ -56,7 +65,8 @@ def main(argv=None) -> int:
         for name in names:
             t0 = time.time()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            results["scenarios"][name] = _runner(name)(env, quick=args.quick)
+            options = throughput_options if name == "throughput" else {}
+            results["scenarios"][name] = _runner(name)(env, quick=args.quick, **options)
             results["scenarios"][name]["elapsed_s"] = round(time.time() - t0, 1)
             print(f"[bench] {name} done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
     results["elapsed_s"] = round(time.time() - started, 1)

@@ -1,10 +1,14 @@
-"""``python -m bench.profile_hit [--profile]``: the CPU cost of one cached hit,
-in-process (no HTTP server, no wrk): ours vs the raw-GET floor vs the seed vs
-fixed bytes, on the bench's private Redis and database.  With ``--profile``
-pyinstrument prints where ours spends its time."""
+"""``python -m bench.profile_hit [--backend redis|memory] [--only ours] [--runs R] [-n N] [--profile]``:
+the CPU cost of one cached hit, in-process (no HTTP server, no wrk): ours vs
+the raw-GET floor vs the seed vs fixed bytes, on the bench's private Redis and
+database.  ``--backend memory`` runs ours on ``memory://`` (the Python around
+the backend, without a Redis round trip).  Each case is measured ``--runs``
+times and the median is printed last.  With ``--profile`` pyinstrument prints
+where ours spends its time."""
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from webob import Request
@@ -23,7 +27,11 @@ def measure(app, path: str, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=3000)
+    parser.add_argument("-n", type=int, default=3000, help="hits per run")
+    parser.add_argument("--runs", type=int, default=2, help="runs per case (median printed)")
+    parser.add_argument("--backend", choices=("redis", "memory"), default="redis",
+                        help="ours on the private Redis (default) or on memory://")
+    parser.add_argument("--only", choices=("ours", "all"), default="all")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     from pyramid.paster import get_appsettings
@@ -35,15 +43,24 @@ def main() -> None:
 
     with environment() as env:
         settings = dict(get_appsettings(env.ini))
+        if args.backend == "memory":
+            settings["examcache.redis_url"] = "memory://"
         ours = demo_main({}, **settings)
-        peers = make_app(dict(get_appsettings(env.ini)))
-        cases = [("ours", ours, "/api/exams/1/questions"),
-                 ("raw", peers, "/raw/exams/1/questions"),
-                 ("seed", peers, "/seed/exams/1/questions"),
-                 ("fixed", peers, "/fixed")]
-        for _ in range(2):
+        cases = [("ours", ours, "/api/exams/1/questions")]
+        if args.only == "all":
+            peers = make_app(dict(get_appsettings(env.ini)))
+            cases += [("raw", peers, "/raw/exams/1/questions"),
+                      ("seed", peers, "/seed/exams/1/questions"),
+                      ("fixed", peers, "/fixed")]
+        times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+        for _ in range(args.runs):
             for name, app, path in cases:
-                print(f"{name:6s} {measure(app, path, args.n):8.1f} us/request")
+                us = measure(app, path, args.n)
+                times[name].append(us)
+                print(f"{name:6s} {us:8.1f} us/request")
+        for name, values in times.items():
+            print(f"median {name:6s} {statistics.median(values):8.1f} us/request "
+                  f"({args.backend if name == 'ours' else 'redis'}, {args.runs} x {args.n})")
         if args.profile:
             from pyinstrument import Profiler
 

@@ -12,7 +12,7 @@ PACKAGES = ("pyramid", "pyramid_tm", "waitress", "SQLAlchemy", "psycopg", "redis
             "huey", "aiosmtpd", "dogpile.cache", "webob")
 
 
-ORDER = ("ours", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm")
+ORDER = ("ours", "ours-tracking", "ours-tracking-2p", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm")
 
 
 def _ordered(targets: dict) -> list:
@@ -35,9 +35,12 @@ def machine(env) -> dict:
             versions[name] = "not installed"
     with env.pg() as conn:
         pg = conn.execute("SHOW server_version").fetchone()[0]
+    # EXAMCACHE_BENCH_COMMIT: the commit a copy of the tree was exported from (`git archive`)
+    commit = os.environ.get("EXAMCACHE_BENCH_COMMIT")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout.strip()
+        commit = commit or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.dirname(__file__))).stdout.strip() or "?"
     except OSError:
         commit = "?"
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
@@ -71,8 +74,9 @@ def chart(result: dict, path: str) -> str:
     names = [name for name, _ in _ordered(result["targets"])]
     rps = [result["targets"][n]["rps"] for n in names]
     runs = [[x["rps"] for x in result["targets"][n]["runs"]] for n in names]
-    colors = ["#1f77b4" if n == "ours" else "#999999" for n in names]
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    colors = ["#ff7f0e" if n == "ours-tracking" else "#1f77b4" if n == "ours" else "#999999"
+              for n in names]
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     bars = ax.bar(names, rps, color=colors)
     for i, values in enumerate(runs):
         ax.scatter([i] * len(values), values, color="black", s=8, zorder=3)
@@ -82,6 +86,7 @@ def chart(result: dict, path: str) -> str:
                     (bar.get_x() + bar.get_width() / 2, max(values)), xytext=(0, 4),
                     textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("requests/s (median of rounds; dots = rounds)")
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_title(f"GET exam 1's questions ({result['body_bytes']:,} B JSON): wrk "
                  f"{result['connections']} connections, waitress {result['server_threads']} threads",
                  fontsize=9)
@@ -113,31 +118,52 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
               "alternate between targets.", ""]
     if "throughput" in s:
         t = s["throughput"]
+        by = t.get("ratios_by") or {"ours": t["ratios"]}
+        cpu_by = t.get("cpu_ratios_by") or {"ours": t.get("cpu_ratios") or {}}
+        ours = [o for o in ("ours", "ours-tracking") if o in by]
         lines += ["## 1. Cached view throughput and latency", "",
                   f"wrk `-t{t['wrk_threads']} -c{t['connections']} -d{t['seconds']:g}s --latency`, "
                   f"{t['rounds']} alternating rounds, waitress {t['server_threads']} threads; body "
                   f"{t['body_bytes']:,} bytes, byte-identical for every target: "
                   f"{_f(all(t['same_body'].values()))}.", "",
-                  "| target | req/s | p50 ms | p99 ms | ours ÷ target (req/s) | server CPU µs/req "
-                  "| target ÷ ours (CPU/req) | Redis CPU µs/req | req/s per round | other CPU s "
+                  "| target | req/s | p50 ms | p99 ms | " + " | ".join(
+                      f"{o} ÷ target (req/s)" for o in ours) + " | server CPU µs/req | "
+                  + " | ".join(f"target ÷ {o} (CPU/req)" for o in ours)
+                  + " | Redis CPU µs/req | Redis commands/req | req/s per round | other CPU s "
                   "per round | errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+                  "|---|---:|---:|---:|" + "---:|" * len(ours) + "---:|" + "---:|" * len(ours)
+                  + "---:|---:|---|---|---:|"]
         for name, x in _ordered(t["targets"]):
-            ratio = t["ratios"].get(name)
-            cpu_ratio = (t.get("cpu_ratios") or {}).get(name)
-            lines.append(f"| **{name}**: {x['label']} | {_f(x['rps'], 0)} | {_f(x['p50_ms'], 2)} | "
-                         f"{_f(x['p99_ms'], 2)} | {'–' if name == 'ours' else _f(ratio, 2, '×')} | "
-                         f"{_f(x.get('server_cpu_us'), 0)} | "
-                         f"{'–' if name == 'ours' else _f(cpu_ratio, 2, '×')} | "
-                         f"{_f(x.get('redis_cpu_us'), 0)} | "
-                         f"{_join(x['runs'], 'rps', '{:,.0f}')} | "
-                         f"{', '.join(str(v) for v in x.get('other_cpu_s', []))} | {x['errors']} |")
+            cells = [f"**{name}**: {x['label']}", _f(x["rps"], 0), _f(x["p50_ms"], 2),
+                     _f(x["p99_ms"], 2)]
+            cells += ["–" if name == o else _f(by[o].get(name), 2, "×") for o in ours]
+            cells.append(_f(x.get("server_cpu_us"), 0))
+            cells += ["–" if name == o else _f(cpu_by[o].get(name), 2, "×") for o in ours]
+            cells += [_f(x.get("redis_cpu_us"), 0), _f(x.get("redis_calls_per_req"), 2),
+                      _join(x["runs"], "rps", "{:,.0f}"),
+                      ", ".join(str(v) for v in x.get("other_cpu_s", [])), str(x["errors"])]
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Server CPU µs/req: user+system CPU of the target's waitress process during "
                   "the run ÷ requests served (the process is GIL-bound at ~1.1 cores, so this is "
                   "what sets req/s, and it is much less sensitive to other work on the machine). "
                   "Other CPU: CPU seconds used during the run by anything but the target, Redis "
                   "and wrk (noise); each run waits for the machine to be nearly idle first."]
         lines += [""] + _goals(t["goals"]) + [""]
+        per_round = t.get("ratios_per_round") or {}
+        if per_round:
+            lines += ["Ratios per round (round *i* of each target ran within one cycle of the "
+                      "others): " + "; ".join(
+                          f"{o} ÷ {peer}: " + ", ".join(_f(v, 2) for v in per_round[o][peer])
+                          for o in ours for peer in ("fixed", "raw", "seed", "dogpile")
+                          if peer in per_round.get(o, {})) + ".", ""]
+        calls = [(name, x) for name, x in _ordered(t["targets"]) if x.get("redis_calls")]
+        if calls:
+            lines += ["Redis commands per target, all rounds (`CONFIG RESETSTAT` before each "
+                      "run, `INFO commandstats` after it; per request): " + "; ".join(
+                          f"**{name}** " + ", ".join(
+                              f"{k} {v / x['requests']:.3g}" for k, v in
+                              sorted(x["redis_calls"].items(), key=lambda kv: -kv[1]))
+                          for name, x in calls) + ".", ""]
         cs = t.get("redis_commandstats") or {}
         if cs:
             lines += ["Redis server time per command during these runs (`INFO commandstats`): "
@@ -145,8 +171,11 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                                   for k, v in sorted(cs.items())) + ". Ours is "
                       "one pipelined `HMGET v s t g` + a `GET` per tag version per hit (the "
                       "value's bytes come from the process's near cache once validated; "
-                      "`HMGET v d s t g` when the process has no copy); the seed, raw and "
-                      "dogpile peers one `GET` of the value.", ""]
+                      "`HMGET v d s t g` when the process has no copy); ours-tracking serves a "
+                      "held value after the shared barrier (one `PING` on the tracking "
+                      "connection for every request in flight when it was sent) with no "
+                      "command of its own; the seed, raw and dogpile peers one `GET` of the "
+                      "value.", ""]
         if chart_path:
             rel = os.path.relpath(chart_path, report_dir)
             lines += [f"![throughput]({rel})", ""]

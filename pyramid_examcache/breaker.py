@@ -57,7 +57,9 @@ class Breaker:
         after recording it (one of ``errors`` counts as a failure; anything
         else gives the probe back without a verdict).
         """
-        if not self._allow():
+        # (closed with no failures -- every cache hit -- costs two attribute reads
+        # here instead of two method calls: the same checks _allow/_success start with)
+        if self._opened_at is not None and not self._allow():
             raise BreakerOpen()
         try:
             result = fn(*args)
@@ -67,7 +69,8 @@ class Breaker:
         except BaseException:
             self._no_verdict()
             raise
-        self._success()
+        if self._failures or self._opened_at is not None:
+            self._success()
         return result
 
     # -- transitions (private: only call() may report outcomes) ---------------

@@ -6,6 +6,8 @@ exam's questions and note which N they saw.  A read is *stale* when N is older
 than the newest version whose PUT response had returned before the read was
 sent (the race of ``tests/cache/servers.py``).  Ours: the demo's authenticated
 ``PUT /api/exams/1/questions/{id}`` (ORM flush -> invalidation after commit).
+``ours-tracking``: the same with ``examcache.tracking = true``; ``ours-tracking-2p``:
+the readers on one such process, the writer on another.
 Seed: ``PUT /seed/...`` (update, commit, then DEL).  After the writer stops, one
 more read checks the cache is fresh (a stale value left for the TTL).
 """
@@ -24,7 +26,16 @@ READERS = 6
 _VERSION = re.compile(r"^\[v(\d+)\] ")
 
 TARGETS = (("ours", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q}"),
+           ("ours-tracking", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q}"),
+           ("ours-tracking-2p", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q}"),
            ("seed", "peers", "/seed/exams/1/questions", "/seed/exams/1/questions/{q}"))
+#: ``ours-tracking`` is the demo with ``examcache.tracking = true`` (issue 11's path)
+#: ``ours-tracking-2p``: the readers on a second such process, the writer on the first one
+#: (G2 across processes: the invalidation reaches the readers' process through Redis only)
+SETTINGS = {"ours-tracking": {"examcache.tracking": "true"},
+            "ours-tracking-2p": {"examcache.tracking": "true"}}
+WRITER = {"ours-tracking-2p": "ours-tracking"}
+OURS = ("ours", "ours-tracking", "ours-tracking-2p")
 
 
 def _version(data: dict, qid: int) -> int:
@@ -35,7 +46,8 @@ def _version(data: dict, qid: int) -> int:
     raise AssertionError(f"question {qid} missing")
 
 
-def race(server, get_path, put_path, qid, text, first, writes, headers) -> dict:
+def race(server, get_path, put_path, qid, text, first, writes, headers,
+         write_server=None) -> dict:
     returned: list[tuple[float, int]] = []
     reads: list[tuple[float, int]] = []
     done = threading.Event()
@@ -43,7 +55,7 @@ def race(server, get_path, put_path, qid, text, first, writes, headers) -> dict:
     lock = threading.Lock()
 
     def writer():
-        client = server.client()
+        client = (write_server or server).client()
         try:
             for v in range(first, first + writes):
                 client.json("PUT", put_path.format(q=qid), {"text": f"[v{v}] {text}"},
@@ -98,7 +110,9 @@ def run(env, quick: bool = False, rounds: int = 3) -> dict:
     writes = 30 if quick else WRITES
     if quick:
         rounds = 1
-    servers = {name: env.serve(app, name=name) for name, app, *_ in TARGETS}
+    servers = {name: env.serve(app, name=name, ini=env.write_ini(f"{name}.ini", **SETTINGS[name])
+                               if name in SETTINGS else None)
+               for name, app, *_ in TARGETS}
     try:
         token = env.login(servers["ours"])
         client = servers["ours"].client()
@@ -112,9 +126,9 @@ def run(env, quick: bool = False, rounds: int = 3) -> dict:
         for _ in range(rounds):
             for name, _app, get_path, put_path in TARGETS:
                 r.delete(f"{PREFIX}v:@view:exam:1:questions", "seed:exam:1:questions")
-                headers = {"Authorization": f"Bearer {token}"} if name == "ours" else {}
+                headers = {"Authorization": f"Bearer {token}"} if name in OURS else {}
                 runs[name].append(race(servers[name], get_path, put_path, qid, text, version,
-                                       writes, headers))
+                                       writes, headers, servers.get(WRITER.get(name))))
                 version += writes
         client = servers["ours"].client()  # leave the question as it was
         client.json("PUT", f"/api/exams/1/questions/{qid}", {"text": question["text"]},
@@ -130,6 +144,7 @@ def run(env, quick: bool = False, rounds: int = 3) -> dict:
             "reads_median": median([x["reads"] for x in res]),
             "stale_total": sum(x["stale"] for x in res), "reads_total": sum(x["reads"] for x in res),
             "fresh_after_all": all(x["fresh_after"] for x in res)}
-    ours = out["targets"]["ours"]
-    out["goals"] = {"ours: 0 stale reads": ours["stale_total"] == 0 and ours["fresh_after_all"]}
+    out["goals"] = {f"{name}: 0 stale reads": (out["targets"][name]["stale_total"] == 0
+                                                and out["targets"][name]["fresh_after_all"])
+                    for name in OURS}
     return out

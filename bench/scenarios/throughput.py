@@ -3,6 +3,14 @@
 Every target is its own waitress process (same thread count), warmed, then
 loaded one at a time; the rounds alternate between targets (A B C D E F, A B
 …) and the medians of the rounds are reported.
+
+Ours runs twice, the same demo with the same settings and tweens but one:
+``ours`` is today's default (``examcache.tracking = false``: every hit does one
+validating round trip, ``HMGET`` + the tag ``GET``s), ``ours-tracking`` sets
+``examcache.tracking = true`` (a held value is served after the shared ``PING``
+barrier, with no Redis command of its own).  Redis commands are counted per
+target and round (``CONFIG RESETSTAT`` before each run, ``INFO commandstats``
+after it).
 """
 from __future__ import annotations
 
@@ -21,13 +29,22 @@ WRK_THREADS = 2
 
 #: (name, app, path, label)
 TARGETS = (
-    ("ours", "ours", "/api/exams/1/questions", "ours (pyramid_examcache cached view)"),
+    ("ours", "ours", "/api/exams/1/questions",
+     "ours, tracking off (today's default: one validating round trip per hit)"),
+    ("ours-tracking", "ours", "/api/exams/1/questions",
+     "ours, `examcache.tracking = true` (shared PING barrier, no command per hit)"),
     ("seed", "peers", "/seed/exams/1/questions", "seed cache-aside (GET, json.loads, json.dumps)"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", "dogpile.cache region, Redis backend"),
     ("raw", "peers", "/raw/exams/1/questions", "raw Redis GET returning the bytes (floor)"),
     ("fixed", "peers", "/fixed", "fixed bytes (framework ceiling)"),
     ("orm", "peers", "/orm/exams/1/questions", "uncached ORM query"),
 )
+
+#: the targets that are ours, and the settings each adds to the bench's .ini
+OURS = ("ours", "ours-tracking")
+SETTINGS = {"ours-tracking": {"examcache.tracking": "true"}}
+#: issue 11's goals: ours ÷ peer (req/s) at least
+GOALS = (("fixed", 0.9), ("raw", 1.5), ("seed", 2.0), ("dogpile", 2.0))
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -86,10 +103,13 @@ def wait_quiet(limit: float = 0.15, patience: float = 20.0) -> float:
         time.sleep(1.0)
 
 
-def measured_run(server, url: str, seconds: float, redis_pid: int) -> dict:
+def measured_run(server, url: str, seconds: float, redis_pid: int, redis=None) -> dict:
     """wrk plus CPU accounting: the server's and Redis's CPU per request, and the
-    CPU used by anything else on the machine during the run (noise)."""
+    CPU used by anything else on the machine during the run (noise); with
+    ``redis``, the Redis commands the run caused (``INFO commandstats``)."""
     idle_share = wait_quiet()
+    if redis is not None:
+        redis.config_resetstat()
     s0, r0 = _process_cpu(server.proc.pid), _process_cpu(redis_pid)
     w0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     b0, _ = _system_busy()
@@ -98,6 +118,13 @@ def measured_run(server, url: str, seconds: float, redis_pid: int) -> dict:
     w1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     s1, r1 = _process_cpu(server.proc.pid), _process_cpu(redis_pid)
     requests = result["rps"] * max(1, round(seconds))
+    if redis is not None:
+        stats = {k.removeprefix("cmdstat_"): v for k, v in redis.info("commandstats").items()}
+        stats = {k: v for k, v in stats.items()  # not our own INFO / CONFIG RESETSTAT
+                 if v["calls"] and k != "info" and not k.startswith("config")}
+        result["redis_usec"] = {k: v["usec"] for k, v in stats.items()}
+        calls = result["redis_calls"] = {k: v["calls"] for k, v in stats.items()}
+        result["redis_calls_per_req"] = sum(calls.values()) / requests if requests else None
     wrk_cpu = (w1.ru_utime + w1.ru_stime) - (w0.ru_utime + w0.ru_stime)
     result.update({
         "server_cpu_us": (s1 - s0) / requests * 1e6 if requests else None,
@@ -107,15 +134,17 @@ def measured_run(server, url: str, seconds: float, redis_pid: int) -> dict:
     return result
 
 
-def run(env, quick: bool = False, rounds: int = 5, seconds: float = 5.0,
+def run(env, quick: bool = False, rounds: int | None = None, seconds: float | None = None,
         targets=None) -> dict:
+    rounds, seconds = rounds or 5, seconds or 5.0
     if quick:
         rounds, seconds = 1, 1.0
     targets = [t for t in TARGETS if targets is None or t[0] in targets]
     servers = {}
     try:
         for name, app, path, _ in targets:
-            servers[name] = env.serve(app, name=name)
+            ini = env.write_ini(f"{name}.ini", **SETTINGS[name]) if name in SETTINGS else None
+            servers[name] = env.serve(app, ini=ini, name=name)
         bodies = {}
         for name, _app, path, _ in targets:  # warm each cache, check the data is the same
             client = servers[name].client()
@@ -123,21 +152,24 @@ def run(env, quick: bool = False, rounds: int = 5, seconds: float = 5.0,
                 status, headers, body = client.request("GET", path)
                 assert status == 200, (name, status, body[:200])
             client.close()
-            if name == "ours":
+            if name in OURS:
                 assert headers.get("x-cache") == "HIT", headers
             bodies[name] = body
         reference = bodies.get("orm") or bodies.get("ours")
         same = {name: body == reference for name, body in bodies.items()}
         runs: dict[str, list[dict]] = {name: [] for name, *_ in targets}
         redis = env.redis()
-        redis.config_resetstat()
+        usec: dict[str, list[float]] = {}  # command -> [calls, usec] over every run
         for _ in range(rounds):
             for name, _app, path, _ in targets:
                 runs[name].append(measured_run(servers[name], servers[name].base + path,
-                                               seconds, env.redis_proc.pid))
-        commandstats = {k.removeprefix("cmdstat_"): {"calls": v["calls"],
-                                                      "usec_per_call": v["usec_per_call"]}
-                        for k, v in redis.info("commandstats").items() if v["calls"] >= 100}
+                                               seconds, env.redis_proc.pid, redis))
+                for k, calls in runs[name][-1]["redis_calls"].items():
+                    acc = usec.setdefault(k, [0, 0.0])
+                    acc[0] += calls
+                    acc[1] += runs[name][-1]["redis_usec"][k]
+        commandstats = {k: {"calls": c, "usec_per_call": round(u / c, 2)}
+                        for k, (c, u) in usec.items() if c >= 100}
     finally:
         for server in servers.values():
             server.stop()
@@ -152,16 +184,39 @@ def run(env, quick: bool = False, rounds: int = 5, seconds: float = 5.0,
             "p99_ms": median([x["p99_ms"] for x in r]),
             "server_cpu_us": median([x["server_cpu_us"] for x in r]),
             "redis_cpu_us": median([x["redis_cpu_us"] for x in r]),
+            "redis_calls_per_req": median([x.get("redis_calls_per_req") for x in r]),
+            "redis_calls": _sum_calls(x.get("redis_calls") or {} for x in r),
+            "requests": round(sum(x["rps"] for x in r) * max(1, round(seconds))),
             "other_cpu_s": [x["other_cpu_s"] for x in r],
             "errors": sum(x["non2xx"] + x["socket_errors"] for x in r)}
-    ours = result["targets"].get("ours", {}).get("rps")
-    result["ratios"] = {name: ratio(ours, t["rps"]) for name, t in result["targets"].items()
-                        if name != "ours"}
-    ours_cpu = result["targets"].get("ours", {}).get("server_cpu_us")
-    result["cpu_ratios"] = {name: ratio(t["server_cpu_us"], ours_cpu)
-                            for name, t in result["targets"].items() if name != "ours"}
-    result["goals"] = {
-        "ours/seed >= 1.5": (result["ratios"].get("seed") or 0) >= 1.5,
-        "ours/raw >= 0.9": (result["ratios"].get("raw") or 0) >= 0.9,
-    }
+    # ratios_by[o][peer] = o's req/s ÷ peer's; cpu_ratios_by[o][peer] = peer's CPU/req ÷ o's
+    result["ratios_by"], result["cpu_ratios_by"], result["goals"] = {}, {}, {}
+    for o in OURS:
+        if o not in result["targets"]:
+            continue
+        mine = result["targets"][o]
+        result["ratios_by"][o] = {name: ratio(mine["rps"], t["rps"])
+                                  for name, t in result["targets"].items() if name != o}
+        result["cpu_ratios_by"][o] = {name: ratio(t["server_cpu_us"], mine["server_cpu_us"])
+                                      for name, t in result["targets"].items() if name != o}
+        # the same ratio per round (the rounds alternate: round i of o and of the peer ran
+        # within one cycle of each other)
+        result.setdefault("ratios_per_round", {})[o] = {
+            name: [ratio(a["rps"], b["rps"]) for a, b in zip(mine["runs"], t["runs"])]
+            for name, t in result["targets"].items() if name != o}
+        for peer, goal in GOALS:
+            if peer in result["targets"]:
+                result["goals"][f"{o}/{peer} >= {goal:g}"] = (
+                    (result["ratios_by"][o].get(peer) or 0) >= goal)
+    # the historical fields: ours (tracking off) against every other target
+    result["ratios"] = result["ratios_by"].get("ours", {})
+    result["cpu_ratios"] = result["cpu_ratios_by"].get("ours", {})
     return result
+
+
+def _sum_calls(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out

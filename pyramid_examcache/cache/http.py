@@ -28,7 +28,9 @@ on a GET or HEAD answers ``304`` with no body, keeping the headers RFC 9110
 Last-Modified -- on a hit and on a miss whose response has the same ETag.
 
 What a 304 costs: on a hit the ETag is read from the entry's head (a short JSON
-prefix, :mod:`.codec`) without slicing or copying the body.  With the Redis
+prefix, :mod:`.codec`) without slicing or copying the body; a head is parsed once
+and remembered by its bytes (:func:`entity_head`), so hits of an entry never parse
+it again.  With the Redis
 backend the entry still crosses the network unless the process's near cache
 (``examcache.near_cache_mb``, on by default) holds it; then the hit's round trip
 carries only the fill stamp and tag versions (the near cache's own proof), so a
@@ -43,8 +45,12 @@ import base64
 import hashlib
 import json
 import re
+from functools import lru_cache
 
 from pyramid.response import Response
+from webob.request import BaseRequest
+
+from . import codec
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "trailers", "transfer-encoding",
@@ -131,9 +137,50 @@ def prepare(response) -> tuple[str, list[tuple[str, str]]]:
     return etag, stored_headers(response)
 
 
+#: entity heads (the JSON before the body) up to this size are decoded once, then remembered
+HEAD_MEMO_BYTES = 4096
+
+
+def _replayed(headers) -> tuple[tuple[str, str], ...]:
+    # (what we store never holds these; an entry that did would not replay them)
+    return tuple((n, v) for n, v in headers if n.lower() not in ("content-length", "x-cache"))
+
+
+@lru_cache(maxsize=512)  # at most 512 x HEAD_MEMO_BYTES
+def _memo_head(head: bytes) -> tuple[str, tuple[tuple[str, str], ...]]:
+    etag, headers, _ = codec.decode_head(head)
+    return etag, _replayed(headers)
+
+
+def entity_head(data: bytes) -> tuple[str, tuple[tuple[str, str], ...], int]:
+    """``(etag, headers, offset of the body)`` of a stored entity (ValueError if it is
+    not one), as :func:`.codec.decode_head`.  Every hit of an entry has the same head,
+    so its JSON is parsed once, not on every hit: the result depends on the head's
+    bytes alone (the memo is keyed by them), and the headers come as a tuple nobody
+    can change in place."""
+    end = data.find(b"\n", 0, HEAD_MEMO_BYTES) + 1
+    if end and data[:1] == codec.ENTITY:
+        etag, headers = _memo_head(bytes(data[:end]))  # (bytes: a memo key must be hashable)
+        return etag, headers, end
+    etag, headers, offset = codec.decode_head(data)  # a long head, or not an entity
+    return etag, _replayed(headers), offset
+
+
+def replay(headers, body: bytes, x_cache: str) -> Response:
+    """The response of a hit: the stored ``headers`` and ``body`` as they are, then
+    ``Content-Length`` and ``X-Cache`` -- the header list ``Response(body=...)`` and
+    ``response.headers["X-Cache"] = ...`` gave, built as one list (stored headers hold
+    neither, see :data:`NOT_STORED`), without re-scanning it."""
+    return Response(headerlist=[*headers, ("Content-Length", str(len(body))),
+                                ("X-Cache", x_cache)], app_iter=[body])
+
+
 def matches(request, etag: str) -> bool:
     """Does the request's ``If-None-Match`` match ``etag`` (weak comparison)?"""
-    header = request.headers.get("If-None-Match")
+    if isinstance(request, BaseRequest):  # its headers are a view of the WSGI environ: read it
+        header = request.environ.get("HTTP_IF_NONE_MATCH")
+    else:  # (e.g. pyramid.testing.DummyRequest: headers of its own)
+        header = request.headers.get("If-None-Match")
     if not header:
         return False
     opaque = etag[2:] if etag.startswith("W/") else etag

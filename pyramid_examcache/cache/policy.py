@@ -78,6 +78,7 @@ from ..breaker import Breaker, BreakerOpen
 from .deferred import DeferredInvalidations
 from ..trace import trace_of
 from .stats import Stats
+from .transaction import transaction_state
 from .variants import RESERVED, key_tag
 
 log = logging.getLogger(__name__)
@@ -190,17 +191,24 @@ class CachePolicy:
     # -- get-or-set ---------------------------------------------------------------
     def fetch(self, key: str, creator: Callable[[], Any], ttl: int | None,
               tags: Sequence[str], encode: Callable[[Any], bytes | None],
-              bypass: bool = False) -> tuple[Any, bytes | None]:
+              bypass: bool = False, checked: bool = False) -> tuple[Any, bytes | None]:
         """The lease protocol.  Returns ``(value, stored_bytes)``: on a hit
         ``value`` is None and ``stored_bytes`` what the cache holds; on a miss
         ``value`` is the creator's result and ``stored_bytes`` its encoding
         (None if ``encode`` declined to store it, or it is larger than
-        ``max_value_bytes``: then it is returned but not stored)."""
-        check_key(key, internal=True)
-        tags = _as_tuple(tags, internal=True)
-        ttl = self.settings.default_ttl if ttl is None else ttl
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-            raise ValueError(f"cache ttl must be a positive int (seconds), got {ttl!r}")
+        ``max_value_bytes``: then it is returned but not stored).
+
+        ``checked=True``: the caller has already validated ``key``, the tuple
+        ``tags`` (:func:`check_key`, internal) and ``ttl`` (None or a positive
+        int) -- a cached view does it once per key, not on every hit."""
+        if not checked:
+            check_key(key, internal=True)
+            tags = _as_tuple(tags, internal=True)
+            if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)
+                                    or ttl <= 0):
+                raise ValueError(f"cache ttl must be a positive int (seconds), got {ttl!r}")
+        if ttl is None:
+            ttl = self.settings.default_ttl
         if bypass or not self._ready():
             self.stats.incr("bypasses")
             return creator(), None
@@ -358,13 +366,11 @@ class RequestCache:
         self.trace = trace_of(request)  # the debug toolbar's record, usually None
 
     def _txn_state(self, create: bool = False):
-        from .transaction import transaction_state
-
         return transaction_state(self.request, self.policy, create=create)
 
     def is_dirty(self) -> bool:
         """Has this request's transaction written (so the cache is bypassed)?"""
-        state = self._txn_state()
+        state = transaction_state(self.request, self.policy)
         return state is not None and state.dirty
 
     def mark_dirty(self) -> None:
@@ -386,13 +392,15 @@ class RequestCache:
         finally:
             self.trace.finish(started)
 
-    def fetch(self, key, creator, ttl, tags, encode):
+    def fetch(self, key, creator, ttl, tags, encode, checked=False):
         if self.trace is None:
-            return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
+            return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty(),
+                                     checked=checked)
         started = self.trace.start("view", key, tags)
         result = (None, None)
         try:
-            result = self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty())
+            result = self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty(),
+                                       checked=checked)
             return result
         finally:
             self.trace.finish(started, result[1] if isinstance(result, tuple) else None)

@@ -45,10 +45,10 @@ honour it.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Any, Iterable
 
 from pyramid.exceptions import ConfigurationError
-from pyramid.response import Response
 from pyramid.util import takes_one_arg
 
 from . import codec, http
@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 USER_VARY = frozenset({"authenticated_userid", "authenticated_identity", "identity",
                        "authorization", "user", "user_id"})
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+#: resolved keys remembered per cached view, and the longest matchdict values remembered
+RESOLVED_MAX = 256
+RESOLVED_CHARS = 128
 
 
 def _names(value: Any, option: str) -> tuple[str, ...]:
@@ -75,7 +78,8 @@ def _names(value: Any, option: str) -> tuple[str, ...]:
 class CacheSpec:
     """A validated cache option: templates, ttl, tags, vary, public, params."""
 
-    __slots__ = ("key", "ttl", "tags", "vary", "per_user", "public", "params", "vary_headers")
+    __slots__ = ("key", "ttl", "tags", "vary", "per_user", "public", "params", "vary_headers",
+                 "_names", "_resolved")
 
     def __init__(self, key: str, ttl: Any = None, tags: Any = (), vary: Any = (),
                  public: Any = False, params: Any = ()) -> None:
@@ -115,11 +119,35 @@ class CacheSpec:
         self.public, self.params = public, frozenset(params)
         self.vary_headers = tuple(dict.fromkeys(
             h for name in vary for h in http.VARY_HEADERS.get(name, ())))
+        #: the matchdict names the templates use, in order
+        self._names = tuple(dict.fromkeys(n for t in (key, *tags) for n in fields(t)))
+        # Filling, escaping and checking the templates gives the same answer for the
+        # same values: done once per distinct set of short values, not per request
+        # (bounded: at most RESOLVED_MAX entries of at most RESOLVED_CHARS characters).
+        self._resolved = lru_cache(maxsize=RESOLVED_MAX)(self._resolve)
 
-    def resolve(self, request) -> tuple[str, tuple[str, ...]]:
-        """The base key and the tags for ``request`` (KeyError: missing matchdict value)."""
+    def _resolve(self, values: tuple[str, ...]) -> tuple[str, tuple[str, ...], str | None]:
+        matchdict = dict(zip(self._names, values))
+        base = fill(self.key, matchdict)
+        tags = (*(fill(t, matchdict) for t in self.tags), key_tag(base))
+        try:
+            for tag in tags:
+                check_key(tag, "tag", internal=True)
+            key = check_key(entity_key(base, "", ""), internal=True)
+        except ValueError:
+            key = None
+        return base, tags, key
+
+    def resolve(self, request) -> tuple[str, tuple[str, ...], str | None]:
+        """``(base key, tags, key)`` for ``request``: the tags include the implicit
+        key tag; ``key`` is the entry's key without query or vary parts, None when
+        a key or tag would be too long (KeyError: missing matchdict value)."""
         matchdict = request.matchdict or {}
-        return fill(self.key, matchdict), tuple(fill(t, matchdict) for t in self.tags)
+        # str(): the values are keyed by their text (1 and True are equal, not the same text)
+        values = tuple([str(matchdict[name]) for name in self._names])
+        if sum(map(len, values)) > RESOLVED_CHARS:  # long values are not remembered
+            return self._resolve(values)
+        return self._resolved(values)
 
 
 def _authenticated(request) -> bool:
@@ -135,26 +163,32 @@ def serve_cached(spec: CacheSpec, view, context, request):
     """Run ``view`` through the cache described by ``spec``."""
     if request.method not in _CACHEABLE_METHODS:
         return view(context, request)
-    stats = request.cache.policy.stats
+    cache = request.cache
+    stats = cache.policy.stats
     try:
-        base, tags = spec.resolve(request)
+        base, tags, key = spec.resolve(request)
     except KeyError as exc:
         log.warning("cache key %r: no matchdict value for %s; not caching", spec.key, exc)
         return view(context, request)
-    query = query_part(spec.params, request.GET)
+    if request.environ.get("QUERY_STRING") == "":  # the common case: no request.GET to build
+        query = ""
+    else:
+        query = query_part(spec.params, request.GET)
     if query is None:  # an undeclared parameter: never served (nor storing) a variant
         stats.incr("param_bypasses")
         response = view(context, request)
         response.headers["X-Cache"] = "MISS"
         return response
-    key = entity_key(base, query, vary_part(spec.vary, request))
-    try:
-        check_key(key, internal=True)
-    except ValueError:
+    if key is not None and (query or spec.vary):
+        try:
+            key = check_key(entity_key(base, query, vary_part(spec.vary, request)),
+                            internal=True)
+        except ValueError:
+            key = None
+    if key is None:
         log.warning("cache key for %r too long or invalid; not caching", spec.key)
         stats.incr("bypasses")
         return view(context, request)
-    tags = (*tags, key_tag(base))
     prepared: list[str] = []  # the ETag of a response that may be stored
 
     def create():
@@ -172,14 +206,14 @@ def serve_cached(spec: CacheSpec, view, context, request):
         return response, codec.encode_entity(etag, headers, response.body)
 
     if spec.public or spec.per_user or not _authenticated(request):
-        value, data = request.cache.fetch(key, create, spec.ttl, tags, _entity)
+        value, data = cache.fetch(key, create, spec.ttl, tags, _entity, checked=True)
         response = None if value is None else value[0]
     else:  # an authenticated request that may read but not fill (G5)
-        data = request.cache.peek(key, tags)
+        data = cache.peek(key, tags)
         response = None if data is not None else create()[0]
     if response is None:  # a hit: serve the stored bytes as they are
         try:
-            etag, headers, offset = codec.decode_head(data)
+            etag, headers, offset = http.entity_head(data)
         except ValueError:  # not an entity: never a 500, never stored over here
             log.warning("cache key %r does not hold a response; not caching", key[:200])
             response = view(context, request)
@@ -188,10 +222,9 @@ def serve_cached(spec: CacheSpec, view, context, request):
         if http.matches(request, etag):
             stats.incr("not_modified")
             response = http.not_modified(headers)
-        else:
-            response = Response(body=data[offset:], headerlist=headers)
-        response.headers["X-Cache"] = "HIT"
-        return response
+            response.headers["X-Cache"] = "HIT"
+            return response
+        return http.replay(headers, data[offset:], "HIT")
     if prepared and http.matches(request, prepared[-1]):  # a miss with the client's entity
         stats.incr("not_modified")
         response = http.not_modified(response.headerlist)

@@ -40,6 +40,8 @@ import threading
 
 
 class TcpProxy:
+    pair_class: type = None  # type: ignore[assignment]  # _Pair, set below
+
     def __init__(self, upstream_host: str, upstream_port: int,
                  listen_host: str = "127.0.0.1", connect_timeout: float = 5.0) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -144,7 +146,7 @@ class TcpProxy:
             upstream.settimeout(None)
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pair = _Pair(client, upstream)
+            pair = self.pair_class(client, upstream)
             with self._lock:  # cut() between accept and here: never forward it
                 if self._cut:
                     self.refused += 1
@@ -207,6 +209,9 @@ class _Pair:
                 sock.close()
 
 
+TcpProxy.pair_class = _Pair
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with a RST: the peer's next read or write fails at once."""
     try:
@@ -214,3 +219,140 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+# -- a RESP-aware proxy that can hold messages back -------------------------------------------
+
+UP, DOWN = "up", "down"  # client -> server, server -> client
+
+
+def resp_frame_end(buf: bytes | bytearray, pos: int = 0) -> int:
+    """Where the RESP2 frame starting at ``pos`` ends (the index after it), or -1 if
+    ``buf`` does not hold all of it yet."""
+    nl = buf.find(b"\r\n", pos)
+    if nl < 0:
+        return -1
+    kind = buf[pos:pos + 1]
+    if kind in (b"+", b"-", b":"):
+        return nl + 2
+    size = int(buf[pos + 1:nl])
+    if kind == b"$":
+        if size < 0:
+            return nl + 2
+        end = nl + 2 + size + 2
+        return end if len(buf) >= end else -1
+    if kind == b"*":
+        end = nl + 2
+        for _ in range(max(size, 0)):
+            end = resp_frame_end(buf, end)
+            if end < 0:
+                return -1
+        return end
+    raise ValueError(f"not RESP2: {bytes(buf[pos:pos + 20])!r}")
+
+
+class RespProxy(TcpProxy):
+    """A :class:`TcpProxy` for a Redis connection that can *delay* it: forwarding is
+    done frame by frame (whole RESP2 replies and commands), and while a direction is
+    held its frames are kept, in order, until :meth:`release` -- all of them, or the
+    first ``frames`` (so a test can deliver, say, a ``PONG`` and keep the invalidation
+    message Redis sent after it).  ``cut()`` drops what is held with the connection.
+
+        proxy.hold(DOWN)            # replies and invalidation messages wait here
+        proxy.release(DOWN, 1)      # the first one goes; -> [b"*2\\r\\n$4\\r\\npong..."]
+        proxy.release(DOWN)         # the rest go, and the direction flows again
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._held = {UP: False, DOWN: False}
+
+    def refuse(self) -> None:
+        """Refuse new connections (as :meth:`cut` does) but keep the current ones."""
+        with self._lock:
+            self._cut = True
+
+    def holding(self, direction: str) -> bool:
+        return self._held[direction]
+
+    def hold(self, direction: str) -> None:
+        with self._lock:
+            self._held[direction] = True
+
+    def held(self, direction: str) -> list[bytes]:
+        """The frames held now (every connection's, oldest first)."""
+        with self._lock:
+            pairs = list(self._pairs)
+        out: list[bytes] = []
+        for pair in pairs:
+            with pair.lock:
+                out.extend(pair.buffers[direction])
+        return out
+
+    def release(self, direction: str, frames: int | None = None) -> list[bytes]:
+        """Forward the first ``frames`` held frames of ``direction`` (all of them and
+        stop holding, when ``None``); returns what was forwarded.  The frames are in
+        the peer's socket buffer when this returns."""
+        with self._lock:
+            if frames is None:
+                self._held[direction] = False
+            pairs = list(self._pairs)
+        out: list[bytes] = []
+        for pair in pairs:
+            with pair.lock:
+                buf = pair.buffers[direction]
+                n = len(buf) if frames is None else min(frames - len(out), len(buf))
+                chunk, buf[:n] = buf[:n], []
+                if chunk:
+                    try:
+                        pair.dst(direction).sendall(b"".join(chunk))
+                    except OSError:
+                        pass
+                out.extend(chunk)
+        return out
+
+    def _pump(self, src, dst, pair) -> None:
+        direction = UP if src is pair.socks[0] else DOWN
+        acc = bytearray()
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                acc += data
+                frames = []
+                start = 0
+                while start < len(acc):
+                    end = resp_frame_end(acc, start)
+                    if end < 0:
+                        break
+                    frames.append(bytes(acc[start:end]))
+                    start = end
+                del acc[:start]
+                if not frames:
+                    continue
+                with pair.lock:
+                    if self._held[direction] or pair.buffers[direction]:
+                        pair.buffers[direction].extend(frames)
+                    else:
+                        dst.sendall(b"".join(frames))
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._pairs.discard(pair)
+            pair.shutdown()
+            pair.pump_done()
+
+
+class _RespPair(_Pair):
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        super().__init__(client, upstream)
+        self.lock = threading.Lock()  # orders forwarding and releasing of one direction
+        self.buffers: dict[str, list[bytes]] = {UP: [], DOWN: []}
+
+    def dst(self, direction: str) -> socket.socket:
+        return self.socks[1] if direction == UP else self.socks[0]
+
+
+RespProxy.pair_class = _RespPair

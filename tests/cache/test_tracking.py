@@ -4,6 +4,7 @@ one PING serves many concurrent barriers; losses and flushes forget everything."
 from __future__ import annotations
 
 import threading
+import time
 
 import redis
 
@@ -152,4 +153,52 @@ def test_keys_outside_the_prefix_are_not_reported(private_redis):
     client.set(f"{PREFIX}inside", 1)
     assert stream.barrier(5.0)
     assert rec.keys == [f"{PREFIX}inside"]
+    stream.stop()
+
+
+def test_redis_py_health_checks_never_touch_the_tracking_connection(private_redis):
+    """The pool's kwargs carry ``health_check_interval`` (30 s in make_client): redis-py
+    would PING on a request thread after that much idle and read the reply there, racing
+    the reader (the bench saw the reader die after 30 s idle). A tiny interval makes the
+    same situation in milliseconds: barriers keep working, nothing is lost or flushed."""
+    rec = Recorder()
+    stream = InvalidationStream({"host": "127.0.0.1", "port": private_redis.port,
+                                 "health_check_interval": 0.001}, PREFIX,
+                                rec.on_keys, rec.on_flush, reconnect_delay=0.05).start()
+    assert stream.wait_healthy(10)
+    flushes = rec.flushes
+    client = private_redis.client()
+    for i in range(20):
+        deadline = time.monotonic() + 0.01
+        while time.monotonic() < deadline:  # idle longer than the health-check interval
+            pass
+        client.set(f"{PREFIX}h:{i}", i)
+        assert stream.barrier(5.0), i
+        assert f"{PREFIX}h:{i}" in rec.keys
+    assert rec.flushes == flushes and stream.healthy
+    assert stream._thread.is_alive()
+    stream.stop()
+
+
+def test_a_reader_failure_of_any_kind_reconnects_instead_of_dying(private_redis):
+    rec = Recorder()
+    calls = []
+
+    def bad_on_keys(keys):
+        calls.append(keys)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a callback")
+        rec.on_keys(keys)
+
+    stream = InvalidationStream({"host": "127.0.0.1", "port": private_redis.port}, PREFIX,
+                                bad_on_keys, rec.on_flush, reconnect_delay=0.05).start()
+    assert stream.wait_healthy(10)
+    flushes = rec.flushes
+    client = private_redis.client()
+    client.set(f"{PREFIX}boom", 1)  # the callback raises: the stream drops and reconnects
+    wait_until(lambda: rec.flushes >= flushes + 2, timeout=10, message="flushed, reconnected")
+    assert stream.wait_healthy(10)
+    client.set(f"{PREFIX}after", 1)
+    assert stream.barrier(5.0) and f"{PREFIX}after" in rec.keys
+    assert len([c for c in client.client_list() if "P" in c.get("flags", "")]) == 1  # no leak
     stream.stop()

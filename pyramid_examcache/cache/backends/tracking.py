@@ -89,12 +89,17 @@ class InvalidationStream:
                  on_keys: Callable[[list[str]], None], on_flush: Callable[[], None],
                  reconnect_delay: float = 0.5,
                  connection_class: type = redis.Connection) -> None:
-        self.kwargs = {**connection_kwargs, "protocol": 2, "socket_timeout": None}
+        # RESP2; no socket timeout (the reader blocks until a message); and no redis-py
+        # health check: it would send its own PING and read the reply on a request
+        # thread, racing the reader (found by the bench after 30 s of idle)
+        self.kwargs = {**connection_kwargs, "protocol": 2, "socket_timeout": None,
+                       "health_check_interval": 0}
         self.connection_class = connection_class
         self.prefix = prefix
         self.on_keys, self.on_flush = on_keys, on_flush
         self.reconnect_delay = reconnect_delay
         self._conn: redis.Connection | None = None
+        self._sock: Any = None  # the connected socket: PINGs are written to it directly
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._healthy = False
@@ -146,6 +151,8 @@ class InvalidationStream:
                 if not self._stopped.is_set():
                     log.warning("cache tracking connection lost (%s); near cache flushed, "
                                 "reads validate against Redis until it is back", exc)
+            except Exception:  # noqa: BLE001 -- never let the reader die: reconnect instead
+                log.exception("cache tracking reader failed; reconnecting")
             finally:
                 self._lose()
             self._stopped.wait(self.reconnect_delay)
@@ -163,6 +170,7 @@ class InvalidationStream:
         conn.read_response()
         with self._cond:
             self._conn = conn
+            self._sock = conn._sock  # redis-py's socket: written to by _send only
             self._epoch += 1
             self._recent.clear()
             self._floor = self._messages
@@ -177,9 +185,14 @@ class InvalidationStream:
             was = self._healthy
             self._healthy = False
             self._epoch += 1
-            self._conn = None
+            conn, self._conn, self._sock = self._conn, None, None
             self._in_flight = self._next = None
             self._cond.notify_all()  # barrier waiters give up
+        if conn is not None:
+            try:
+                conn.disconnect()  # never left open (a dead reader's socket stayed in Redis)
+            except Exception:  # noqa: BLE001
+                pass
         if was:
             self.on_flush()
 
@@ -206,6 +219,8 @@ class InvalidationStream:
                             self._floor = self._messages
                     self.on_keys(names)
             elif kind == b"pong":
+                if not reply[1].isdigit():
+                    continue  # not one of our barrier PINGs
                 number = int(reply[1])
                 send = None
                 with self._cond:
@@ -217,7 +232,7 @@ class InvalidationStream:
                             send = self._in_flight
                     self._cond.notify_all()
                 if send is not None:
-                    self._send(conn, send)
+                    self._send(send)
 
     # -- the barrier ----------------------------------------------------------------------------
 
@@ -237,7 +252,7 @@ class InvalidationStream:
         with self._cond:
             if not self._healthy or self._conn is None:
                 return False
-            epoch, conn = self._epoch, self._conn
+            epoch = self._epoch
             if self._in_flight is not None and self._in_flight_at >= started:
                 mine = self._in_flight
             elif self._in_flight is None:
@@ -248,20 +263,28 @@ class InvalidationStream:
                     self._next = next(self._seq)
                 mine = self._next
         if send is not None:
-            self._send(conn, send)
+            self._send(send)
         with self._cond:
             ok = self._cond.wait_for(
                 lambda: self._acked >= mine or self._epoch != epoch or not self._healthy,
                 max(0.0, deadline - time.monotonic()))
             return bool(ok) and self._acked >= mine and self._epoch == epoch
 
-    def _send(self, conn: redis.Connection, number: int) -> None:
-        """Send ``PING <number>``; a failure is the reader's to notice (the connection is gone)."""
+    def _send(self, number: int) -> None:
+        """Write ``PING <number>`` to the current socket. Never through redis-py's
+        ``send_command``: on a connection the reader dropped it would connect a new one
+        (a stray connection whose PONG nobody reads, opened under the send lock with no
+        timeout). A failure is the reader's to notice (the connection is gone)."""
+        arg = str(number).encode()
+        packed = b"*2\r\n$4\r\nPING\r\n$%d\r\n%s\r\n" % (len(arg), arg)
         with self._send_lock:
+            sock = self._sock
+            if sock is None:
+                return
             try:
-                conn.send_command("PING", str(number))
+                sock.sendall(packed)
                 self.pings_sent += 1
-            except (redis.RedisError, OSError):
+            except OSError:
                 pass
 
     # -- safe fills ---------------------------------------------------------------------------
