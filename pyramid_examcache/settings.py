@@ -105,7 +105,7 @@ class CacheSettings:
     breaker_reset: float = 2.0
     near_cache_mb: float = 32.0
     #: keep the near cache exact with Redis CLIENT TRACKING + a shared barrier (issue 11)
-    tracking: bool = False
+    tracking: bool = True
     enabled: bool = True
     invalidation_log: bool = True
     invalidation_log_url: str | None = None

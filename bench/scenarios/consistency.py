@@ -32,7 +32,8 @@ TARGETS = (("ours", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q
 #: ``ours-tracking`` is the demo with ``examcache.tracking = true`` (issue 11's path)
 #: ``ours-tracking-2p``: the readers on a second such process, the writer on the first one
 #: (G2 across processes: the invalidation reaches the readers' process through Redis only)
-SETTINGS = {"ours-tracking": {"examcache.tracking": "true"},
+SETTINGS = {"ours": {"examcache.tracking": "false"},
+            "ours-tracking": {"examcache.tracking": "true"},
             "ours-tracking-2p": {"examcache.tracking": "true"}}
 WRITER = {"ours-tracking-2p": "ours-tracking"}
 OURS = ("ours", "ours-tracking", "ours-tracking-2p")

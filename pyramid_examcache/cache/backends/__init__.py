@@ -12,10 +12,11 @@ log = logging.getLogger(__name__)
 
 def make_backend(settings: CacheSettings) -> Backend:
     """Build the backend named by ``examcache.redis_url`` (settings already validated)."""
-    if settings.tracking and (settings.near_cache_mb <= 0 or "+" in settings.redis_url
-                              or settings.redis_url.startswith("memory://")):
-        log.warning("examcache.tracking is ignored: it needs a single Redis (not memory://, "
-                    "Sentinel or Cluster) and examcache.near_cache_mb > 0")
+    if (settings.tracking and not settings.redis_url.startswith("memory://")
+            and (settings.near_cache_mb <= 0 or "+" in settings.redis_url)):
+        log.info("examcache.tracking does not apply here (it needs a single Redis, not "
+                 "Sentinel or Cluster, and examcache.near_cache_mb > 0): every hit is validated "
+                 "against Redis instead")
     if settings.redis_url.startswith("memory://"):
         return MemoryBackend()
     if "+cluster://" in settings.redis_url:
