@@ -20,6 +20,20 @@ ENVIRON_KEY = "pyramid_examcache.trace"
 _CURRENT: ContextVar["Operation | None"] = ContextVar("examcache_operation", default=None)
 
 
+#: (counted events, the word shown), in the order shown
+_OUTCOMES = (
+    (("hits",), "HIT"),
+    (("lock_waits",), "WAIT"),
+    (("misses",), "MISS"),
+    (("bypasses", "param_bypasses"), "BYPASS"),
+    (("stores",), "stored"),
+    (("stale_rejected",), "refused (stale)"),
+    (("too_large",), "refused (too large)"),
+    (("wait_timeouts",), "wait timed out"),
+    (("errors",), "ERROR"),
+)
+
+
 @dataclass
 class Operation:
     kind: str
@@ -32,26 +46,7 @@ class Operation:
     @property
     def outcome(self) -> str:
         """HIT, MISS (+ stored / refused), WAIT, BYPASS, as counted by the policy."""
-        e = self.events
-        words = []
-        if "hits" in e:
-            words.append("HIT")
-        if "lock_waits" in e:
-            words.append("WAIT")
-        if "misses" in e:
-            words.append("MISS")
-        if "bypasses" in e or "param_bypasses" in e:
-            words.append("BYPASS")
-        if "stores" in e:
-            words.append("stored")
-        if "stale_rejected" in e:
-            words.append("refused (stale)")
-        if "too_large" in e:
-            words.append("refused (too large)")
-        if "wait_timeouts" in e:
-            words.append("wait timed out")
-        if "errors" in e:
-            words.append("ERROR")
+        words = [word for events, word in _OUTCOMES if any(e in self.events for e in events)]
         return " ".join(words) or "-"
 
 

@@ -198,6 +198,19 @@ def topology(request):
     return request.getfixturevalue(f"redis_{request.param}")
 
 
+@pytest.fixture
+def sentinel():
+    """A primary, a replica and 3 sentinels of the test's own (it may fail them over)."""
+    from .topologies import PrivateSentinel
+
+    own = PrivateSentinel()
+    try:
+        own.start()
+        yield own
+    finally:
+        own.close()
+
+
 @pytest.fixture(params=TOPOLOGIES)
 def private_topology(request):
     """A topology of its own that the test may pause, stop and restart."""

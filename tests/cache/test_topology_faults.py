@@ -20,7 +20,7 @@ import redis
 
 from pyramid_examcache.cache import get_policy
 
-from ..topologies import PrivateCluster, PrivateSentinel, poll
+from ..topologies import PrivateCluster, poll
 from . import itemapp
 from .servers import Client, thread_server
 
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.slow
 def db(cache_pg_url):
     itemapp.create_schema(cache_pg_url, n_items=60)
     return cache_pg_url
-
-
-@pytest.fixture
-def sentinel():
-    own = PrivateSentinel()
-    try:
-        own.start()
-        yield own
-    finally:
-        own.close()
 
 
 @pytest.fixture

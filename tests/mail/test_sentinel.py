@@ -10,20 +10,9 @@ import uuid
 import pytest
 from webtest import TestApp
 
-from ..topologies import PrivateSentinel
 from .support import ConsumerProcess, make_app, wait_until, write_ini
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def sentinel():
-    own = PrivateSentinel()
-    try:
-        own.start()
-        yield own
-    finally:
-        own.close()
 
 
 def test_registrations_across_a_failover_are_delivered_exactly_once(

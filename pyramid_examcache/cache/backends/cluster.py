@@ -67,7 +67,7 @@ from redis.retry import Retry
 from ...topology import cluster_client, parse as parse_url
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
 from .near import NearCache
-from .redis import RELEASE, glob_escape
+from .redis import RELEASE, TAKE_LEASE, glob_escape
 
 # KEYS: value, lease.  ARGV: token, lease_ms, tags, versions (read just before)
 LEASE = r"""
@@ -76,12 +76,7 @@ if r[1] then
   if (r[2] or '') == ARGV[3] and (r[3] or '') == ARGV[4] then return {1, r[1]} end
   redis.call('DEL', KEYS[1])
 end
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  if holder == '' then return {4, false} end
-  return {3, false}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+""" + TAKE_LEASE + """
 return {2, false}
 """
 

@@ -67,6 +67,17 @@ local function split(s)
 end
 """
 
+#: KEYS[2] is the lease, ARGV[1] the token, ARGV[2] its ms: a bypass marker or another
+#: holder answers 4 / 3; else the lease is taken (shared by LOOKUP and the cluster's LEASE)
+TAKE_LEASE = r"""
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  if holder == '' then return {4, false} end
+  return {3, false}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+"""
+
 # KEYS: value, lease. ARGV: token, lease_ms, tag_prefix, ttl, version_seed, tags...
 # (the slow path: a valid hit here is rare, the pipelined read answers most)
 LOOKUP = _SPLIT + r"""
@@ -82,12 +93,7 @@ if r[1] then
   if ok then return {1, r[1]} end
   redis.call('DEL', KEYS[1])
 end
-local holder = redis.call('GET', KEYS[2])
-if holder then
-  if holder == '' then return {4, false} end
-  return {3, false}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+""" + TAKE_LEASE + r"""
 local versions = {}
 for i = 6, #ARGV do
   local tk = ARGV[3] .. ARGV[i]
@@ -165,6 +171,13 @@ def _pack(*args: bytes | str | int) -> bytes:
             arg = b"%d" % arg
         out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+def _value_and_tags(p: str, key: str, tags) -> tuple[bytes, bytes]:
+    """The value's key name and the packed ``GET`` of each tag version (the hit path's read)."""
+    tag_prefix = f"{p}t:".encode()
+    return (f"{p}v:{key}".encode(),
+            b"".join(_pack(b"GET", tag_prefix + tag.encode()) for tag in tags))
 
 
 def glob_escape(text: str) -> str:
@@ -246,9 +259,7 @@ class RedisBackend(Backend):
         if self._tracked is not None:
             return self._read_tracked(key, tags, holder)
         holder, p = holder or self._prepare()
-        value_key = f"{p}v:{key}".encode()
-        tag_prefix = f"{p}t:".encode()
-        tag_gets = b"".join(_pack(b"GET", tag_prefix + tag.encode()) for tag in tags)
+        value_key, tag_gets = _value_and_tags(p, key, tags)
         near = self._near.get(key) if self._near is not None else None
         if near is not None:
             # the near-cache path: only the stamp and tag versions cross the wire
@@ -278,9 +289,7 @@ class RedisBackend(Backend):
                 return data
         token = stream.mark()
         holder, p = holder or self._prepare()
-        value_key = f"{p}v:{key}".encode()
-        tag_prefix = f"{p}t:".encode()
-        tag_gets = b"".join(_pack(b"GET", tag_prefix + tag.encode()) for tag in tags)
+        value_key, tag_gets = _value_and_tags(p, key, tags)
         replies = self._roundtrip(holder, _pack(b"HMGET", value_key, b"d", b"s", b"t", b"g")
                                   + _pack(b"PTTL", value_key) + tag_gets, 2 + len(tags))
         data, stamp, stored_tags, stored_versions = replies[0]
