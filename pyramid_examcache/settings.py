@@ -106,6 +106,9 @@ class CacheSettings:
     near_cache_mb: float = 32.0
     #: keep the near cache exact with Redis CLIENT TRACKING + a shared barrier (issue 11)
     tracking: bool = True
+    #: read leases on top of tracking (:mod:`.cache.backends.read_lease`): held values are
+    #: served with no barrier; writes wait for readers to catch up (0 = off)
+    tracking_lease_ms: int = 1000
     enabled: bool = True
     invalidation_log: bool = True
     invalidation_log_url: str | None = None
@@ -113,6 +116,13 @@ class CacheSettings:
     relay_after: float = 2.0
     #: values (get_or_set JSON, cached view entities) larger than this are not stored
     max_value_bytes: int = 1048576
+
+
+def _lease_ms(settings: Mapping[str, Any], name: str) -> int:
+    value = as_number(settings, name, CacheSettings.tracking_lease_ms, integer=True)
+    if value and not 200 <= value <= 60000:
+        raise _error(name, value, "must be 0 (off) or between 200 and 60000 (milliseconds)")
+    return value
 
 
 def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
@@ -141,6 +151,7 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
                                 allow_zero=False),
         near_cache_mb=as_number(settings, p + "near_cache_mb", CacheSettings.near_cache_mb),
         tracking=as_bool(settings, p + "tracking", CacheSettings.tracking),
+        tracking_lease_ms=_lease_ms(settings, p + "tracking_lease_ms"),
         enabled=as_bool(settings, p + "enabled", True),
         invalidation_log=as_bool(settings, p + "invalidation_log", True),
         invalidation_log_url=_database_url(settings, (p + "invalidation_log_url", "sqlalchemy.url")),

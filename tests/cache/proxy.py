@@ -227,28 +227,30 @@ UP, DOWN = "up", "down"  # client -> server, server -> client
 
 
 def resp_frame_end(buf: bytes | bytearray, pos: int = 0) -> int:
-    """Where the RESP2 frame starting at ``pos`` ends (the index after it), or -1 if
-    ``buf`` does not hold all of it yet."""
+    """Where the RESP2 or RESP3 frame starting at ``pos`` ends (the index after it), or -1
+    if ``buf`` does not hold all of it yet."""
     nl = buf.find(b"\r\n", pos)
     if nl < 0:
         return -1
     kind = buf[pos:pos + 1]
-    if kind in (b"+", b"-", b":"):
+    if kind in (b"+", b"-", b":", b"_", b"#", b",", b"("):  # one line
         return nl + 2
     size = int(buf[pos + 1:nl])
-    if kind == b"$":
+    if kind in (b"$", b"=", b"!"):  # a length, then that many bytes
         if size < 0:
             return nl + 2
         end = nl + 2 + size + 2
         return end if len(buf) >= end else -1
-    if kind == b"*":
+    if kind in (b"*", b"~", b">", b"%", b"|"):  # aggregates (a map/attribute: pairs)
         end = nl + 2
-        for _ in range(max(size, 0)):
+        for _ in range(max(size, 0) * (2 if kind in (b"%", b"|") else 1)):
             end = resp_frame_end(buf, end)
             if end < 0:
                 return -1
+        if kind == b"|":  # an attribute precedes the reply it describes
+            return resp_frame_end(buf, end)
         return end
-    raise ValueError(f"not RESP2: {bytes(buf[pos:pos + 20])!r}")
+    raise ValueError(f"not RESP: {bytes(buf[pos:pos + 20])!r}")
 
 
 class RespProxy(TcpProxy):

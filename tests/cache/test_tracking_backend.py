@@ -15,13 +15,25 @@ from pyramid_examcache.cache.backends.redis import RedisBackend
 from ..mail.support import wait_until
 
 PREFIX = "trb:"
+LEASE = {"ms": 0}
+
+
+@pytest.fixture(autouse=True, params=[0, 1000], ids=["barrier", "read-lease"])
+def lease_ms(request):
+    """Every test runs on both tracked paths: a barrier per read (``lease_ms=0``) and
+    read leases (:mod:`~pyramid_examcache.cache.backends.read_lease`, no barrier)."""
+    LEASE["ms"] = request.param
+    yield request.param
+    LEASE["ms"] = 0
 
 
 def backend(server, tracking=True) -> RedisBackend:
     b = RedisBackend(server.url, prefix=PREFIX, near_cache_bytes=1 << 20, tracking=tracking,
-                     socket_timeout=1.0)
+                     socket_timeout=1.0, lease_ms=LEASE["ms"])
     if tracking:
         assert b._stream.wait_healthy(10)
+        if b._lease is not None:
+            assert wait_until(b._lease.valid, timeout=10, message="lease")
     return b
 
 
@@ -73,7 +85,10 @@ def test_concurrent_hits_cost_no_command_of_their_own(private_redis):
     moved = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert results == [b"v1"] * 1600
     assert moved.get("hmget", 0) == 0 and moved.get("evalsha", 0) == 0  # no per-hit read
-    assert 1 <= moved.get("ping", 0) < 1600 / 4, moved  # shared barriers (group commit)
+    if LEASE["ms"]:  # no barrier at all: only the lease keeper's own cycles
+        assert moved.get("ping", 0) < 50, moved
+    else:
+        assert 1 <= moved.get("ping", 0) < 1600 / 4, moved  # shared barriers (group commit)
 
 
 def test_another_process_invalidating_a_key_or_a_tag_is_never_missed(private_redis):

@@ -30,7 +30,7 @@ def make_backend(settings: CacheSettings) -> Backend:
     return RedisBackend(settings.redis_url, prefix=settings.key_prefix,
                         socket_timeout=settings.socket_timeout,
                         near_cache_bytes=int(settings.near_cache_mb * 1024 * 1024),
-                        tracking=settings.tracking)
+                        tracking=settings.tracking, lease_ms=settings.tracking_lease_ms)
 
 
 __all__ = ["Backend", "Lookup", "Status", "MemoryBackend", "make_backend"]

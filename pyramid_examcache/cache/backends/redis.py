@@ -36,6 +36,13 @@ with no command of its own; a value not held (or a barrier that fails: the
 tracking connection is down) takes the validating read above, and the value it
 read is inserted only if none of its keys changed meanwhile.
 
+With read leases on top (``examcache.tracking_lease_ms``, :mod:`.read_lease`), a
+held value is served with no barrier at all while this process's lease is valid;
+the wait moves to the writers: :meth:`RedisBackend.invalidate` (and ``clear``)
+return only once every process holding a lease has applied the change, or that
+lease has run out. Every single-Redis backend runs the writer side when leases
+are on, with or without tracking of its own.
+
 Connections come from one pool per application with short socket/connect
 timeouts and **no** client-side retries: a slow Redis must cost one timeout,
 not three (the policy's circuit breaker handles the rest).
@@ -55,6 +62,7 @@ from ...topology import parse as parse_url, primary_pool, sentinel_manager
 from . import failover
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
 from .near import NearCache
+from .read_lease import LeaseWriter, ReadLease, new_reader_id, reader_tag
 from .tracked_near import TrackedNearCache
 from .tracking import InvalidationStream
 
@@ -209,7 +217,7 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str, prefix: str = "examcache:", socket_timeout: float = 0.25,
                  client: redis.Redis | None = None, near_cache_bytes: int = 0,
-                 tracking: bool = False) -> None:
+                 tracking: bool = False, lease_ms: int = 0) -> None:
         self.client = client or make_client(url, socket_timeout)
         self.prefix = prefix
         topo = parse_url(url)
@@ -230,18 +238,62 @@ class RedisBackend(Backend):
         self._tracked: TrackedNearCache | None = None
         self._stream: InvalidationStream | None = None
         self._barrier_timeout = socket_timeout
+        #: read leases (:mod:`.read_lease`): this process's, and the writer side, which every
+        #: single-Redis process runs when leases are on (a process without tracking may
+        #: still write while others hold leases)
+        self._lease: ReadLease | None = None
+        self._writer: LeaseWriter | None = None
+        reader_id = new_reader_id()
         if tracking and near_cache_bytes > 0 and topo.kind == "single":
             self._near = None  # the tracked near cache replaces the validated one
-            self._tracked = TrackedNearCache(near_cache_bytes, lambda k: f"{prefix}v:{k}",
-                                             lambda t: f"{prefix}t:{t}")
+            tracked = self._tracked = TrackedNearCache(
+                near_cache_bytes, lambda k: f"{prefix}v:{k}", lambda t: f"{prefix}t:{t}")
             pool = self.client.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            if lease_ms > 0:
+                kwargs["client_name"] = reader_tag(prefix) + reader_id
             self._stream = InvalidationStream(
-                dict(pool.connection_kwargs), prefix, self._tracked.on_keys,
-                self._tracked.on_flush, connection_class=pool.connection_class).start()
+                kwargs, prefix, self._on_keys, self._on_flush,
+                connection_class=pool.connection_class)
+            if lease_ms > 0:
+                self._lease = ReadLease(self.client, self._stream, prefix, reader_id, lease_ms,
+                                        socket_timeout)
+            self._stream.start()
+            if self._lease is not None:
+                self._lease.start()
+            del tracked
+        if lease_ms > 0 and topo.kind == "single":
+            self._writer = LeaseWriter(self.client, prefix, lease_ms, own=self._own_caught_up,
+                                       own_id=reader_id if self._lease is not None else None)
         # every thread's connection, weakly: a thread that ends drops its holder
         # (thread-local data dies with the thread), which disconnects it
         self._conns: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
+
+    def _on_keys(self, redis_keys: list[str]) -> None:
+        self._tracked.on_keys(redis_keys)
+        if self._lease is not None:
+            self._lease.notice(redis_keys)
+
+    def _on_flush(self) -> None:
+        if self._lease is not None:
+            self._lease.revoke()
+        self._tracked.on_flush()
+
+    def _own_caught_up(self) -> bool:
+        """After a write's fence: has this process applied every message before it? (Or
+        can it not serve without a barrier anyway: its stream is down, and a reconnection
+        flushes and revokes.)"""
+        stream = self._stream
+        return stream is None or stream.barrier(self._barrier_timeout) or not stream.healthy
+
+    def peek_local(self, key, tags=()):
+        """The held value of ``key`` when it may be served with no I/O and no wait: this
+        process holds a valid read lease (:mod:`.read_lease`); else None."""
+        lease = self._lease
+        if lease is not None and lease.valid():
+            return self._tracked.get(key, tags)
+        return None
 
     def _switched(self) -> None:
         """A sentinel announced a failover: every thread reconnects before its next call."""
@@ -282,8 +334,12 @@ class RedisBackend(Backend):
         """:meth:`_read` with the tracked near cache: a held value after a barrier (no
         command of its own), else the validating read, inserting what it read unless one
         of its keys changed since the mark (:mod:`.tracked_near`)."""
-        tracked, stream = self._tracked, self._stream
-        if tracked.get(key, tags) is not None and stream.barrier(self._barrier_timeout):
+        tracked, stream, lease = self._tracked, self._stream, self._lease
+        if lease is not None and lease.valid():  # no barrier: the writers waited (G2)
+            data = tracked.get(key, tags)
+            if data is not None:
+                return data
+        elif tracked.get(key, tags) is not None and stream.barrier(self._barrier_timeout):
             data = tracked.get(key, tags)  # every invalidation before the barrier is applied
             if data is not None:
                 return data
@@ -348,6 +404,8 @@ class RedisBackend(Backend):
         names = [name for key in keys for name in (f"{p}v:{key}", f"{p}l:{key}")]
         names += [f"{p}t:{tag}" for tag in tags]
         self._roundtrip(holder, _pack(b"DEL", *names), 1)
+        if self._writer is not None:  # returns once no read lease can serve the old values
+            self._writer.wait()
 
     def get(self, key, tags=()):
         holder, p = self._prepare()
@@ -422,13 +480,18 @@ class RedisBackend(Backend):
         if self._tracked is not None:
             self._tracked.on_flush()
         batch = []
+        leases = f"{self.prefix}x:".encode()  # the read-lease registry is not cache data
         for name in self.client.scan_iter(match=glob_escape(self.prefix) + "*", count=1000):
+            if name.startswith(leases):
+                continue
             batch.append(name)
             if len(batch) >= 500:
                 self.client.delete(*batch)
                 batch.clear()
         if batch:
             self.client.delete(*batch)
+        if self._writer is not None:
+            self._writer.wait()
 
     def ping(self):
         self.client.ping()
@@ -436,6 +499,8 @@ class RedisBackend(Backend):
     def close(self):
         if self._watch is not None:
             self._watch.close()
+        if self._lease is not None:
+            self._lease.stop()
         if self._stream is not None:
             self._stream.stop()
         with self._conns_lock:

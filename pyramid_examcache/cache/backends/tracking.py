@@ -1,9 +1,10 @@
 """Server-assisted invalidation for the near cache: ``CLIENT TRACKING`` plus an ordering barrier.
 
-Issue 11's building block (not yet wired into :class:`~.redis.RedisBackend`): it tells a
-process which keys under its prefix changed, and lets a request wait -- usually together
-with every other request in flight -- until every change Redis made before the request
-started has been seen.
+Issue 11's building block, wired into :class:`~.redis.RedisBackend` by ``examcache.tracking``:
+it tells a process which keys under its prefix changed, and lets a request wait -- usually
+together with every other request in flight -- until every change Redis made before the
+request started has been seen. With read leases (:mod:`.read_lease`) only the lease keeper
+and the writers use the barrier; requests do not.
 
 The connection
 --------------

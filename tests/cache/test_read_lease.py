@@ -1,0 +1,205 @@
+"""Read leases (:mod:`pyramid_examcache.cache.backends.read_lease`): held values served with no
+barrier, and G2 kept by the writers -- when a reader is partitioned (its replies stop, the
+others' do not), killed, or its registration is wiped by ``FLUSHALL``. Real redis-servers
+on private ports; the partition is a proxy holding every reply to one backend."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from pyramid.exceptions import ConfigurationError
+
+from pyramid_examcache.cache.backends.read_lease import DRIFT, MARGIN
+from pyramid_examcache.cache.backends.redis import RedisBackend
+from pyramid_examcache.settings import parse_cache_settings
+
+from ..mail.support import wait_until
+from .proxy import DOWN, RespProxy
+from .test_tracking_backend import commandstats, read, store
+
+PREFIX = "rl:"
+LEASE_MS = 1000
+
+
+def backend(url, tracking=True, lease_ms=LEASE_MS, timeout=1.0) -> RedisBackend:
+    b = RedisBackend(url, prefix=PREFIX, near_cache_bytes=1 << 20, tracking=tracking,
+                     socket_timeout=timeout, lease_ms=lease_ms)
+    if tracking:
+        assert b._stream.wait_healthy(10)
+        if lease_ms:
+            assert wait_until(b._lease.valid, timeout=10, message="lease")
+    return b
+
+
+def hold(b: RedisBackend, key: str, value: bytes, tags=()) -> None:
+    """Make ``b`` hold ``key`` in its tracked near cache with a usable lease."""
+    assert wait_until(lambda: read(b, key, tags) == value and b._tracked.get(key, tags)
+                      is not None and b._lease.valid(), timeout=10, message="held")
+
+
+def test_a_held_value_is_served_with_no_command_and_no_barrier(private_redis):
+    b = backend(private_redis.url)
+    store(b, "k", b"v1", ("t",))
+    hold(b, "k", b"v1", ("t",))
+    pings = b._stream.pings_sent
+    before = commandstats(private_redis)
+    assert [b.peek_local("k", ("t",)) for _ in range(500)] == [b"v1"] * 500
+    assert [read(b, "k", ("t",)) for _ in range(500)] == [b"v1"] * 500
+    after = commandstats(private_redis)
+    # whatever ran meanwhile is the lease keeper's (a cycle every 250 ms), not the reads
+    assert sum(after.values()) - sum(before.values()) < 50
+    assert b._stream.pings_sent - pings < 10
+    b.close()
+
+
+def test_a_write_in_the_writers_own_process_does_not_wait(private_redis):
+    b = backend(private_redis.url)
+    store(b, "k", b"v1")
+    hold(b, "k", b"v1")
+    b.invalidate(keys=["k"])
+    assert b.peek_local("k") is None and read(b, "k") is None
+    assert b._writer.waits == 0  # its own stream's barrier crossed it off
+
+
+def test_a_partitioned_reader_stops_serving_before_the_write_returns(private_redis):
+    """One process's replies stop (a silent partition: no error, no EOF) while the writer
+    still reaches Redis. The write must not return while that reader could still serve the
+    old value; once it returns, the reader's lease has run out."""
+    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+        reader = backend(f"redis://127.0.0.1:{proxy.port}/0")
+        writer = backend(private_redis.url, tracking=False)
+        store(writer, "k", b"old", ("t",))
+        hold(reader, "k", b"old", ("t",))
+        proxy.hold(DOWN)  # nothing reaches the reader any more: no message, no reply
+        started = time.monotonic()
+        writer.invalidate(tags=["t"])
+        waited = time.monotonic() - started
+        served = reader.peek_local("k", ("t",))
+        valid = reader._lease.valid()
+        proxy.release(DOWN)
+        reader.close()
+        writer.close()
+    assert served is None and not valid  # the lease ran out before the write returned
+    assert writer._writer.waits == 1
+    assert waited <= LEASE_MS / 1000 * (1 + DRIFT) + MARGIN + 5  # bounded (a loaded machine)
+
+
+def test_a_reader_that_catches_up_lets_the_write_return_at_once(private_redis):
+    reader, writer = backend(private_redis.url), backend(private_redis.url, tracking=False)
+    store(writer, "k", b"old")
+    hold(reader, "k", b"old")
+    writer.invalidate(keys=["k"])
+    assert reader.peek_local("k") is None  # applied before the write returned
+    assert writer._writer.gave_up == 0  # by its acknowledgement, not by the time limit
+    acks = private_redis.client().hgetall(f"{PREFIX}x:acks")
+    assert int(acks[reader._lease.id.encode()]) >= 1
+    reader.close()
+    writer.close()
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pyramid_examcache.cache.backends.redis import RedisBackend
+    b = RedisBackend(sys.argv[1], prefix=sys.argv[2], near_cache_bytes=1 << 20,
+                     tracking=True, socket_timeout=1.0, lease_ms=1000)
+    deadline = time.monotonic() + 20
+    while not (b._lease is not None and b._lease.valid()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(b._lease.id, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_killed_reader_delays_writes_once_then_is_forgotten(private_redis):
+    writer = backend(private_redis.url, tracking=False)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, private_redis.url, PREFIX],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        reader_id = proc.stdout.readline().strip()
+        assert reader_id and reader_id != "None"
+        readers = private_redis.client().hgetall(f"{PREFIX}x:readers")
+        assert reader_id.encode() in readers
+        proc.kill()  # no goodbye: its registration stays until it expires
+        proc.wait(10)
+        writer.invalidate(keys=["a"])  # waits for the dead reader's lease to run out
+        assert writer._writer.waits == 1
+        assert reader_id.encode() not in private_redis.client().hgetall(f"{PREFIX}x:readers")
+        writer.invalidate(keys=["b"])
+        assert writer._writer.waits == 1  # forgotten: the next write does not wait
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        writer.close()
+
+
+def test_a_closed_reader_unregisters(private_redis):
+    reader = backend(private_redis.url)
+    rid = reader._lease.id.encode()
+    assert rid in private_redis.client().hgetall(f"{PREFIX}x:readers")
+    reader.close()
+    assert rid not in private_redis.client().hgetall(f"{PREFIX}x:readers")
+
+
+def test_flushall_wipes_the_registry_and_the_next_write_still_waits_for_listed_readers(
+        private_redis):
+    """After FLUSHALL the fence and the registry are gone; the writer finds the readers by
+    their connection names and waits for their acknowledgement."""
+    reader, writer = backend(private_redis.url), backend(private_redis.url, tracking=False)
+    store(writer, "k", b"old")
+    hold(reader, "k", b"old")
+    reader._lease._stopped.set()  # no more cycles: only the flush message may bring an ack
+    reader._lease._wake.set()
+    reader._lease._thread.join(5)
+    private_redis.client().flushall()
+    assert private_redis.client().hgetall(f"{PREFIX}x:readers") == {}
+    assert writer._writer._listed() == [reader._lease.id]
+    writer.invalidate(keys=["k"])
+    # the reader could not acknowledge (its keeper is stopped): the writer waited its lease out
+    assert writer._writer.gave_up == 1
+    assert not reader._lease.valid() and reader.peek_local("k") is None
+    reader.close()
+    writer.close()
+
+
+def test_losing_the_tracking_connection_revokes_the_lease_at_once(private_redis):
+    b = backend(private_redis.url)
+    store(b, "k", b"v1")
+    hold(b, "k", b"v1")
+    admin = private_redis.client()
+    for c in admin.client_list(_type="pubsub"):
+        admin.client_kill_filter(_id=c["id"])
+    assert wait_until(lambda: not b._lease.valid(), timeout=10, message="revoked")
+    assert b.peek_local("k") is None
+    assert wait_until(b._lease.valid, timeout=10, message="lease again")  # it comes back
+    assert b.peek_local("k") is None  # flushed: nothing held from before the loss
+    b.close()
+
+
+def test_leases_off_means_a_barrier_per_read_and_no_registry(private_redis):
+    b = backend(private_redis.url, lease_ms=0)
+    store(b, "k", b"v1")
+    assert wait_until(lambda: read(b, "k") == b"v1" and b._tracked.get("k") is not None,
+                      timeout=10, message="held")
+    pings = b._stream.pings_sent
+    assert read(b, "k") == b"v1"
+    assert b._stream.pings_sent == pings + 1  # the barrier
+    assert b.peek_local("k") is None and b._writer is None
+    assert private_redis.client().exists(f"{PREFIX}x:readers") == 0
+    b.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "100", "60001", "1.5"])
+def test_a_bad_lease_setting_names_itself(value):
+    with pytest.raises(ConfigurationError, match="examcache.tracking_lease_ms"):
+        parse_cache_settings({"examcache.tracking_lease_ms": value})
+
+
+def test_lease_settings():
+    assert parse_cache_settings({}).tracking_lease_ms == 1000
+    assert parse_cache_settings({"examcache.tracking_lease_ms": "0"}).tracking_lease_ms == 0
+    assert parse_cache_settings({"examcache.tracking_lease_ms": "250"}).tracking_lease_ms == 250
