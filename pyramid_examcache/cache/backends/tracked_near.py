@@ -32,6 +32,7 @@ class TrackedNearCache:
         self._lock = threading.Lock()
         self._deps: dict[str, set[str]] = {}  # Redis key -> cache keys depending on it
         self._entry_deps: dict[str, tuple[str, ...]] = {}  # cache key -> its Redis keys
+        self._entry_tags: dict[str, tuple[str, ...]] = {}  # cache key -> the tags it was put with
         self._expires: dict[str, float] = {}  # cache key -> monotonic deadline (Redis's TTL)
 
     def get(self, key: str, tags: Iterable[str] | None = None) -> bytes | None:
@@ -40,10 +41,8 @@ class TrackedNearCache:
         item = self.near.get(key)
         if item is None:
             return None
-        if tags is not None:
-            deps = self._entry_deps.get(key)
-            if deps is None or deps[1:] != tuple(self.tag_key(t) for t in tags):
-                return None
+        if tags is not None and self._entry_tags.get(key) != tuple(tags):
+            return None
         deadline = self._expires.get(key)
         if deadline is not None and time.monotonic() >= deadline:
             with self._lock:
@@ -66,6 +65,7 @@ class TrackedNearCache:
             if self.near.get(key) is None:  # too large for the near cache
                 return False
             self._entry_deps[key] = deps
+            self._entry_tags[key] = tuple(tags)
             if ttl_ms is not None and ttl_ms > 0:
                 self._expires[key] = time.monotonic() + ttl_ms / 1000
             for dep in deps:
@@ -83,11 +83,13 @@ class TrackedNearCache:
             self.near.clear()
             self._deps.clear()
             self._entry_deps.clear()
+            self._entry_tags.clear()
             self._expires.clear()
 
     def _forget(self, key: str) -> None:
         self.near.discard(key)
         self._expires.pop(key, None)
+        self._entry_tags.pop(key, None)
         for dep in self._entry_deps.pop(key, ()):
             keys = self._deps.get(dep)
             if keys is not None:
