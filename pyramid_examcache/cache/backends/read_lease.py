@@ -72,6 +72,11 @@ both; it may serve for the rest of its lease (at most ``L``). That triple fault 
 case this module does not cover; ``examcache.tracking_lease_ms = 0`` turns leases off (a
 barrier per read, :mod:`.tracking`).
 
+Changes that are not the application's writes -- an operator's ``FLUSHALL``, an eviction, an
+expiry set by hand -- have no writer waiting for them: a reader applies them when their
+message lands (usually well under a millisecond). What it served meanwhile was not stale
+(the data it stands for did not change), only not yet evicted.
+
 Costs: a held value is served with one clock read and a dict lookup. A reader spends
 three small commands per ``L/4`` and per burst of writes; a write waits for the slowest
 reader's acknowledgement (about three round trips), at most ``L(1 + e) + m`` when a reader
