@@ -12,7 +12,8 @@ PACKAGES = ("pyramid", "pyramid_tm", "waitress", "SQLAlchemy", "psycopg", "redis
             "huey", "aiosmtpd", "dogpile.cache", "webob")
 
 
-ORDER = ("ours", "ours-tracking", "ours-tracking-2p", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm")
+ORDER = ("ours", "ours-tracking", "ours-tracking-2p", "ours-lease", "ours-lease-2p",
+         "ours-early", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm")
 
 
 def _ordered(targets: dict) -> list:
@@ -74,8 +75,9 @@ def chart(result: dict, path: str) -> str:
     names = [name for name, _ in _ordered(result["targets"])]
     rps = [result["targets"][n]["rps"] for n in names]
     runs = [[x["rps"] for x in result["targets"][n]["runs"]] for n in names]
-    colors = ["#ff7f0e" if n == "ours-tracking" else "#1f77b4" if n == "ours" else "#999999"
-              for n in names]
+    palette = {"ours": "#1f77b4", "ours-tracking": "#ff7f0e", "ours-lease": "#2ca02c",
+               "ours-early": "#d62728"}
+    colors = [palette.get(n, "#999999") for n in names]
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     bars = ax.bar(names, rps, color=colors)
     for i, values in enumerate(runs):
@@ -120,7 +122,7 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
         t = s["throughput"]
         by = t.get("ratios_by") or {"ours": t["ratios"]}
         cpu_by = t.get("cpu_ratios_by") or {"ours": t.get("cpu_ratios") or {}}
-        ours = [o for o in ("ours", "ours-tracking") if o in by]
+        ours = [o for o in ("ours", "ours-tracking", "ours-lease", "ours-early") if o in by]
         lines += ["## 1. Cached view throughput and latency", "",
                   f"wrk `-t{t['wrk_threads']} -c{t['connections']} -d{t['seconds']:g}s --latency`, "
                   f"{t['rounds']} alternating rounds, waitress {t['server_threads']} threads; body "
@@ -174,7 +176,9 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                       "`HMGET v d s t g` when the process has no copy); ours-tracking serves a "
                       "held value after the shared barrier (one `PING` on the tracking "
                       "connection for every request in flight when it was sent) with no "
-                      "command of its own; the seed, raw and dogpile peers one `GET` of the "
+                      "command of its own; ours-lease and ours-early serve it with no "
+                      "barrier and no command (read leases: the lease keeper's few commands "
+                      "per 250 ms are all); the seed, raw and dogpile peers one `GET` of the "
                       "value.", ""]
         if chart_path:
             rel = os.path.relpath(chart_path, report_dir)

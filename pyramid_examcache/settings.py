@@ -106,6 +106,8 @@ class CacheSettings:
     near_cache_mb: float = 32.0
     #: keep the near cache exact with Redis CLIENT TRACKING + a shared barrier (issue 11)
     tracking: bool = True
+    #: serve cached-view hits from a tween before pyramid_tm and the router (cache/early.py)
+    early_hits: bool = True
     #: read leases on top of tracking (:mod:`.cache.backends.read_lease`): held values are
     #: served with no barrier; writes wait for readers to catch up (0 = off)
     tracking_lease_ms: int = 1000
@@ -151,6 +153,7 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
                                 allow_zero=False),
         near_cache_mb=as_number(settings, p + "near_cache_mb", CacheSettings.near_cache_mb),
         tracking=as_bool(settings, p + "tracking", CacheSettings.tracking),
+        early_hits=as_bool(settings, p + "early_hits", CacheSettings.early_hits),
         tracking_lease_ms=_lease_ms(settings, p + "tracking_lease_ms"),
         enabled=as_bool(settings, p + "enabled", True),
         invalidation_log=as_bool(settings, p + "invalidation_log", True),

@@ -4,13 +4,15 @@ Every target is its own waitress process (same thread count), warmed, then
 loaded one at a time; the rounds alternate between targets (A B C D E F, A B
 …) and the medians of the rounds are reported.
 
-Ours runs twice, the same demo with the same settings and tweens but one:
-``ours`` sets ``examcache.tracking = false`` (the path before issue 11: every hit does one
-validating round trip, ``HMGET`` + the tag ``GET``s), ``ours-tracking`` sets
-``examcache.tracking = true`` (a held value is served after the shared ``PING``
-barrier, with no Redis command of its own).  Redis commands are counted per
-target and round (``CONFIG RESETSTAT`` before each run, ``INFO commandstats``
-after it).
+Ours runs four times, the same demo with the same tweens, settings differing only in
+issue 11's switches: ``ours`` (``examcache.tracking = false``, ``early_hits = false``: the
+path before issue 11, every hit does one validating round trip, ``HMGET`` + the tag
+``GET``s), ``ours-tracking`` (tracking with ``tracking_lease_ms = 0``: a held value is
+served after the shared ``PING`` barrier), ``ours-lease`` (tracking with read leases: no
+barrier, no command; ``early_hits = false``) and ``ours-early``, the demo as shipped (the
+defaults: read leases, and hits answered by the early-hit tween before pyramid_tm and the
+router).  Redis commands are counted per target and round (``CONFIG RESETSTAT`` before
+each run, ``INFO commandstats`` after it).
 """
 from __future__ import annotations
 
@@ -30,9 +32,15 @@ WRK_THREADS = 2
 #: (name, app, path, label)
 TARGETS = (
     ("ours", "ours", "/api/exams/1/questions",
-     "ours, `examcache.tracking = false` (one validating round trip per hit)"),
+     "ours before issue 11: `examcache.tracking = false`, `early_hits = false` (one validating "
+     "round trip per hit)"),
     ("ours-tracking", "ours", "/api/exams/1/questions",
-     "ours, `examcache.tracking = true` (shared PING barrier, no command per hit)"),
+     "ours, tracking with `tracking_lease_ms = 0`, `early_hits = false` (shared PING barrier, "
+     "no command per hit)"),
+    ("ours-lease", "ours", "/api/exams/1/questions",
+     "ours, tracking + read leases, `early_hits = false` (no barrier, no command per hit)"),
+    ("ours-early", "ours", "/api/exams/1/questions",
+     "**ours as shipped** (the defaults: read leases + early hits before pyramid_tm/router)"),
     ("seed", "peers", "/seed/exams/1/questions", "seed cache-aside (GET, json.loads, json.dumps)"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", "dogpile.cache region, Redis backend"),
     ("raw", "peers", "/raw/exams/1/questions", "raw Redis GET returning the bytes (floor)"),
@@ -41,8 +49,14 @@ TARGETS = (
 )
 
 #: the targets that are ours, and the settings each adds to the bench's .ini
-OURS = ("ours", "ours-tracking")
-SETTINGS = {"ours": {"examcache.tracking": "false"}, "ours-tracking": {"examcache.tracking": "true"}}
+OURS = ("ours", "ours-tracking", "ours-lease", "ours-early")
+SETTINGS = {
+    "ours": {"examcache.tracking": "false", "examcache.early_hits": "false"},
+    "ours-tracking": {"examcache.tracking": "true", "examcache.tracking_lease_ms": "0",
+                      "examcache.early_hits": "false"},
+    "ours-lease": {"examcache.tracking": "true", "examcache.early_hits": "false"},
+    "ours-early": {},  # the defaults
+}
 #: issue 11's goals: ours ÷ peer (req/s) at least
 GOALS = (("fixed", 0.9), ("raw", 1.5), ("seed", 2.0), ("dogpile", 2.0))
 

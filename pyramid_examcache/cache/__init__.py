@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pyramid.config import Configurator
 from pyramid.interfaces import IRequest
+from pyramid.tweens import EXCVIEW, INGRESS
 from zope.interface import Interface
 
 from ..settings import CacheSettings, parse_cache_settings
@@ -41,9 +42,10 @@ def _request_cache(request) -> RequestCache:
 
 
 def includeme(config: Configurator) -> None:
-    """Validate ``examcache.*``, build the backend once, add ``request.cache``
-    and the ``cache=`` view option; with a Redis backend, the durable invalidation
-    log's relay (G6).  Sessions opt in to ORM invalidation with :func:`register`."""
+    """Validate ``examcache.*``, build the backend once, add ``request.cache``,
+    the ``cache=`` view option and the early-hit tween (:mod:`.early`); with a
+    Redis backend, the durable invalidation log's relay (G6).  Sessions opt in to
+    ORM invalidation with :func:`register`."""
     settings = parse_cache_settings(config.get_settings())
 
     def register() -> None:
@@ -52,6 +54,11 @@ def includeme(config: Configurator) -> None:
     config.action(("pyramid_examcache", "cache-policy"), register, order=-10)
     config.add_request_method(_request_cache, "cache", reify=True)
     config.add_view_deriver(cached_view)
+    # early hits (early.py): under the debug toolbar (which records the requests it
+    # shows) and over pyramid_tm; without them, under INGRESS and over excview
+    config.add_tween("pyramid_examcache.cache.early.early_hits_tween_factory",
+                     under=("pyramid_debugtoolbar.toolbar_tween_factory", INGRESS),
+                     over=("pyramid_tm.tm_tween_factory", EXCVIEW))
 
 
 __all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "build_policy", "get_policy", "cached",

@@ -277,6 +277,24 @@ class CachePolicy:
         self.stats.incr("hits" if data is not None else "misses")
         return data
 
+    def peek_local(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
+        """The stored bytes of ``key`` (a checked internal key; ``tags`` a tuple)
+        only if they can be served with no I/O and no waiting
+        (:meth:`.Backend.peek_local`), else None -- also while this process owes
+        the store deferred invalidations or another thread is applying them (the
+        ordinary path, :meth:`_ready`, applies them first; this never does, nor
+        waits for it).  Counted as a hit when it returns bytes; a None is not
+        counted (the caller takes the ordinary path, which counts)."""
+        if self.deferred or self._apply_lock.locked() or not self.settings.enabled:
+            return None
+        try:
+            data = self.backend.peek_local(key, tags)
+        except Exception:  # noqa: BLE001 -- unsure: the ordinary path decides (and counts)
+            return None
+        if data is not None:
+            self.stats.incr("hits")
+        return data
+
     def _release(self, key: str, token: str) -> None:
         self._call("release", self.backend.release, key, token)
 

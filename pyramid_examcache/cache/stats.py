@@ -22,6 +22,7 @@ FIELDS = (
     "param_bypasses", # cached-view requests with undeclared query parameters (served uncached)
     "uncacheable",    # cached-view responses not stored (status, Set-Cookie, private, session)
     "not_modified",   # cached-view requests answered 304 Not Modified (If-None-Match)
+    "early_hits",     # cached-view hits answered by the early-hit tween (also counted in hits)
 )
 
 

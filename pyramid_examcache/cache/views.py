@@ -41,6 +41,12 @@ A ``Cache-Control`` the view sets itself is stored and replayed.  An
 ``http_cache`` declaring ``private`` or ``no_store`` on a cached view is refused
 at configuration time: it would be added after the store, so the cache could not
 honour it.
+
+Early hits: where it can prove the answer is the same, the tween of :mod:`.early`
+serves a hit before pyramid_tm and the router; it finds this deriver's
+:class:`CacheSpec` on the wrapper (``SPEC_ATTR``), computes the same key
+(:func:`request_query`, :func:`variant_key`) and builds the response with
+:func:`serve_entity`, the function this deriver's hits use.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from pyramid.exceptions import ConfigurationError
+from pyramid.response import Response
 from pyramid.util import takes_one_arg
 
 from . import codec, http
@@ -62,6 +69,8 @@ log = logging.getLogger(__name__)
 USER_VARY = frozenset({"authenticated_userid", "authenticated_identity", "identity",
                        "authorization", "user", "user_id"})
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+#: the attribute of the ``cache=`` deriver's wrapper holding its :class:`CacheSpec`
+SPEC_ATTR = "__examcache_spec__"
 #: resolved keys remembered per cached view, and the longest matchdict values remembered
 RESOLVED_MAX = 256
 RESOLVED_CHARS = 128
@@ -142,7 +151,11 @@ class CacheSpec:
         """``(base key, tags, key)`` for ``request``: the tags include the implicit
         key tag; ``key`` is the entry's key without query or vary parts, None when
         a key or tag would be too long (KeyError: missing matchdict value)."""
-        matchdict = request.matchdict or {}
+        return self.resolve_match(request.matchdict or {})
+
+    def resolve_match(self, matchdict) -> tuple[str, tuple[str, ...], str | None]:
+        """:meth:`resolve` for a route's ``matchdict`` (the early-hit tween has it
+        before the router sets ``request.matchdict``)."""
         # str(): the values are keyed by their text (1 and True are equal, not the same text)
         values = tuple([str(matchdict[name]) for name in self._names])
         if sum(map(len, values)) > RESOLVED_CHARS:  # long values are not remembered
@@ -159,6 +172,45 @@ def _authenticated(request) -> bool:
         return True
 
 
+def request_query(spec: CacheSpec, request) -> str | None:
+    """The key's query part for ``request`` (:func:`.variants.query_part`): ``""``
+    without a query string (no ``request.GET`` built), None when the request
+    carries a parameter ``spec`` does not declare (it must bypass the cache)."""
+    if request.environ.get("QUERY_STRING") == "":  # the common case: no request.GET to build
+        return ""
+    return query_part(spec.params, request.GET)
+
+
+def variant_key(spec: CacheSpec, request, base: str, key: str | None, query: str) -> str | None:
+    """The entry's key with its query and vary parts; None when too long or invalid."""
+    if key is not None and (query or spec.vary):
+        try:
+            return check_key(entity_key(base, query, vary_part(spec.vary, request)),
+                             internal=True)
+        except ValueError:
+            return None
+    return key
+
+
+def serve_entity(request, data: bytes, stats) -> Response | None:
+    """The response a hit on ``data`` (a stored entity) gives ``request``: ``304``
+    with the validator headers when ``If-None-Match`` matches its ETag (counted as
+    ``not_modified``), else the stored headers and body as they are; both with
+    ``X-Cache: HIT`` (a HEAD gets no body: WebOb drops it for HEAD).  None when
+    ``data`` is not an entity.  The one place both the view deriver and the
+    early-hit tween (:mod:`.early`) turn a stored entry into a response."""
+    try:
+        etag, headers, offset = http.entity_head(data)
+    except ValueError:
+        return None
+    if http.matches(request, etag):
+        stats.incr("not_modified")
+        response = http.not_modified(headers)
+        response.headers["X-Cache"] = "HIT"
+        return response
+    return http.replay(headers, data[offset:], "HIT")
+
+
 def serve_cached(spec: CacheSpec, view, context, request):
     """Run ``view`` through the cache described by ``spec``."""
     if request.method not in _CACHEABLE_METHODS:
@@ -170,21 +222,13 @@ def serve_cached(spec: CacheSpec, view, context, request):
     except KeyError as exc:
         log.warning("cache key %r: no matchdict value for %s; not caching", spec.key, exc)
         return view(context, request)
-    if request.environ.get("QUERY_STRING") == "":  # the common case: no request.GET to build
-        query = ""
-    else:
-        query = query_part(spec.params, request.GET)
+    query = request_query(spec, request)
     if query is None:  # an undeclared parameter: never served (nor storing) a variant
         stats.incr("param_bypasses")
         response = view(context, request)
         response.headers["X-Cache"] = "MISS"
         return response
-    if key is not None and (query or spec.vary):
-        try:
-            key = check_key(entity_key(base, query, vary_part(spec.vary, request)),
-                            internal=True)
-        except ValueError:
-            key = None
+    key = variant_key(spec, request, base, key, query)
     if key is None:
         log.warning("cache key for %r too long or invalid; not caching", spec.key)
         stats.incr("bypasses")
@@ -212,19 +256,12 @@ def serve_cached(spec: CacheSpec, view, context, request):
         data = cache.peek(key, tags)
         response = None if data is not None else create()[0]
     if response is None:  # a hit: serve the stored bytes as they are
-        try:
-            etag, headers, offset = http.entity_head(data)
-        except ValueError:  # not an entity: never a 500, never stored over here
+        response = serve_entity(request, data, stats)
+        if response is None:  # not an entity: never a 500, never stored over here
             log.warning("cache key %r does not hold a response; not caching", key[:200])
             response = view(context, request)
             response.headers["X-Cache"] = "MISS"
-            return response
-        if http.matches(request, etag):
-            stats.incr("not_modified")
-            response = http.not_modified(headers)
-            response.headers["X-Cache"] = "HIT"
-            return response
-        return http.replay(headers, data[offset:], "HIT")
+        return response
     if prepared and http.matches(request, prepared[-1]):  # a miss with the client's entity
         stats.incr("not_modified")
         response = http.not_modified(response.headerlist)
@@ -260,6 +297,7 @@ def cached_view(view, info):
     def wrapper(context, request):
         return serve_cached(spec, view, context, request)
 
+    setattr(wrapper, SPEC_ATTR, spec)  # how :mod:`.early` finds a cached view in a chain
     return wrapper
 
 

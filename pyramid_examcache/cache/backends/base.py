@@ -89,6 +89,16 @@ class Backend(abc.ABC):
         expects it was stored under, a hint for a faster read; validity is always
         checked against the tags it was stored with)."""
 
+    def peek_local(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
+        """A value servable without I/O or waiting; None whenever unsure.
+
+        What :meth:`get` would return, but only when this process can prove it
+        valid by itself -- no network round trip, no blocking wait (the early-hit
+        tween calls it before pyramid_tm and the router, :mod:`..early`).  The
+        default says "unsure" for every key: callers then take the ordinary path
+        (``lookup``/``get``).  ``tags`` as for :meth:`get`."""
+        return None
+
     @abc.abstractmethod
     def clear(self) -> None:
         """Delete everything this backend stored under its prefix."""

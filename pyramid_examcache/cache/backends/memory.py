@@ -126,6 +126,12 @@ class MemoryBackend(Backend):
         with self._cond:
             return self._valid(key)
 
+    def peek_local(self, key, tags=()):
+        """As :meth:`get`: this backend's validated read is in-process (a dict and
+        its lock), so every answer is servable without I/O."""
+        with self._cond:
+            return self._valid(key)
+
     def clear(self):
         with self._cond:
             self._values.clear()
