@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -203,3 +204,142 @@ def test_lease_settings():
     assert parse_cache_settings({}).tracking_lease_ms == 1000
     assert parse_cache_settings({"examcache.tracking_lease_ms": "0"}).tracking_lease_ms == 0
     assert parse_cache_settings({"examcache.tracking_lease_ms": "250"}).tracking_lease_ms == 250
+
+
+# -- wipes, forks and silent connections (found by a review of the proof) -------------------
+
+def test_after_flushall_a_fence_recreated_by_another_reader_still_makes_the_write_wait(
+        private_redis):
+    """FLUSHALL wipes the registry; another reader's cycle re-creates the fence before the
+    write; a reader whose messages are delayed still holds its pre-wipe lease. The wipe
+    marker makes the writer look for readers by connection name and wait."""
+    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+        slow = backend(f"redis://127.0.0.1:{proxy.port}/0")
+        other = backend(private_redis.url)
+        writer = backend(private_redis.url, tracking=False)
+        store(writer, "k", b"old")
+        hold(slow, "k", b"old")
+        proxy.hold(DOWN)
+        admin = private_redis.client()
+        admin.flushall()
+        assert wait_until(lambda: admin.exists(f"{PREFIX}x:fence"), timeout=10,
+                          message="the other reader's RENEW re-created the fence")
+        writer.invalidate(keys=["k"])
+        served = slow.peek_local("k")
+        proxy.release(DOWN)
+        for b in (slow, other, writer):
+            b.close()
+    assert served is None
+    assert writer._writer.waits == 1
+
+
+def test_after_flushall_two_concurrent_writers_both_wait(private_redis):
+    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+        slow = backend(f"redis://127.0.0.1:{proxy.port}/0")
+        w1 = backend(private_redis.url, tracking=False)
+        w2 = backend(private_redis.url, tracking=False)
+        store(w1, "k", b"old")
+        hold(slow, "k", b"old")
+        proxy.hold(DOWN)
+        admin = private_redis.client()
+        admin.flushall()
+        first = threading.Thread(target=w1.invalidate, kwargs={"keys": ["other"]})
+        first.start()  # finds the fence absent; its INCR re-creates it
+        assert wait_until(lambda: admin.exists(f"{PREFIX}x:fence"), timeout=10,
+                          message="w1's fence")
+        w2.invalidate(keys=["k"])  # must wait too, though the fence exists again
+        served = slow.peek_local("k")
+        proxy.release(DOWN)
+        first.join(10)
+        for b in (slow, w1, w2):
+            b.close()
+    assert served is None
+    assert w2._writer.waits == 1
+
+
+def test_an_ack_of_a_fence_read_before_a_wipe_is_refused(private_redis):
+    """A keeper cycle straddling FLUSHALL: RENEW read the old fence (30), the wipe restarted
+    it. Acknowledging 30 would make this reader count as caught up for the next 30 writes."""
+    reader = backend(private_redis.url)
+    writer = backend(private_redis.url, tracking=False)
+    for i in range(30):
+        writer.invalidate(keys=[f"x{i}"])
+    admin = private_redis.client()
+    assert int(admin.get(f"{PREFIX}x:fence")) >= 30
+    real_barrier = reader._stream.barrier
+    armed = threading.Event()
+    armed.set()
+
+    def barrier(timeout):  # the keeper's RENEW has just returned: the wipe lands now
+        if armed.is_set() and threading.current_thread() is reader._lease._thread:
+            armed.clear()
+            admin.flushall()
+        return real_barrier(timeout)
+
+    reader._stream.barrier = barrier
+    reader._lease._wake.set()
+    assert wait_until(lambda: not armed.is_set(), timeout=10, message="a cycle ran")
+    cycles = reader._lease.cycles
+    assert wait_until(lambda: reader._lease.cycles > cycles, timeout=10, message="next cycle")
+    reader._stream.barrier = real_barrier
+    acks = {k.decode(): int(v) for k, v in admin.hgetall(f"{PREFIX}x:acks").items()}
+    fence = int(admin.get(f"{PREFIX}x:fence") or 0)
+    reader.close()
+    writer.close()
+    assert acks.get(reader._lease.id, -1) <= fence < 30
+
+
+def test_a_forked_child_has_its_own_stream_lease_and_near_cache(private_redis):
+    """A pre-fork server builds the app in the master: the child must not serve what the
+    parent held under the parent's lease, nor share the parent's tracking socket."""
+    reader = backend(private_redis.url)
+    writer = backend(private_redis.url, tracking=False)
+    store(writer, "k", b"old")
+    hold(reader, "k", b"old")
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any cleanup
+        try:
+            os.read(go_r, 1)
+            ok = reader._stream.wait_healthy(10) and reader._stream.barrier(5.0)
+            out = f"{reader.peek_local('k')!r}|{ok}|{reader._lease.id}"
+        except BaseException as exc:  # noqa: BLE001
+            out = f"error {exc!r}"
+        os.write(res_w, out.encode())
+        os._exit(0)
+    try:
+        writer.invalidate(keys=["k"])
+        os.write(go_w, b"x")
+        held, barrier_ok, child_id = os.read(res_r, 1000).decode().split("|")
+    finally:
+        os.waitpid(pid, 0)
+        reader.close()
+        writer.close()
+    assert held == "None"  # a fresh near cache, not the parent's copy
+    assert barrier_ok == "True"  # its own connection and reader thread answered
+    assert child_id != reader._lease.id
+
+
+def test_a_tracking_connection_that_stops_answering_is_replaced(private_redis):
+    """No error, no EOF -- the tracking connection's replies just stop (its data and lease
+    connections are fine): the keeper's barriers time out and it reconnects the stream
+    instead of leaving every read to pay the barrier's timeout until TCP gives up."""
+    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+        from unittest import mock
+
+        from pyramid_examcache.cache.backends import redis as redis_backend
+
+        real = redis_backend.InvalidationStream
+
+        def stream(kwargs, prefix, on_keys, on_flush, **kw):
+            return real({**kwargs, "port": proxy.port}, prefix, on_keys, on_flush, **kw)
+
+        with mock.patch.object(redis_backend, "InvalidationStream", stream):
+            b = backend(private_redis.url, timeout=0.2, lease_ms=400)
+        proxy.hold(DOWN)
+        assert wait_until(lambda: not b._stream.healthy, timeout=15, message="dropped")
+        assert not b._lease.valid()
+        proxy.release(DOWN)
+        assert wait_until(b._lease.valid, timeout=15, message="a lease on a new connection")
+        b.close()

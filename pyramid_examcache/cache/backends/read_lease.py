@@ -16,61 +16,73 @@ The protocol
 ------------
 Keys under the prefix ``P`` (never a cache key: those are ``P v:``, ``P l:``, ``P t:``):
 ``P x:fence`` (a counter), ``P x:readers`` (hash: reader id -> lease expiry, ms of Redis's
-clock) and ``P x:acks`` (hash: reader id -> the fence value it has caught up with). Each
+clock), ``P x:acks`` (hash: reader id -> the fence value it has caught up with) and
+``P x:wiped`` (a marker that lives for a lease after the fence was found absent). Each
 process with a tracking stream is a reader; its tracking connection is named
 ``ecr-<hash of P>-<id>`` (``CLIENT LIST`` finds readers whose registration was wiped).
 
 A reader's *cycle* (every ``L/4``, and at once when it sees ``P x:fence`` change or a
 flush): ``t0 = now()``; ``RENEW``: atomically ``readers[id] = TIME + L`` and read the fence
-``f`` (created if absent); then a barrier on its tracking stream (a ``PING`` sent after
-``RENEW`` returned); then its lease is usable until ``t0 + L(1 - e) - m`` on its own
-monotonic clock, and it records ``acks[id] = f``. It serves without a barrier only while
-that deadline has not passed *and* its stream is healthy; a loss, a reconnection or a
-flush message revokes the lease at once.
+``f`` (created if absent -- then the *wipe marker* ``P x:wiped`` is set too, see below);
+then a barrier on its tracking stream (a ``PING`` sent after ``RENEW`` returned); then
+``ACK``: ``acks[id] = f``, *only if* ``readers[id]`` still holds the expiry this ``RENEW``
+wrote (no wipe, expiry or older snapshot in between); only then is its lease usable, until
+``t0 + L(1 - e) - m`` on its own monotonic clock. It serves without a barrier only while
+that deadline has not passed *and* its stream is healthy; a loss, a reconnection or a flush
+message revokes the lease at once; two barriers in a row unanswered on a connection that
+reports no error make it reconnect the stream.
 
-A writer, after its ``DEL``/version changes were acknowledged: ``FENCE`` atomically does
-``n = INCR fence`` and lists the registered readers whose expiry has not passed and whose
-ack is below ``n`` (expired ones are removed); its own process is crossed off by a barrier
-on its own stream. It polls that list until it is empty, and returns at the latest
-``L(1 + e) + m`` after it sent ``FENCE`` (by its own clock), whatever Redis says.
+A writer, after its ``DEL``/version changes were acknowledged (at ``started``, on its own
+clock): ``FENCE`` atomically does ``n = INCR fence`` and lists the registered readers whose
+expiry has not passed and whose ack is below ``n`` (expired ones are removed); while the
+wipe marker exists it also asks ``CLIENT LIST`` for the readers of ``P`` (by connection
+name) and waits for their acks; its own process is crossed off by a barrier on its own
+stream. It polls until nobody is pending, and returns at the latest at
+``started + L(1 + e) + m``, whatever Redis says.
 
 Why a read never sees older data than a write whose response returned (G2)
 --------------------------------------------------------------------------
-Let W's write change key ``k`` at time ``T_k``, then W's ``FENCE`` run at ``T_f > T_k``
-giving ``n``, and let a request R in process P start after W returned and serve P's held
-entry for ``k`` without a barrier: P held a lease from some cycle C (``RENEW`` executed at
-``T_r``, barrier answered after it). Three cases:
+Let W's write change key ``k`` at time ``T_k`` (before W's ``started``), then W's ``FENCE``
+run at ``T_f > T_k`` giving ``n``, and let a request R in process P start after W returned
+and serve P's held entry for ``k`` without a barrier: P held a lease from some cycle C
+(``t0``, ``RENEW`` executed at ``T_r > t0``, barrier and ``ACK`` after it). Cases:
 
-1. ``T_r > T_f``: C's barrier was a PING sent after ``T_r`` on P's tracking connection, so
-   (:mod:`.tracking`, claim 1-3) every invalidation message of a change before ``T_r`` --
-   ``k``'s among them -- was applied before C made the lease usable, i.e. before R started.
-   The entry was dropped; anything held now was filled from a read that the tracked near
-   cache's tokens prove newer (:mod:`.tracked_near`).
-2. ``T_r < T_f`` and W returned because P's ack reached ``a >= n``: the ack was written
-   after the barrier of a cycle whose ``RENEW`` read ``a``, i.e. ran after ``INCR`` made
-   ``n``, after ``T_k``; so ``k``'s message was applied before the ack, before W returned,
-   before R started.
-3. ``T_r < T_f`` and W returned without P's ack: either W saw P's registration expired (by
-   Redis's clock, at least ``L`` after ``T_r``: a lease from C ends at ``t0 + L(1-e) - m``
-   by P's clock, before that, given clock rates within ``e`` and offsets within ``m``), or
-   W gave up ``L(1+e) + m`` after sending ``FENCE`` (C's ``t0`` was before ``T_r < T_f``,
-   so C's lease had ended by then), or P was not registered at ``T_f``: then P's cycle C
-   registered after a wipe (see below) or P's registration had expired, and both are the
-   cases just covered. So P held no usable lease from C when R started -- contradiction.
+1. ``T_r > T_k``: C's barrier was a PING sent after ``T_r`` on P's tracking connection, so
+   (:mod:`.tracking`, claims 1-3) ``k``'s invalidation message was applied before C made
+   the lease usable, i.e. before R started. The entry was dropped; anything held now was
+   filled from a read that the tracked near cache's tokens prove newer
+   (:mod:`.tracked_near`).
+2. ``T_r < T_k`` and W returned because P's ack reached ``a >= n``: the ack was written by a
+   cycle whose ``RENEW`` read ``a`` -- after ``INCR`` made ``n``, after ``T_k`` -- and whose
+   barrier, sent after that, came back before the ack; so ``k``'s message was applied
+   before W returned. (An ack of a fence read before a wipe is refused by ``ACK``'s check,
+   so after a wipe ``a >= n`` still means a read of the fence after ``n`` was made.)
+3. ``T_r < T_k`` and W returned without P's ack:
+
+   * W gave up at ``started + L(1+e) + m``; ``t0 < T_r < T_k < started``, so C's lease,
+     ending at ``t0 + L(1-e) - m`` by P's clock, had ended (clock rates within ``e``);
+   * or W saw P's registration expired (by Redis's clock): the registration it read is P's
+     latest, at least as late as C's, and C's lease ends before its Redis expiry ``T_r + L``
+     (rates within ``e``, offsets within ``m``);
+   * or P was not registered at ``T_f``, and not expired: its registration was wiped. Every
+     wipe is followed, at the first re-creation of the fence (by any ``RENEW`` or ``FENCE``,
+     at the latest W's own), by the wipe marker, which lives ``L(1+e) + m`` -- longer than
+     any lease granted before the wipe. So W asked ``CLIENT LIST``, found P (its tracking
+     connection is open) and waited for its ack (case 2) or gave up (the first bullet).
+
+   In every case P held no usable lease from C when R started -- a contradiction.
 
 So the entry was never served stale. The assumption is the one every lease makes: clocks
 advance at rates within ``e`` (1 %) of each other and Redis's ``TIME`` does not jump by
 more than ``m`` (50 ms). A process paused for longer than its lease (a stop-the-world GC, a
-``SIGSTOP``) checks the deadline when it resumes, before serving.
+``SIGSTOP``) checks the deadline when it resumes, before serving. A forked child (a pre-fork
+server that built the app in its master) starts its own stream, lease and reader id and
+never uses the parent's.
 
-Wipes. ``FLUSHALL``/``FLUSHDB`` (or a restart without persistence) delete the registry: a
-writer that finds the fence absent cannot tell "no reader ever" from "readers whose
-registration was wiped", so it also waits for every reader ``CLIENT LIST`` names for this
-prefix (each re-registers and acknowledges as soon as it sees the flush). A reader that was
-partitioned at that moment *and* whose connection Redis had already closed is invisible to
-both; it may serve for the rest of its lease (at most ``L``). That triple fault is the one
-case this module does not cover; ``examcache.tracking_lease_ms = 0`` turns leases off (a
-barrier per read, :mod:`.tracking`).
+The one fault this does not cover: a wipe while a reader is partitioned *and* Redis has
+already closed that reader's connection -- it is then neither registered nor listed, and
+may serve for the rest of its lease (at most ``L``). ``examcache.tracking_lease_ms = 0``
+turns leases off (a barrier per read, :mod:`.tracking`).
 
 Changes that are not the application's writes -- an operator's ``FLUSHALL``, an eviction, an
 expiry set by hand -- have no writer waiting for them: a reader applies them when their
@@ -102,30 +114,44 @@ DRIFT = 0.01  # e: clock rates may differ by this fraction
 MARGIN = 0.05  # m: seconds of clock offset/jump allowed
 FIRST_POLL, MAX_POLL = 0.0005, 0.02
 
+#: KEYS: readers, fence, wiped; ARGV: id, lease ms, wipe-marker ms. Registers (expiry = TIME
+#: + lease) and returns {fence, expiry}; a fence found absent (a wipe, or the first reader
+#: ever) is created and the wipe marker set for longer than any lease granted before it
 RENEW = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
-redis.call('SET', KEYS[2], 0, 'NX')
-return redis.call('GET', KEYS[2])
+local expiry = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], expiry)
+if redis.call('SET', KEYS[2], 0, 'NX') then
+  redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
+end
+return {tonumber(redis.call('GET', KEYS[2])), expiry}
 """
 
+#: KEYS: acks, readers; ARGV: id, fence, expiry from RENEW. Acknowledges only if the
+#: registration RENEW wrote is still there (no wipe, no expiry, no older snapshot since)
 ACK = r"""
+if tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1') ~= tonumber(ARGV[3]) then
+  return 0
+end
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return 1
 """
 
-#: ARGV[1] = 1: take a new fence number (INCR); else ARGV[2] is the fence to check.
-#: ARGV[3..]: reader ids that must ack even if not registered (found by CLIENT LIST).
-#: Returns {n, existed, pending ids...}
+#: KEYS: fence, readers, acks, wiped. ARGV[1] = 1: take a new fence number (INCR); else
+#: ARGV[2] is the fence to check. ARGV[3]: the wipe marker's ms. ARGV[4..]: reader ids that
+#: must ack even if not registered (found by CLIENT LIST).
+#: Returns {n, wiped recently (1/0), pending ids...}
 FENCE = r"""
-local existed = redis.call('EXISTS', KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then  -- a wipe (or the first write ever)
+  redis.call('SET', KEYS[4], 1, 'PX', ARGV[3])
+end
 local n
 if ARGV[1] == '1' then n = redis.call('INCR', KEYS[1]) else n = tonumber(ARGV[2]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {n, existed}
+local out = {n, redis.call('EXISTS', KEYS[4])}
 local seen = {}
 local readers = redis.call('HGETALL', KEYS[2])
 for i = 1, #readers, 2 do
@@ -138,7 +164,7 @@ for i = 1, #readers, 2 do
     out[#out + 1] = id
   end
 end
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   if not seen[id] and tonumber(redis.call('HGET', KEYS[3], id) or '-1') < n then
     out[#out + 1] = id
@@ -155,8 +181,13 @@ def reader_tag(prefix: str) -> str:
 
 class LeaseKeys:
     def __init__(self, prefix: str) -> None:
-        self.fence, self.readers, self.acks = (f"{prefix}x:fence", f"{prefix}x:readers",
-                                               f"{prefix}x:acks")
+        self.fence, self.readers, self.acks, self.wiped = (
+            f"{prefix}x:fence", f"{prefix}x:readers", f"{prefix}x:acks", f"{prefix}x:wiped")
+
+
+def wipe_marker_ms(lease_ms: int) -> int:
+    """How long ``P x:wiped`` lives: longer than any lease granted before the wipe."""
+    return int(lease_ms * (1 + DRIFT) + MARGIN * 1000) + 1
 
 
 class ReadLease:
@@ -177,6 +208,7 @@ class ReadLease:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self.cycles = 0
+        self.timeouts = 0  # consecutive barriers that timed out on a "healthy" stream
         self._thread = threading.Thread(target=self._run, name="examcache-read-lease",
                                         daemon=True)
 
@@ -199,14 +231,30 @@ class ReadLease:
             self._wake.set()
 
     def cycle(self) -> bool:
-        """Renew, catch up (barrier), acknowledge; True when the lease is usable."""
+        """Renew, catch up (barrier), acknowledge; True when the lease is usable.
+
+        The acknowledgement is conditional on the registration this cycle wrote: after a
+        wipe (or a restore of an older snapshot) the fence restarts, and an ack of the
+        fence read before it would claim writes this process never saw."""
         started = time.monotonic()
-        fence = self._renew(keys=(self.keys.readers, self.keys.fence),
-                            args=(self.id, int(self.lease * 1000)))
+        lease_ms = int(self.lease * 1000)
+        fence, expiry = self._renew(keys=(self.keys.readers, self.keys.fence, self.keys.wiped),
+                                    args=(self.id, lease_ms, wipe_marker_ms(lease_ms)))
         if not self.stream.barrier(self.barrier_timeout):
+            self.timeouts += 1
+            if self.stream.healthy and self.timeouts >= 2:
+                # a silent connection (no data, no error): reconnect rather than make
+                # every read pay the barrier's timeout until TCP gives up
+                log.warning("cache tracking connection unanswered for two barriers; "
+                            "reconnecting it")
+                self.stream.drop()
+                self.timeouts = 0
             return False
+        self.timeouts = 0
+        if not self._ack(keys=(self.keys.acks, self.keys.readers),
+                         args=(self.id, int(fence), int(expiry))):
+            return False  # wiped or expired meanwhile: no lease from this cycle
         self._deadline = started + self.lease * (1 - DRIFT) - MARGIN
-        self._ack(keys=(self.keys.acks,), args=(self.id, int(fence)))
         self.cycles += 1
         return True
 
@@ -249,6 +297,7 @@ class LeaseWriter:
         self.keys = LeaseKeys(prefix)
         self.tag = reader_tag(prefix)
         self.limit = lease_ms / 1000 * (1 + DRIFT) + MARGIN
+        self.marker_ms = wipe_marker_ms(lease_ms)
         self.own, self.own_id = own, own_id
         self._fence = client.register_script(FENCE)
         self._clock, self._sleep = clock, sleep
@@ -269,13 +318,14 @@ class LeaseWriter:
         started = self._clock()
         deadline = started + self.limit
         try:
-            n, existed, *pending = self._fence(
-                keys=(self.keys.fence, self.keys.readers, self.keys.acks), args=(1, 0))
+            keys = (self.keys.fence, self.keys.readers, self.keys.acks, self.keys.wiped)
+            n, wiped, *pending = self._fence(keys=keys, args=(1, 0, self.marker_ms))
             extra: list[str] = []
-            if not existed:  # a wipe (or the first write ever): ask CLIENT LIST too
+            if wiped:  # a wipe less than a lease ago (or the first ever): ask CLIENT LIST too
                 extra = self._listed()
                 pending = [*pending, *extra]
-            pending = [p.decode() if isinstance(p, bytes) else p for p in pending]
+            pending = list(dict.fromkeys(p.decode() if isinstance(p, bytes) else p
+                                         for p in pending))
             if self.own_id in pending and self.own is not None and self.own():
                 pending.remove(self.own_id)
                 extra = [e for e in extra if e != self.own_id]
@@ -290,10 +340,9 @@ class LeaseWriter:
                     return
                 self._sleep(min(delay, deadline - now))
                 delay = min(delay * 2, MAX_POLL)
-                _, _, *left = self._fence(
-                    keys=(self.keys.fence, self.keys.readers, self.keys.acks),
-                    args=(0, n, *extra))
-                left = [p.decode() if isinstance(p, bytes) else p for p in left]
+                _, _, *left = self._fence(keys=keys, args=(0, n, self.marker_ms, *extra))
+                left = list(dict.fromkeys(p.decode() if isinstance(p, bytes) else p
+                                          for p in left))
                 if self.own_id in left and self.own is not None and self.own():
                     left.remove(self.own_id)
                 if not left:

@@ -212,6 +212,19 @@ class _ThreadConnection:
                 pass
 
 
+def _after_fork(ref: "weakref.ref[RedisBackend]") -> None:
+    """In a forked child: threads did not survive, and the parent's tracking socket, barrier
+    numbers and lease are the parent's. Forget them (untouched: closing would close the
+    parent's connection) and start this process's own."""
+    backend = ref()
+    if backend is None:
+        return
+    backend._forked_from = (backend._stream, backend._lease, backend._tracked)
+    backend._conns_lock = threading.Lock()  # a parent thread may have held it at the fork
+    backend._conns = weakref.WeakSet()
+    backend._start_tracking()
+
+
 class RedisBackend(Backend):
     errors = (redis.RedisError, OSError)
 
@@ -243,32 +256,45 @@ class RedisBackend(Backend):
         #: still write while others hold leases)
         self._lease: ReadLease | None = None
         self._writer: LeaseWriter | None = None
-        reader_id = new_reader_id()
-        if tracking and near_cache_bytes > 0 and topo.kind == "single":
+        self._lease_ms = lease_ms if topo.kind == "single" else 0
+        self._near_cache_bytes = near_cache_bytes
+        self._tracking = tracking and near_cache_bytes > 0 and topo.kind == "single"
+        if self._tracking:
             self._near = None  # the tracked near cache replaces the validated one
-            tracked = self._tracked = TrackedNearCache(
-                near_cache_bytes, lambda k: f"{prefix}v:{k}", lambda t: f"{prefix}t:{t}")
-            pool = self.client.connection_pool
-            kwargs = dict(pool.connection_kwargs)
-            if lease_ms > 0:
-                kwargs["client_name"] = reader_tag(prefix) + reader_id
-            self._stream = InvalidationStream(
-                kwargs, prefix, self._on_keys, self._on_flush,
-                connection_class=pool.connection_class)
-            if lease_ms > 0:
-                self._lease = ReadLease(self.client, self._stream, prefix, reader_id, lease_ms,
-                                        socket_timeout)
-            self._stream.start()
-            if self._lease is not None:
-                self._lease.start()
-            del tracked
-        if lease_ms > 0 and topo.kind == "single":
-            self._writer = LeaseWriter(self.client, prefix, lease_ms, own=self._own_caught_up,
-                                       own_id=reader_id if self._lease is not None else None)
+        self._start_tracking()
+        # pre-fork servers: the child gets its own stream, lease and reader id (never the
+        # parent's socket, sequence numbers or lease)
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(me))
         # every thread's connection, weakly: a thread that ends drops its holder
         # (thread-local data dies with the thread), which disconnects it
         self._conns: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
+
+    def _start_tracking(self) -> None:
+        """The tracked near cache, its stream and this process's read lease (new ones, with
+        a new reader id), and the lease writer."""
+        prefix, lease_ms = self.prefix, self._lease_ms
+        reader_id = new_reader_id()
+        self._tracked = self._stream = self._lease = self._writer = None
+        if self._tracking:
+            self._tracked = TrackedNearCache(
+                self._near_cache_bytes, lambda k: f"{prefix}v:{k}", lambda t: f"{prefix}t:{t}")
+            pool = self.client.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            if lease_ms > 0:
+                kwargs["client_name"] = reader_tag(prefix) + reader_id
+            stream = InvalidationStream(kwargs, prefix, self._on_keys, self._on_flush,
+                                        connection_class=pool.connection_class)
+            if lease_ms > 0:
+                self._lease = ReadLease(self.client, stream, prefix, reader_id, lease_ms,
+                                        self._barrier_timeout)
+            self._stream = stream.start()
+            if self._lease is not None:
+                self._lease.start()
+        if lease_ms > 0:
+            self._writer = LeaseWriter(self.client, prefix, lease_ms, own=self._own_caught_up,
+                                       own_id=reader_id if self._lease is not None else None)
 
     def _on_keys(self, redis_keys: list[str]) -> None:
         self._tracked.on_keys(redis_keys)

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -138,6 +139,17 @@ class InvalidationStream:
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    def drop(self) -> None:
+        """Break the current connection (the reader sees the error, flushes and reconnects):
+        for a connection that stopped answering without an error."""
+        with self._send_lock:
+            sock = self._sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def wait_healthy(self, timeout: float) -> bool:
         with self._cond:
