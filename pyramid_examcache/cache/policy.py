@@ -126,6 +126,7 @@ class CachePolicy:
                                errors=self._errors, clock=clock)
         self.deferred = DeferredInvalidations()
         self.stats = Stats()
+        backend.attach_stats(self.stats.incr)
         #: the durable invalidation log (G6), when this policy has one (see ``includeme``)
         self.log = None
         self._clock = clock

@@ -23,6 +23,9 @@ FIELDS = (
     "uncacheable",    # cached-view responses not stored (status, Set-Cookie, private, session)
     "not_modified",   # cached-view requests answered 304 Not Modified (If-None-Match)
     "early_hits",     # cached-view hits answered by the early-hit tween (also counted in hits)
+    "lease_waits",    # invalidations that waited for another process's read lease to catch up
+    "lease_timeouts", # ... that returned on the time limit: a reader did not acknowledge
+                      # (killed without closing, partitioned, or stalled)
 )
 
 

@@ -22,6 +22,9 @@ DEFERRED = Gauge("examcache_cache_deferred_invalidations", "Invalidations this p
                  multiprocess_mode="livesum")
 NEAR_BYTES = Gauge("examcache_cache_near_cache_bytes", "Bytes held in the near cache",
                    ["prefix"], multiprocess_mode="livesum")
+READ_LEASES = Gauge("examcache_cache_read_leases", "1 while this process holds a valid read "
+                    "lease (held values served with no Redis command; summed: the processes "
+                    "that do)", ["prefix"], multiprocess_mode="livesum")
 
 #: seconds between two refreshes of the per-process gauges
 REFRESH_EVERY = 1.0
@@ -57,6 +60,7 @@ def refresh(policy: Any) -> None:
     BREAKER_OPEN.labels(prefix).set(1 if policy.breaker.state == "open" else 0)
     DEFERRED.labels(prefix).set(len(policy.deferred))
     NEAR_BYTES.labels(prefix).set(policy.backend.near_cache_bytes())
+    READ_LEASES.labels(prefix).set(1 if policy.backend.read_lease_valid() else 0)
 
 
 def _refresh_forever() -> None:

@@ -102,3 +102,38 @@ def test_the_breaker_gauge_follows_an_outage(db, private_redis, redis_prefix):
             assert errors >= 1
         finally:
             client.close()
+
+
+def test_read_leases_and_a_reader_that_stops_acknowledging_are_visible(db, private_redis,
+                                                                       redis_prefix):
+    """The process's read lease is a gauge; a write that had to wait out another process's
+    lease (that process stopped acknowledging) moves ``lease_waits`` and ``lease_timeouts``."""
+    from pyramid_examcache.cache.backends.redis import RedisBackend
+
+    app = itemapp.make_app(db, **{"examcache.redis_url": private_redis.url,
+                                  "examcache.key_prefix": redis_prefix,
+                                  "examcache.metrics_path": "/metrics"})
+    other = RedisBackend(private_redis.url, prefix=redis_prefix, near_cache_bytes=1 << 20,
+                         tracking=True, lease_ms=1000)  # another process's worth
+    p = redis_prefix
+    with thread_server(app) as base:
+        client = Client(base)
+        try:
+            assert wait_until(lambda: value(scrape(base), "examcache_cache_read_leases",
+                                            prefix=p) == 1, timeout=10, message="lease gauge")
+            assert wait_until(other._lease.valid, timeout=10, message="the other's lease")
+            client.json("GET", "/items/1")
+            before = scrape(base)
+            client.json("PUT", "/items/1?v=2")  # the other reader acknowledges: a short wait
+            other._lease._stopped.set()  # then it stops acknowledging (a stalled process)
+            other._lease._wake.set()
+            other._lease._thread.join(5)
+            client.json("PUT", "/items/1?v=3")  # waits until its lease has run out
+            after = scrape(base)
+        finally:
+            client.close()
+            other.close()
+    moved = {name: value(after, f"examcache_cache_{name}_total", prefix=p)
+             - value(before, f"examcache_cache_{name}_total", prefix=p)
+             for name in ("lease_waits", "lease_timeouts")}
+    assert moved["lease_waits"] >= 2 and moved["lease_timeouts"] >= 1, moved

@@ -115,5 +115,12 @@ class Backend(abc.ABC):
         near = getattr(self, "_near", None)
         return near.nbytes if near is not None else 0
 
+    def read_lease_valid(self) -> bool:
+        """Does this process hold a valid read lease (held values served with no I/O)?"""
+        return False
+
+    def attach_stats(self, incr) -> None:
+        """``incr(name)`` counts the backend's own events (a :class:`..stats.Stats`'s)."""
+
     def close(self) -> None:
         """Release connections."""

@@ -142,7 +142,7 @@ return 1
 #: KEYS: fence, readers, acks, wiped. ARGV[1] = 1: take a new fence number (INCR); else
 #: ARGV[2] is the fence to check. ARGV[3]: the wipe marker's ms. ARGV[4..]: reader ids that
 #: must ack even if not registered (found by CLIENT LIST).
-#: Returns {n, wiped recently (1/0), pending ids...}
+#: Returns {n, wiped recently (1/0), readers found expired (and removed), pending ids...}
 FENCE = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then  -- a wipe (or the first write ever)
   redis.call('SET', KEYS[4], 1, 'PX', ARGV[3])
@@ -151,7 +151,7 @@ local n
 if ARGV[1] == '1' then n = redis.call('INCR', KEYS[1]) else n = tonumber(ARGV[2]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {n, redis.call('EXISTS', KEYS[4])}
+local out = {n, redis.call('EXISTS', KEYS[4]), 0}
 local seen = {}
 local readers = redis.call('HGETALL', KEYS[2])
 for i = 1, #readers, 2 do
@@ -160,6 +160,7 @@ for i = 1, #readers, 2 do
   if expiry <= now then
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[3], id)
+    out[3] = out[3] + 1
   elseif tonumber(redis.call('HGET', KEYS[3], id) or '-1') < n then
     out[#out + 1] = id
   end
@@ -303,6 +304,16 @@ class LeaseWriter:
         self._clock, self._sleep = clock, sleep
         self.waits = 0  # writes that had to wait for another reader
         self.gave_up = 0  # writes that returned on the time limit
+        #: ``incr(name)``: the policy's counters (``lease_waits``, ``lease_timeouts``)
+        self.incr: Callable[[str], None] | None = None
+
+    def _count(self, name: str) -> None:
+        if name == "lease_waits":
+            self.waits += 1
+        else:
+            self.gave_up += 1
+        if self.incr is not None:
+            self.incr(name)
 
     def _listed(self) -> list[str]:
         """Reader ids of this prefix connected now (their registration may be wiped)."""
@@ -313,46 +324,56 @@ class LeaseWriter:
                 out.append(name[len(self.tag):])
         return out
 
+    def _pending(self, ids) -> list[str]:
+        """Reader ids still to hear from (decoded, once each), without this process when its
+        own stream has caught up."""
+        out = list(dict.fromkeys(i.decode() if isinstance(i, bytes) else i for i in ids))
+        if self.own_id in out and self.own is not None and self.own():
+            out.remove(self.own_id)
+        return out
+
     def wait(self) -> None:
         """Return once no reader can still serve what the caller's write changed."""
         started = self._clock()
         deadline = started + self.limit
         try:
             keys = (self.keys.fence, self.keys.readers, self.keys.acks, self.keys.wiped)
-            n, wiped, *pending = self._fence(keys=keys, args=(1, 0, self.marker_ms))
-            extra: list[str] = []
-            if wiped:  # a wipe less than a lease ago (or the first ever): ask CLIENT LIST too
-                extra = self._listed()
-                pending = [*pending, *extra]
-            pending = list(dict.fromkeys(p.decode() if isinstance(p, bytes) else p
-                                         for p in pending))
-            if self.own_id in pending and self.own is not None and self.own():
-                pending.remove(self.own_id)
-                extra = [e for e in extra if e != self.own_id]
+            n, wiped, _, *registered = self._fence(keys=keys, args=(1, 0, self.marker_ms))
+            # a wipe less than a lease ago (or the first write ever): ask CLIENT LIST too
+            extra = self._listed() if wiped else []
+            pending = self._pending([*registered, *extra])
+            extra = [e for e in extra if e in pending]
             if not pending:
                 return
-            self.waits += 1
+            self._count("lease_waits")
             delay = FIRST_POLL
-            while True:
+            expired_counted = False
+            while pending:
                 now = self._clock()
                 if now >= deadline:
-                    self.gave_up += 1
+                    if not expired_counted:
+                        self._count("lease_timeouts")
+                    log.warning("cache read leases: reader(s) %s did not acknowledge a write "
+                                "within %.2f s (killed, partitioned or stalled); their leases "
+                                "have run out", ", ".join(pending)[:200], self.limit)
                     return
                 self._sleep(min(delay, deadline - now))
                 delay = min(delay * 2, MAX_POLL)
-                _, _, *left = self._fence(keys=keys, args=(0, n, self.marker_ms, *extra))
-                left = list(dict.fromkeys(p.decode() if isinstance(p, bytes) else p
-                                          for p in left))
-                if self.own_id in left and self.own is not None and self.own():
-                    left.remove(self.own_id)
-                if not left:
-                    return
+                _, _, expired, *left = self._fence(keys=keys,
+                                                   args=(0, n, self.marker_ms, *extra))
+                if expired and not expired_counted:  # a reader never acknowledged: its
+                    self._count("lease_timeouts")     # lease ran out
+                    log.warning("cache read leases: a reader did not acknowledge a write and "
+                                "its lease ran out (killed without closing, partitioned or "
+                                "stalled)")
+                    expired_counted = True
+                pending = self._pending(left)
         except (redis.RedisError, OSError) as exc:
             # cannot learn who caught up: wait until every lease granted before the write
             # has run out (safe whatever Redis says)
             log.warning("cache read leases: cannot confirm readers caught up (%s); waiting "
                         "out their leases", exc)
-            self.gave_up += 1
+            self._count("lease_timeouts")
             left = deadline - self._clock()
             if left > 0:
                 self._sleep(left)

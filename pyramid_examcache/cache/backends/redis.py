@@ -295,6 +295,7 @@ class RedisBackend(Backend):
         if lease_ms > 0:
             self._writer = LeaseWriter(self.client, prefix, lease_ms, own=self._own_caught_up,
                                        own_id=reader_id if self._lease is not None else None)
+            self._writer.incr = getattr(self, "_incr", None)
 
     def _on_keys(self, redis_keys: list[str]) -> None:
         self._tracked.on_keys(redis_keys)
@@ -312,6 +313,14 @@ class RedisBackend(Backend):
         flushes and revokes.)"""
         stream = self._stream
         return stream is None or stream.barrier(self._barrier_timeout) or not stream.healthy
+
+    def read_lease_valid(self) -> bool:
+        return self._lease is not None and self._lease.valid()
+
+    def attach_stats(self, incr) -> None:
+        self._incr = incr
+        if self._writer is not None:
+            self._writer.incr = incr
 
     def peek_local(self, key, tags=()):
         """The held value of ``key`` when it may be served with no I/O and no wait: this
