@@ -179,6 +179,15 @@ class CachePolicy:
         A key's invalidation also invalidates its implicit tag, which every
         cached-view variant of that key carries (:mod:`.variants`)."""
         invalidate = self.backend.invalidate
+        if not keys and not tags:
+            return None
+        if len(keys) <= CHUNK and len(tags) <= CHUNK:
+            # the usual commit: one call, so one round trip and -- with read leases -- one
+            # wait for the other processes to catch up, not one per kind
+            if self._call("invalidate", invalidate, keys,
+                          [key_tag(k) for k in keys] + tags) is _FAILED:
+                return keys, tags
+            return None
         for i in range(0, len(keys), CHUNK):
             chunk = keys[i:i + CHUNK]
             if self._call("invalidate", invalidate, chunk,
