@@ -161,31 +161,33 @@ def private_redis():
 TOPOLOGIES = ("redis", "sentinel", "cluster")
 
 
+@contextmanager
+def _running(kind: str):
+    """A topology of tests/topologies.py (``cluster`` or ``sentinel``) on private ports,
+    started, and closed whatever happens."""
+    from .topologies import PrivateCluster, PrivateSentinel
+
+    own = PrivateCluster() if kind == "cluster" else PrivateSentinel()
+    try:
+        own.start()
+        yield own
+    finally:
+        own.close()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster():
     """A 3-primary Redis Cluster on private ports, shared by the session (keys under
     random prefixes, like the shared Redis); stopped at the end."""
-    from .topologies import PrivateCluster
-
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
+    with _running("cluster") as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel():
     """A primary, a replica and 3 sentinels on private ports, shared by the session."""
-    from .topologies import PrivateSentinel
-
-    sentinel = PrivateSentinel()
-    try:
-        sentinel.start()
+    with _running("sentinel") as sentinel:
         yield sentinel
-    finally:
-        sentinel.close()
 
 
 @pytest.fixture(params=TOPOLOGIES)
@@ -201,14 +203,8 @@ def topology(request):
 @pytest.fixture
 def sentinel():
     """A primary, a replica and 3 sentinels of the test's own (it may fail them over)."""
-    from .topologies import PrivateSentinel
-
-    own = PrivateSentinel()
-    try:
-        own.start()
+    with _running("sentinel") as own:
         yield own
-    finally:
-        own.close()
 
 
 @pytest.fixture(params=TOPOLOGIES)
@@ -217,11 +213,5 @@ def private_topology(request):
     if request.param == "redis":
         yield request.getfixturevalue("private_redis")
         return
-    from .topologies import PrivateCluster, PrivateSentinel
-
-    own = PrivateCluster() if request.param == "cluster" else PrivateSentinel()
-    try:
-        own.start()
+    with _running(request.param) as own:
         yield own
-    finally:
-        own.close()

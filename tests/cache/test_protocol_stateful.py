@@ -100,9 +100,8 @@ from pyramid_examcache.cache.policy import CachePolicy
 from pyramid_examcache.settings import CacheSettings
 
 from ..conftest import REDIS_URL
+from .stateful import KEYS, assert_saw, play, targets
 
-#: key -> the tags its value is stored under ("c" has none)
-KEYS = {"a": ("g1",), "b": ("g1", "g2"), "c": ()}
 #: the keys of random runs: two, sharing tag g1, so that actors meet on a key
 #: often ("c", without tags, is in SCENARIOS)
 KEY = st.sampled_from(["a", "b"])
@@ -141,17 +140,6 @@ class FakeClock:
 
 class Abandoned(Exception):
     """A reader's creator gave up (the policy must release its lease)."""
-
-
-def targets(key: str, mode: str) -> tuple[list[str], list[str]]:
-    """What a committed write of ``key`` invalidates: the key, a tag it is
-    stored under, or both (a key without tags: the key)."""
-    tags = KEYS[key]
-    if mode == "key" or not tags:
-        return [key], []
-    if mode == "tag":
-        return [], [tags[-1]]
-    return [key], list(tags)
 
 
 class BreakerModel:
@@ -724,14 +712,5 @@ SCENARIOS = [
                          ids=[s[0] for s in SCENARIOS])
 def test_scripted_interleavings(kind, name, threshold, steps, events, redis_root):
     machine = machine_class(kind, redis_root, Counter())()
-    try:
-        machine.setup(threshold=threshold)
-        for rule_name, kwargs in steps:
-            getattr(machine, rule_name)(**kwargs)
-            for check in INVARIANTS:
-                getattr(machine, check)()
-    finally:
-        machine.teardown()
-    seen = machine.seen
-    short = {event: seen[event] for event in events if seen[event] < events[event]}
-    assert not short, f"{name}: expected at least {events}, saw {dict(seen)}"
+    play(machine, [("setup", {"threshold": threshold}), *steps], INVARIANTS)
+    assert_saw(machine.seen, events, f"{name}: ")

@@ -4,6 +4,7 @@ others' do not), killed, or its registration is wiped by ``FLUSHALL``. Real redi
 on private ports; the partition is a proxy holding every reply to one backend."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -66,27 +67,39 @@ def test_a_write_in_the_writers_own_process_does_not_wait(private_redis):
     assert b._writer.waits == 0  # its own stream's barrier crossed it off
 
 
-def test_a_partitioned_reader_stops_serving_before_the_write_returns(private_redis):
-    """One process's replies stop (a silent partition: no error, no EOF) while the writer
-    still reaches Redis. The write must not return while that reader could still serve the
-    old value; once it returns, the reader's lease has run out."""
-    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+@contextlib.contextmanager
+def partitioned(server, tags=()):
+    """A reader holding ``k`` = ``old`` (stored by a writer, which is yielded too), every
+    reply to it then held by a proxy (a silent partition: no error, no EOF) while the
+    others still reach Redis. The partition heals and both close on exit."""
+    with RespProxy("127.0.0.1", server.port) as proxy:
         reader = backend(f"redis://127.0.0.1:{proxy.port}/0")
-        writer = backend(private_redis.url, tracking=False)
-        store(writer, "k", b"old", ("t",))
-        hold(reader, "k", b"old", ("t",))
-        proxy.hold(DOWN)  # nothing reaches the reader any more: no message, no reply
+        writer = backend(server.url, tracking=False)
+        try:
+            store(writer, "k", b"old", tags)
+            hold(reader, "k", b"old", tags)
+            proxy.hold(DOWN)
+            yield reader, writer
+        finally:
+            proxy.release(DOWN)
+            reader.close()
+            writer.close()
+
+
+def test_a_partitioned_reader_stops_serving_before_the_write_returns(private_redis):
+    """One process's replies stop while the writer still reaches Redis. The write must not
+    return while that reader could still serve the old value; once it returns, the
+    reader's lease has run out."""
+    with partitioned(private_redis, ("t",)) as (reader, writer):
         started = time.monotonic()
         writer.invalidate(tags=["t"])
         waited = time.monotonic() - started
         served = reader.peek_local("k", ("t",))
         valid = reader._lease.valid()
-        proxy.release(DOWN)
-        reader.close()
-        writer.close()
     assert served is None and not valid  # the lease ran out before the write returned
     assert writer._writer.waits == 1
     assert waited <= LEASE_MS / 1000 * (1 + DRIFT) + MARGIN + 5  # bounded (a loaded machine)
+
 
 
 def test_a_reader_that_catches_up_lets_the_write_return_at_once(private_redis):
@@ -213,46 +226,36 @@ def test_after_flushall_a_fence_recreated_by_another_reader_still_makes_the_writ
     """FLUSHALL wipes the registry; another reader's cycle re-creates the fence before the
     write; a reader whose messages are delayed still holds its pre-wipe lease. The wipe
     marker makes the writer look for readers by connection name and wait."""
-    with RespProxy("127.0.0.1", private_redis.port) as proxy:
-        slow = backend(f"redis://127.0.0.1:{proxy.port}/0")
-        other = backend(private_redis.url)
-        writer = backend(private_redis.url, tracking=False)
-        store(writer, "k", b"old")
-        hold(slow, "k", b"old")
-        proxy.hold(DOWN)
-        admin = private_redis.client()
-        admin.flushall()
-        assert wait_until(lambda: admin.exists(f"{PREFIX}x:fence"), timeout=10,
-                          message="the other reader's RENEW re-created the fence")
-        writer.invalidate(keys=["k"])
-        served = slow.peek_local("k")
-        proxy.release(DOWN)
-        for b in (slow, other, writer):
-            b.close()
+    other = backend(private_redis.url)
+    admin = private_redis.client()
+    try:
+        with partitioned(private_redis) as (slow, writer):
+            admin.flushall()
+            assert wait_until(lambda: admin.exists(f"{PREFIX}x:fence"), timeout=10,
+                              message="the other reader's RENEW re-created the fence")
+            writer.invalidate(keys=["k"])
+            served = slow.peek_local("k")
+    finally:
+        other.close()
     assert served is None
     assert writer._writer.waits == 1
 
 
 def test_after_flushall_two_concurrent_writers_both_wait(private_redis):
-    with RespProxy("127.0.0.1", private_redis.port) as proxy:
-        slow = backend(f"redis://127.0.0.1:{proxy.port}/0")
-        w1 = backend(private_redis.url, tracking=False)
-        w2 = backend(private_redis.url, tracking=False)
-        store(w1, "k", b"old")
-        hold(slow, "k", b"old")
-        proxy.hold(DOWN)
-        admin = private_redis.client()
-        admin.flushall()
-        first = threading.Thread(target=w1.invalidate, kwargs={"keys": ["other"]})
-        first.start()  # finds the fence absent; its INCR re-creates it
-        assert wait_until(lambda: admin.exists(f"{PREFIX}x:fence"), timeout=10,
-                          message="w1's fence")
-        w2.invalidate(keys=["k"])  # must wait too, though the fence exists again
-        served = slow.peek_local("k")
-        proxy.release(DOWN)
-        first.join(10)
-        for b in (slow, w1, w2):
-            b.close()
+    w2 = backend(private_redis.url, tracking=False)
+    admin = private_redis.client()
+    try:
+        with partitioned(private_redis) as (slow, w1):
+            admin.flushall()
+            first = threading.Thread(target=w1.invalidate, kwargs={"keys": ["other"]})
+            first.start()  # finds the fence absent; its INCR re-creates it
+            assert wait_until(lambda: admin.exists(f"{PREFIX}x:fence"), timeout=10,
+                              message="w1's fence")
+            w2.invalidate(keys=["k"])  # must wait too, though the fence exists again
+            served = slow.peek_local("k")
+            first.join(10)  # (its wait ends with the slow reader's lease)
+    finally:
+        w2.close()
     assert served is None
     assert w2._writer.waits == 1
 

@@ -9,8 +9,9 @@ key with the next version. Hypothesis interleaves, in any order:
 
 * W's writes, inline or in the background (a write whose return the machine does not wait
   for: it may stay blocked while R cannot acknowledge, and complete steps later);
-* R's reads (``get``: a held value without a barrier under a valid lease, otherwise a
-  barrier or the validating read) and warm-ups (reads until the value is held);
+* R's reads (``peek_local``, what the early-hit tween serves, then ``get``: a held value
+  without a barrier under a valid lease, otherwise a barrier or the validating read) and
+  warm-ups (reads until the value is held);
 * R's tracking connection: its frames held (messages and PONGs delayed: R can neither see
   invalidations nor renew), released (all, or the first one or two), cut and restored, or
   killed by Redis; ``FLUSHALL`` (the lease registry is wiped with everything else).
@@ -23,17 +24,13 @@ blocked by a partitioned R costs at most ~0.25 s.
 from __future__ import annotations
 
 import concurrent.futures
-import logging
-import os
 import threading
 import time
 import uuid
 from collections import Counter
 from unittest import mock
 
-import pytest
 import redis
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
@@ -42,31 +39,14 @@ from pyramid_examcache.cache.backends.base import Status
 from pyramid_examcache.cache.backends.redis import RedisBackend
 
 from .proxy import DOWN, RespProxy
+from .stateful import KEYS, MODE, derandomized, targets
 
-KEYS = {"a": ("g1",), "b": ("g1", "g2"), "c": ()}
 KEY = st.sampled_from(sorted(KEYS))
-MODE = st.sampled_from(["key", "tag", "both"])
 LEASE_MS = 200
 WRITE_BOUND = 10.0  # a write that has not returned after this long is a failure
 ERRORS = RedisBackend.errors
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("EXAMCACHE_LEASE_EXAMPLES", "40")),
-    stateful_step_count=30,
-    deadline=None,
-    database=None,
-    derandomize=not os.environ.get("EXAMCACHE_TRACKING_RANDOM"),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-
-
-def targets(key: str, mode: str) -> tuple[list[str], list[str]]:
-    tags = KEYS[key]
-    if mode == "key" or not tags:
-        return [key], []
-    if mode == "tag":
-        return [], [tags[-1]]
-    return [key], list(tags)
+SETTINGS = derandomized("EXAMCACHE_LEASE_EXAMPLES", 40, 30)
 
 
 def version_of(value: bytes | None) -> int | None:
@@ -148,6 +128,13 @@ class LeaseMachine(RuleBasedStateMachine):
             floor = self.returned[key]
         lease_valid = self.r._lease.valid()
         held = self.r._tracked.get(key, KEYS[key]) is not None
+        early = self.r.peek_local(key, KEYS[key])  # what the early-hit tween would serve
+        got = version_of(early)
+        assert got is None or got >= floor, (
+            f"R's peek_local gave {key} version {got} after the write of version {floor} "
+            f"returned")
+        if early is not None:
+            self.counts["early_hit"] += 1
         try:
             value = self.r.get(key, KEYS[key])
         except ERRORS:
@@ -242,20 +229,12 @@ class LeaseMachine(RuleBasedStateMachine):
             self.raw.close()
 
 
-@pytest.fixture
-def quiet_tracking_log():
-    logger = logging.getLogger("pyramid_examcache.cache.backends")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
-
-
 def test_read_lease_interleavings(private_redis, quiet_tracking_log):
     counts: Counter = Counter()
     machine = type("Machine", (LeaseMachine,), {"server": private_redis, "counts": counts})
     run_state_machine_as_test(machine, settings=SETTINGS)
     # the interleavings that matter happened (derandomized: the same every run)
     for event in ("background_write", "hold", "read_while_partitioned", "lease_hit_candidate",
+                  "early_hit",
                   "cut", "kill", "flushall", "held"):
         assert counts[event] > 0, (event, counts)

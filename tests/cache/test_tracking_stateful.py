@@ -47,8 +47,6 @@ so that every run hits them.
 from __future__ import annotations
 
 import concurrent.futures
-import logging
-import os
 import threading
 import time
 import uuid
@@ -57,7 +55,6 @@ from unittest import mock
 
 import pytest
 import redis
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -72,11 +69,10 @@ from pyramid_examcache.cache.backends.base import Status
 from pyramid_examcache.cache.backends.redis import RedisBackend, glob_escape
 
 from .proxy import DOWN, UP, RespProxy
+from .stateful import KEYS, MODE, assert_saw, derandomized, play, targets
 
 #: key -> the tags its value is stored under
-KEYS = {"a": ("g1",), "b": ("g1", "g2"), "c": ()}
 KEY = st.sampled_from(sorted(KEYS))
-MODE = st.sampled_from(["key", "tag", "both"])
 RARELY = st.sampled_from([False, False, False, True])
 TTL = 600
 LEASE = 5.0
@@ -85,25 +81,7 @@ LONG = 3.0  # barrier timeout of a parked read (it waits for the test's releases
 DEADLINE = 3.0  # polled conditions
 ERRORS = RedisBackend.errors
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("EXAMCACHE_TRACKING_EXAMPLES", "40")),
-    stateful_step_count=35,
-    deadline=None,
-    database=None,
-    # the same interleavings every run: a stable run time in CI (set
-    # EXAMCACHE_TRACKING_RANDOM=1 to explore new ones)
-    derandomize=not os.environ.get("EXAMCACHE_TRACKING_RANDOM"),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-
-
-def targets(key: str, mode: str) -> tuple[list[str], list[str]]:
-    tags = KEYS[key]
-    if mode == "key" or not tags:
-        return [key], []
-    if mode == "tag":
-        return [], [tags[-1]]
-    return [key], list(tags)
+SETTINGS = derandomized("EXAMCACHE_TRACKING_EXAMPLES", 40, 35)
 
 
 def poll(predicate, what: str, timeout: float = DEADLINE) -> None:
@@ -598,16 +576,6 @@ MUST_HAPPEN = ("near_hit", "near_hit_after_writes", "validated_read", "read_whil
                "barrier_raced_after", "tracked_leased")
 
 
-@pytest.fixture
-def quiet_tracking_log():
-    """Every step may lose the tracking connection: its warning would fill the output."""
-    logger = logging.getLogger("pyramid_examcache.cache.backends.tracking")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
-
-
 def test_tracking_interleavings(private_redis, quiet_tracking_log):
     counts: Counter = Counter()
     run_state_machine_as_test(machine_class(private_redis, counts), settings=SETTINGS)
@@ -706,15 +674,5 @@ INVARIANTS = ("parked_reads_may_see_the_current_state", "store_never_older_than_
                          ids=[s[0] for s in SCENARIOS])
 def test_scripted_interleavings(private_redis, quiet_tracking_log, steps, events):
     machine = machine_class(private_redis, Counter())()
-    try:
-        for check in INVARIANTS:
-            getattr(machine, check)()
-        for rule_name, kwargs in steps:
-            getattr(machine, rule_name)(**kwargs)
-            for check in INVARIANTS:
-                getattr(machine, check)()
-    finally:
-        machine.teardown()
-    seen = machine.seen
-    short = {event: seen[event] for event in events if seen[event] < events[event]}
-    assert not short, f"expected at least {events}, saw {dict(seen)}"
+    play(machine, [(check, {}) for check in INVARIANTS] + list(steps), INVARIANTS)
+    assert_saw(machine.seen, events)
