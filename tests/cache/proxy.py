@@ -37,6 +37,7 @@ import select
 import socket
 import struct
 import threading
+import time
 
 
 class TcpProxy:
@@ -268,6 +269,8 @@ class RespProxy(TcpProxy):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._held = {UP: False, DOWN: False}
+        #: seconds every batch of frames waits before it is forwarded (a slow link)
+        self.delay = {UP: 0.0, DOWN: 0.0}
 
     def refuse(self) -> None:
         """Refuse new connections (as :meth:`cut` does) but keep the current ones."""
@@ -333,6 +336,8 @@ class RespProxy(TcpProxy):
                 del acc[:start]
                 if not frames:
                     continue
+                if self.delay[direction]:
+                    time.sleep(self.delay[direction])  # the slow link (order kept)
                 with pair.lock:
                     if self._held[direction] or pair.buffers[direction]:
                         pair.buffers[direction].extend(frames)

@@ -85,10 +85,12 @@ def process_servers(n: int, db: str, redis_url: str | list[str], prefix: str,
 
 
 def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, readers: int = 6,
-         reader_headers: dict | None = None, caches: list | None = None):
+         reader_headers: dict | None = None, caches: list | None = None,
+         write_gap: float = 0.0):
     """One writer and ``readers`` readers.  Returns (stale_reads, reads, written).
     ``reader_headers`` are sent with every read (e.g. an Authorization header);
-    ``caches`` receives each read's X-Cache.
+    ``caches`` receives each read's X-Cache; ``write_gap``: seconds the writer leaves
+    between two writes (pacing: time for the readers to fill and hold the value again).
 
     A read is stale when the version it saw is older than the newest version
     whose PUT response had returned before the read was sent."""
@@ -104,6 +106,8 @@ def race(bases: list[str], get_path: str, put_path: str, writes: int = 300, read
             for v in range(1, writes + 1):
                 client.json("PUT", put_path.format(v=v))
                 returned.append((time.monotonic(), v))
+                if write_gap:
+                    done.wait(write_gap)  # (never set here: a pause between writes)
         except BaseException as exc:  # surface in the main thread
             errors.append(exc)
         finally:

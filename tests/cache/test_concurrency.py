@@ -13,6 +13,7 @@ import pytest
 from pyramid_examcache.cache import get_policy
 
 from . import itemapp
+from .proxy import DOWN, RespProxy
 from .servers import Client, process_servers, race, thread_server
 
 LOAD_DELAY = 0.005  # widens the load window equally for both caches
@@ -178,3 +179,25 @@ def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_p
     assert statuses == [200] * 50
     assert loads == 1
     assert caches.count("MISS") == 1
+
+
+@pytest.mark.slow
+def test_no_stale_reads_when_one_process_has_a_slow_link(db, private_redis, redis_prefix):
+    """G2 with read leases and early hits (the defaults), the way it is hardest: the readers'
+    process reaches Redis over a slow link (every reply and invalidation message 20 ms
+    late) while the writer's process does not. Held values are served with no Redis
+    command, so only the writers' wait for the readers' acknowledgement keeps them fresh."""
+    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+        proxy.delay[DOWN] = 0.02
+        urls = [private_redis.url, f"redis://127.0.0.1:{proxy.port}/0"]
+        with process_servers(2, db, urls, redis_prefix, load_delay=LOAD_DELAY) as bases:
+            caches: list = []
+            # paced, so that between two writes the slow process fills and holds the value
+            stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=60,
+                                        readers=6, caches=caches, write_gap=0.1)
+            print(f"\n[G2 slow link] writes={writes} reads={reads} stale={stale} "
+                  f"hits={caches.count('HIT')}")
+            assert reads >= 100
+            assert caches.count("HIT") >= 10  # the held values were really served
+            assert stale == 0
+            check_fresh_after_quiescence(bases, db, "/items/1")
