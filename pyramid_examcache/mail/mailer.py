@@ -1,4 +1,15 @@
-"""``request.mailer``: queue mail in the request's transaction, send now, read job status."""
+"""``request.mailer``: queue mail in the request's transaction, send now, read job status.
+
+Where an outbox write goes is decided by ``Mailer._transaction``, from the request's
+transaction manager itself (``request.tm.get()``), never from pyramid_tm's ``tm.active``
+flag (removed before the commit, and never set in ``bootstrap()`` scripts or pshell):
+
+* a transaction is open -- the row is written through the request's session and commits
+  or aborts with it; an after-commit hook pushes it (M1);
+* none (no pyramid_tm, or an explicit manager with no ``begin()``) -- the row is written
+  and committed at once in a short transaction of its own on the outbox database, then
+  pushed, before the job id is returned (M2: never an id without a row).
+"""
 from __future__ import annotations
 
 import logging
@@ -6,8 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from pyramid_tm import is_tm_active
-from sqlalchemy import event, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from transaction.interfaces import NoTransaction
 
@@ -25,7 +35,6 @@ from .transports import MailError
 
 #: headers that only the mailer writes (addresses are arguments, ids and dates are ours)
 _RESERVED_HEADERS = frozenset({"From", "To", "Cc", "Bcc", "Message-Id", "Date", "Sender"})
-_PENDING = "pyramid_examcache.mail.pending"
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +133,14 @@ class Mailer:
         ``send_queued(message)`` takes a :class:`~.compose.Message` (pyramid_mailer's names;
         pyramid_mailer's own ``Message`` works too); or give the fields:
 
-        Writes an outbox row through the request's session (``mail.session_attr``): it
-        commits or aborts with the user's data. Within pyramid_tm the row is pushed to the
-        queue right after the commit; outside it (a script) the push happens on the
-        session's own ``after_commit`` -- so call ``session.commit()``; a rollback (or
-        never committing) sends nothing. If the broker is unreachable the row waits for
-        the relay.
+        Inside a transaction of ``request.tm`` (a pyramid_tm request, or ``with
+        request.tm:`` in a ``bootstrap()`` script or pshell) the outbox row is written
+        through the request's session (``mail.session_attr``): it commits or aborts with
+        the user's data and is pushed to the queue right after the commit. Without one
+        (no pyramid_tm, or an explicit manager with no transaction begun) the row is
+        committed at once in its own transaction on the outbox database and pushed before
+        this returns: a later rollback of the caller's work does not take it back. If the
+        broker is unreachable the row waits for the relay.
 
         ``to``, ``cc``, ``bcc`` and ``reply_to`` are an address (``'a@b.c'`` or
         ``'Name <a@b.c>'``), a comma-separated string or a list. They are validated here:
@@ -168,9 +179,9 @@ class Mailer:
 
         Its ``attempts`` restart from 0 (the fast retries run again) and ``mail.max_age``
         counts from now; ``failedReason`` keeps the last error until the next attempt ends.
-        Like :meth:`send_queued` it is written through the session and pushed after the
-        commit. Returns ``False`` (and changes nothing) when the job is unknown (or was
-        purged) or is not ``failed``.
+        Like :meth:`send_queued` it joins the request's transaction (or, without one, is
+        committed at once) and is pushed after the commit. Returns ``False`` (and changes
+        nothing) when the job is unknown (or was purged) or is not ``failed``.
         """
         if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             return False
@@ -184,30 +195,40 @@ class Mailer:
         ``"cancelled by admin"``), so nothing more is sent and :meth:`retry` can revive it.
 
         Written through the session, in the caller's transaction (a rollback cancels
-        nothing). Returns ``False`` (and changes nothing) when the job is unknown, already
-        ``active`` (an attempt is running: it is not interrupted) or finished.
+        nothing); without one, committed at once. Returns ``False`` (and changes nothing)
+        when the job is unknown, already ``active`` (an attempt is running: it is not
+        interrupted) or finished.
         """
         if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             return False
+        stmt = cancel_statement(job_id, utcnow(), reason)
+        return self._write(stmt, self._transaction()) is not None
+
+    def _write(self, stmt: Any, txn: Any, *, check: bool = True) -> Engine | None:
+        """Run one outbox write in ``txn`` (through the session) or, when ``None``, in a
+        short transaction of its own; the engine of the outbox it went to, or ``None`` when
+        ``check`` finds it matched no row (an UPDATE of an unknown job: nothing changed).
+        An INSERT is not checked (its rowcount may be -1 with implicit RETURNING)."""
+        if txn is None:  # nobody would commit the session: commit it ourselves, now
+            engine = self._outbox_engine()
+            with engine.begin() as conn:
+                matched = conn.execute(stmt).rowcount == 1 or not check
+            return engine if matched else None
         session = self.session
-        if session.execute(cancel_statement(job_id, utcnow(), reason)).rowcount != 1:
-            return False
-        if self._transaction() is not None:
-            _mark_changed(session, self.request)
-        return True
+        if session.execute(stmt).rowcount != 1 and check:
+            return None
+        _mark_changed(session, self.request)
+        return _engine_of(session)
 
     def _write_then_push(self, stmt: Any, job_id: str, *, check: bool = True) -> bool:
-        session = self.session
-        engine = _engine_of(session)
         txn = self._transaction()
-        result = session.execute(stmt)
-        if check and result.rowcount != 1:  # an UPDATE that matched nothing
+        engine = self._write(stmt, txn, check=check)
+        if engine is None:
             return False
-        if txn is not None:
-            _mark_changed(session, self.request)
-            txn.addAfterCommitHook(_after_commit, args=(self.queue, engine, job_id))
+        if txn is None:  # committed already
+            _after_commit(True, self.queue, engine, job_id)
         else:
-            _push_after_session_commit(session, self.queue, engine, job_id)
+            txn.addAfterCommitHook(_after_commit, args=(self.queue, engine, job_id))
         return True
 
     def send_now(self, to: Any, subject: str | None = None, html: str | None = None,
@@ -244,16 +265,37 @@ class Mailer:
 
     def job_status(self, job_id: str) -> dict[str, Any] | None:
         """``{'id', 'state', 'progress', 'attempts', 'failedReason', 'nextAttemptAt',
-        'failedRecipients'}`` of a job, ``None`` if unknown."""
-        return job_status(self.session, job_id)
+        'failedRecipients'}`` of a job, ``None`` if unknown.
+
+        Read through the request's session inside its transaction (a job queued in it is
+        seen as ``waiting``), else on a connection of its own (pshell, scripts).
+        """
+        if self._transaction() is not None:
+            return job_status(self.session, job_id)
+        with self._outbox_engine().connect() as conn:
+            return job_status(conn, job_id)
 
     def _transaction(self) -> Any:
-        if not is_tm_active(self.request):
+        """The open transaction of the request's manager (``request.tm``), or ``None``.
+
+        ``None`` without pyramid_tm (no ``request.tm``) or when the manager is explicit
+        (pyramid_tm's ``explicit_manager``) and no transaction was begun. A non-explicit
+        manager (``transaction.manager``) always has one: writes join it like the
+        session's, so commit it (``with request.tm:`` or ``request.tm.commit()``).
+        """
+        manager = getattr(self.request, "tm", None)
+        if manager is None:
             return None
         try:
-            return self.request.tm.get()
+            return manager.get()
         except NoTransaction:
             return None
+
+    def _outbox_engine(self) -> Engine:
+        """Where the outbox is outside a transaction: the session's database (as inside
+        one), else the queue's (``mail.outbox_url`` / ``sqlalchemy.url``)."""
+        session = getattr(self.request, self.settings.session_attr, None)
+        return _engine_of(session) if session is not None else self.queue.engine
 
 
 def _engine_of(session: Any) -> Engine:
@@ -268,26 +310,6 @@ def _mark_changed(session: Any, request: Any) -> None:
     except ImportError:  # pragma: no cover -- zope.sqlalchemy is a dependency
         return
     mark_changed(session, transaction_manager=request.tm)
-
-
-def _push_after_session_commit(session: Any, queue: MailQueue, engine: Engine,
-                               job_id: str) -> None:
-    """Push ``job_id`` when ``session`` commits; forget it when it rolls back."""
-    pending = session.info.get(_PENDING)
-    if pending is None:
-        pending = session.info[_PENDING] = []
-
-        def committed(sess: Any) -> None:
-            jobs, sess.info[_PENDING] = list(sess.info.get(_PENDING, ())), []
-            for job in jobs:
-                _after_commit(True, queue, engine, job)
-
-        def rolled_back(sess: Any) -> None:
-            sess.info[_PENDING] = []
-
-        event.listen(session, "after_commit", committed)
-        event.listen(session, "after_rollback", rolled_back)
-    pending.append(job_id)
 
 
 def _after_commit(status: bool, queue: MailQueue, engine: Engine, job_id: str) -> None:
