@@ -3,9 +3,17 @@
 Every setting is converted explicitly (no guessing of types from strings); a bad
 value raises :class:`pyramid.exceptions.ConfigurationError` naming the setting
 and saying what is allowed.
+
+Names are checked too, against one table (:data:`CACHE_SETTINGS`,
+:data:`MAIL_SETTINGS`): an unknown ``examcache.*`` name is a ConfigurationError
+suggesting the closest valid one; an unknown ``mail.*`` name (a prefix shared with
+pyramid_mailer, whose own names are accepted silently) is logged once per process
+as a WARNING of the ``pyramid_examcache.settings`` logger with the same suggestion.
 """
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -24,6 +32,79 @@ QUEUE_NO_CLUSTER = ("Huey's Redis storage is a plain redis-py client whose queue
                     "Lua script across them), which Redis Cluster refuses (CROSSSLOT); use "
                     "redis+sentinel:// (or redis:// to one node) for mail.queue_url")
 MAIL_TRANSPORTS = ("smtp", "file", "memory")
+
+log = logging.getLogger(__name__)
+
+#: Every ``examcache.*`` setting the package reads, anywhere (the README's settings table):
+#: any other ``examcache.*`` name is refused at start-up (:func:`check_cache_names`).
+CACHE_SETTINGS: frozenset[str] = frozenset(f"examcache.{name}" for name in (
+    # the backend and the policy (parse_cache_settings)
+    "redis_url", "key_prefix", "default_ttl", "socket_timeout", "lock_timeout", "wait_timeout",
+    "breaker_threshold", "breaker_reset", "near_cache_mb", "tracking", "tracking_lease_ms",
+    "early_hits", "enabled", "max_value_bytes", "require_registration",
+    # the durable invalidation log (G6)
+    "invalidation_log", "invalidation_log_url", "relay_interval", "relay_after",
+    # pyramid_examcache.admin and pyramid_examcache.metrics
+    "admin_path", "admin_permission", "admin_login_url", "metrics_path",
+))
+#: Every ``mail.*`` setting the package reads (parse_mail_settings).
+MAIL_SETTINGS: frozenset[str] = frozenset(f"mail.{name}" for name in (
+    "host", "port", "username", "password", "tls", "ssl", "timeout", "default_sender",
+    "transport", "file_dir", "queue_url", "queue_name", "retries", "retry_delay",
+    "retry_backoff", "max_retry_delay", "max_age", "smtputf8", "allow_plaintext_auth",
+    "keep_completed", "keep_failed", "workers", "relay_interval", "session_attr",
+    "request_attr", "max_message_bytes", "outbox_url", "lease", "requeue_after",
+    "queue_timeout", "shutdown_timeout",
+))
+#: pyramid_mailer's own ``mail.*`` names (``Mailer.from_settings``, ``DebugMailer``): an app
+#: may configure both packages from one .ini, so these are never warned about.
+PYRAMID_MAILER_SETTINGS: frozenset[str] = frozenset(f"mail.{name}" for name in (
+    "host", "port", "username", "password", "tls", "ssl", "keyfile", "certfile", "queue_path",
+    "debug", "default_sender", "sendmail_app", "sendmail_template", "top_level_directory",
+))
+_warned_mail_names: set[str] = set()
+
+
+def cache_setting(name: str) -> str:
+    """``name`` itself, once checked to be in :data:`CACHE_SETTINGS` (``LookupError``
+    otherwise): how the package's parts name the settings they read."""
+    if name not in CACHE_SETTINGS:
+        raise LookupError(f"{name} is not in pyramid_examcache.settings.CACHE_SETTINGS")
+    return name
+
+
+def _unknown(settings: Mapping[str, Any], prefix: str,
+             valid: frozenset[str]) -> list[tuple[str, str]]:
+    """``(name, "Unknown setting name; did you mean Y?")`` for each name under ``prefix``
+    that is not in ``valid``."""
+    messages = []
+    shorts = sorted(name[len(prefix):] for name in valid)
+    for name in sorted(k for k in settings if isinstance(k, str) and k.startswith(prefix)):
+        if name in valid:
+            continue
+        close = difflib.get_close_matches(name[len(prefix):], shorts, n=1)
+        hint = (f"did you mean {prefix}{close[0]}?" if close
+                else f"the {prefix}* settings are {', '.join(prefix + s for s in shorts)}")
+        messages.append((name, f"Unknown setting {name}; {hint}"))
+    return messages
+
+
+def check_cache_names(settings: Mapping[str, Any]) -> None:
+    """Refuse any ``examcache.*`` name that is not in :data:`CACHE_SETTINGS`
+    (ConfigurationError naming it and the closest valid name)."""
+    messages = _unknown(settings, "examcache.", CACHE_SETTINGS)
+    if messages:
+        raise ConfigurationError("\n".join(message for _, message in messages))
+
+
+def check_mail_names(settings: Mapping[str, Any]) -> None:
+    """Log a WARNING (once per name per process) for each ``mail.*`` name that neither
+    this package nor pyramid_mailer reads, with the closest valid name."""
+    for name, message in _unknown(settings, "mail.", MAIL_SETTINGS | PYRAMID_MAILER_SETTINGS):
+        if name not in _warned_mail_names:
+            _warned_mail_names.add(name)
+            log.warning("%s (ignored: neither pyramid_examcache nor pyramid_mailer reads it)",
+                        message)
 
 
 def _error(name: str, value: Any, allowed: str) -> ConfigurationError:
@@ -118,6 +199,9 @@ class CacheSettings:
     relay_after: float = 2.0
     #: values (get_or_set JSON, cached view entities) larger than this are not stored
     max_value_bytes: int = 1048576
+    #: a session never passed to ``register()`` that writes a ``__cache_keys__`` model
+    #: raises :class:`~.cache.orm.UnregisteredSession` instead of a warning (issue 18)
+    require_registration: bool = False
 
 
 def _lease_ms(settings: Mapping[str, Any], name: str) -> int:
@@ -128,7 +212,8 @@ def _lease_ms(settings: Mapping[str, Any], name: str) -> int:
 
 
 def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
-    """Validate the ``examcache.*`` settings and return them typed."""
+    """Validate the ``examcache.*`` settings (names and values) and return them typed."""
+    check_cache_names(settings)
     p = "examcache."
     prefix = str(settings.get(p + "key_prefix", CacheSettings.key_prefix))
     if not prefix or any(c.isspace() for c in prefix):
@@ -163,6 +248,7 @@ def parse_cache_settings(settings: Mapping[str, Any]) -> CacheSettings:
         relay_after=as_number(settings, p + "relay_after", CacheSettings.relay_after),
         max_value_bytes=as_number(settings, p + "max_value_bytes", CacheSettings.max_value_bytes,
                                   integer=True, allow_zero=False),
+        require_registration=as_bool(settings, p + "require_registration", False),
     )
 
 
@@ -202,7 +288,8 @@ class MailSettings:
 
 
 def parse_mail_settings(settings: Mapping[str, Any]) -> MailSettings:
-    """Validate the ``mail.*`` settings and return them typed."""
+    """Validate the ``mail.*`` settings and return them typed (unknown names: a warning)."""
+    check_mail_names(settings)
     p = "mail."
     transport = str(settings.get(p + "transport", MailSettings.transport)).strip()
     if transport not in MAIL_TRANSPORTS:

@@ -28,6 +28,8 @@ from typing import Any, Mapping
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
+from ..settings import cache_setting
+
 __all__ = ["AdminSettings", "DEFAULT_PERMISSION", "admin_permission", "includeme",
            "parse_admin_settings"]
 
@@ -35,6 +37,10 @@ DEFAULT_PERMISSION = "examcache.admin"
 #: a path of safe characters, segments separated by single slashes
 _PATH = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*[A-Za-z0-9._~-]+/?")
 _PERMISSION = re.compile(r"[^\s\x00-\x1f\x7f]{1,200}")
+#: the settings read here (names checked against pyramid_examcache.settings.CACHE_SETTINGS)
+PATH_SETTING = cache_setting("examcache.admin_path")
+PERMISSION_SETTING = cache_setting("examcache.admin_permission")
+LOGIN_URL_SETTING = cache_setting("examcache.admin_login_url")
 
 
 @dataclass(frozen=True)
@@ -52,28 +58,28 @@ def _error(name: str, value: Any, allowed: str) -> ConfigurationError:
 def parse_admin_settings(settings: Mapping[str, Any]) -> AdminSettings:
     """Read ``examcache.admin_path``, ``examcache.admin_permission`` and
     ``examcache.admin_login_url``; a bad value raises ConfigurationError naming it."""
-    raw = settings.get("examcache.admin_path")
+    raw = settings.get(PATH_SETTING)
     path = str(raw).strip() if raw is not None else ""
     prefix = None
     if path:
         segments = path.strip("/").split("/")
         if not _PATH.fullmatch(path) or any(s in (".", "..") for s in segments):
-            raise _error("examcache.admin_path", raw,
+            raise _error(PATH_SETTING, raw,
                          "must be an absolute URL path below the root such as /_examcache/ "
                          "(letters, digits, '.', '_', '~', '-' in segments separated by single "
                          "'/'; no '.' or '..' segment; leave it unset to turn the page off)")
         prefix = path.rstrip("/")
-    raw = settings.get("examcache.admin_permission")
+    raw = settings.get(PERMISSION_SETTING)
     permission = str(raw).strip() if raw is not None else ""
     if raw is not None and not _PERMISSION.fullmatch(permission):
-        raise _error("examcache.admin_permission", raw,
+        raise _error(PERMISSION_SETTING, raw,
                      "must be a permission name (1-200 characters, no whitespace)")
-    raw = settings.get("examcache.admin_login_url")
+    raw = settings.get(LOGIN_URL_SETTING)
     login_url = str(raw).strip() if raw is not None else ""
     if login_url and not (login_url.startswith("/") and not login_url.startswith("//")
                           and _PERMISSION.fullmatch(login_url)
                           or re.fullmatch(r"https?://[^\s\x00-\x1f\x7f]+", login_url)):
-        raise _error("examcache.admin_login_url", raw,
+        raise _error(LOGIN_URL_SETTING, raw,
                      "must be a path on this site (/login) or an http(s) URL, without spaces")
     return AdminSettings(prefix, permission or DEFAULT_PERMISSION, login_url or None)
 

@@ -9,7 +9,7 @@ from zope.interface import Interface
 from ..settings import CacheSettings, parse_cache_settings
 from .backends import make_backend
 from .invalidation_log import InvalidationLog
-from .orm import register
+from .orm import install, register
 from .policy import CachePolicy, RequestCache
 from .views import cached, cached_view
 
@@ -47,6 +47,7 @@ def includeme(config: Configurator) -> None:
     Redis backend, the durable invalidation log's relay (G6).  Sessions opt in to
     ORM invalidation with :func:`register`."""
     settings = parse_cache_settings(config.get_settings())
+    install(settings.require_registration)  # also warns about sessions never registered
 
     def register() -> None:
         config.registry.registerUtility(build_policy(settings), ICachePolicy)

@@ -35,6 +35,14 @@ Bulk ``UPDATE``/``DELETE`` statements and ``text()`` DML cannot name their rows:
 they only mark the transaction dirty -- call ``request.cache.invalidate()`` for
 what they change (it joins the same commit and the same log row).  Statements
 sent through ``session.connection()`` directly are not seen at all.
+
+A session that was *never registered* and flushes a change to a declaring model
+(or runs an ORM bulk statement on one) is a forgotten ``register()``: the first
+time, a WARNING naming ``pyramid_examcache.register`` and the model (once per
+session); with ``examcache.require_registration = true`` it raises
+:class:`UnregisteredSession` at every such flush instead, so nothing commits.
+The setting is the app's whose registry is current (a request, ``bootstrap()``);
+elsewhere, that of the process's only app if it has just one, else a warning.
 """
 from __future__ import annotations
 
@@ -55,7 +63,11 @@ from .templates import fields as _fields, fill
 log = logging.getLogger(__name__)
 
 _STATE = "examcache"
+#: ``session.info`` marker: this unregistered session's warning was logged
+_WARNED = "examcache.unregistered_warned"
 _installed = False
+#: examcache.require_registration of each app configured (includeme) in this process
+_apps: list[bool] = []
 #: first words of a ``text()`` statement that does not write
 _READ_ONLY = ("select", "show", "explain", "values", "pragma")
 
@@ -86,10 +98,18 @@ class _SessionState:
         self.row = None
 
 
-def install() -> None:
-    """Install the session event listeners (idempotent; they ignore sessions
-    that were not registered)."""
+class UnregisteredSession(RuntimeError):
+    """A session never passed to ``pyramid_examcache.register()`` flushed a change to a
+    model declaring ``__cache_keys__`` while ``examcache.require_registration`` is true."""
+
+
+def install(require_registration: bool | None = None) -> None:
+    """Install the session event listeners (idempotent).  ``includeme`` passes the app's
+    ``examcache.require_registration``, which decides for flushes outside any app's
+    registry when the process has configured only this app."""
     global _installed
+    if require_registration is not None:
+        _apps.append(require_registration)
     if _installed:
         return
     event.listen(Session, "before_flush", _before_flush)
@@ -184,9 +204,54 @@ def _collect(st: _SessionState, session: Session, keys: set[str], tags: set[str]
         st.pending.append((_innermost(session), keys, tags))
 
 
+def _declares(cls: type) -> bool:
+    return bool(getattr(cls, "__cache_keys__", None) or getattr(cls, "__cache_tags__", None))
+
+
+def _require_registration() -> bool:
+    """The current app's ``examcache.require_registration`` (see the module docstring)."""
+    from pyramid.threadlocal import get_current_registry
+
+    from . import ICachePolicy
+
+    policy = get_current_registry().queryUtility(ICachePolicy)
+    if policy is not None:
+        return policy.settings.require_registration
+    return len(_apps) == 1 and _apps[0]
+
+
+def _unregistered(session: Session, cls: type) -> None:
+    """A forgotten ``register()``: warn once per session, or raise when required."""
+    strict = _require_registration()
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    message = (f"a SQLAlchemy session that was never passed to pyramid_examcache.register() "
+               f"wrote {name}, which declares __cache_keys__/__cache_tags__: its cache keys "
+               f"are not invalidated on commit and the old values are served until their "
+               f"TTL. Call pyramid_examcache.register(session, request) next to "
+               f"zope.sqlalchemy.register(session, ...)")
+    if strict:
+        raise UnregisteredSession(f"{message} (examcache.require_registration = true)")
+    session.info[_WARNED] = True
+    log.warning("%s. Logged once per session; examcache.require_registration = true makes "
+                "it an error.", message)
+
+
+def _check_unregistered(session: Session) -> None:
+    for obj in itertools.chain(session.new, session.deleted):
+        if _declares(type(obj)):
+            return _unregistered(session, type(obj))
+    for obj in session.dirty:
+        if _declares(type(obj)) and session.is_modified(obj, include_collections=False):
+            return _unregistered(session, type(obj))
+
+
 def _before_flush(session: Session, flush_context, instances) -> None:
     st = session.info.get(_STATE)
-    if st is None or not session.deleted:
+    if st is None:
+        if _WARNED not in session.info:
+            _check_unregistered(session)
+        return
+    if not session.deleted:
         return
     # the rows still exist: attributes expired before a delete can be loaded now
     keys: set[str] = set()
@@ -293,7 +358,13 @@ def _after_soft_rollback(session: Session, previous_transaction) -> None:
 
 def _on_execute(state) -> None:
     st = state.session.info.get(_STATE)
-    if st is None or st.cache is None:
+    if st is None:
+        if (state.is_update or state.is_delete or state.is_insert) and state.bind_mapper \
+                is not None and _declares(state.bind_mapper.class_) \
+                and _WARNED not in state.session.info:
+            _unregistered(state.session, state.bind_mapper.class_)
+        return
+    if st.cache is None:
         return
     if state.is_update or state.is_delete or state.is_insert:
         st.cache.mark_dirty()

@@ -32,15 +32,20 @@ from typing import Any
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
+from ..settings import cache_setting
+
 __all__ = ["includeme"]
+
+#: the setting read here (checked against pyramid_examcache.settings.CACHE_SETTINGS)
+PATH_SETTING = cache_setting("examcache.metrics_path")
 
 
 def _path(settings: Any) -> str | None:
-    path = str(settings.get("examcache.metrics_path") or "").strip()
+    path = str(settings.get(PATH_SETTING) or "").strip()
     if not path:
         return None
     if not path.startswith("/") or any(c.isspace() or c in "?#{}" for c in path):
-        raise ConfigurationError(f"Invalid setting examcache.metrics_path={path!r}: must be a "
+        raise ConfigurationError(f"Invalid setting {PATH_SETTING}={path!r}: must be a "
                                  f"path such as /metrics")
     return path
 
