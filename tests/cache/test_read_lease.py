@@ -19,7 +19,7 @@ from pyramid_examcache.cache.backends.read_lease import DRIFT, MARGIN
 from pyramid_examcache.cache.backends.redis import RedisBackend
 from pyramid_examcache.settings import parse_cache_settings
 
-from ..mail.support import wait_until
+from ..polling import wait_until
 from .proxy import DOWN, RespProxy
 from .test_tracking_backend import commandstats, read, store
 

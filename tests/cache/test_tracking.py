@@ -10,7 +10,7 @@ import redis
 
 from pyramid_examcache.cache.backends.tracking import InvalidationStream
 
-from ..mail.support import wait_until
+from ..polling import wait_until
 
 PREFIX = "trk:"
 

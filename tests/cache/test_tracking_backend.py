@@ -12,7 +12,7 @@ import redis
 from pyramid_examcache.cache.backends.base import Status
 from pyramid_examcache.cache.backends.redis import RedisBackend
 
-from ..mail.support import wait_until
+from ..polling import wait_until
 
 PREFIX = "trb:"
 LEASE = {"ms": 0}

@@ -8,7 +8,9 @@ and the writers use the barrier; requests do not.
 
 The connection
 --------------
-One dedicated RESP2 connection per process does it all: ``CLIENT ID``, then
+One dedicated RESP2 connection per process (whatever the pool's protocol, and with
+redis-py's maintenance notifications off: they need RESP3, and redis-py >= 8 refuses them on
+its pure-Python RESP2 parser, i.e. without hiredis) does it all: ``CLIENT ID``, then
 ``CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>``, then
 ``SUBSCRIBE __redis__:invalidate``. In BCAST mode Redis sends a message for *every*
 modified key matching the prefix (values, leases, tag versions), whether or not this
@@ -41,6 +43,10 @@ write acknowledged before the request started: serving it satisfies G2 ("a read 
 starts after a write's response returned never sees older data"). Across processes the
 same holds: the argument only uses Redis's order, not who wrote.
 
+A Redis that refuses it for good (``CLIENT`` renamed or denied by an ACL, no ``CLIENT
+TRACKING`` before Redis 6), or a redis-py that cannot build the connection, is logged once
+(:attr:`InvalidationStream.unavailable`) and never retried: the stream stays unhealthy.
+
 If the stream is (or becomes) unhealthy -- never connected, connection lost, Redis
 restarted -- ``barrier`` returns ``False`` and the caller must use the ordinary path
 (one round trip that validates the stamp and tag versions), exactly as without tracking.
@@ -71,11 +77,23 @@ from typing import Any, Callable, Iterable
 
 import redis
 
+try:  # redis-py >= 7: maintenance notifications (RESP3 push messages)
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # older redis-py: nothing to turn off
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "__redis__:invalidate"
 #: how many recently invalidated keys are remembered for :meth:`InvalidationStream.unchanged`
 RECENT = 65536
+#: error replies that say "not now" rather than "never" (a script running, a failover, ...)
+TRANSIENT = ("BUSY", "TRYAGAIN", "LOADING", "MASTERDOWN")
+
+
+class TrackingUnavailable(redis.RedisError):
+    """Tracking can never work here: Redis refused a command of the handshake, or redis-py
+    could not build the connection. Retrying would only repeat it."""
 
 
 class InvalidationStream:
@@ -96,6 +114,13 @@ class InvalidationStream:
         # thread, racing the reader (found by the bench after 30 s of idle)
         self.kwargs = {**connection_kwargs, "protocol": 2, "socket_timeout": None,
                        "health_check_interval": 0}
+        if MaintNotificationsConfig is not None:
+            # A redis-py >= 8 pool puts its maintenance-notification handler and config
+            # ("auto" under RESP3) into every connection's kwargs. They are RESP3 push
+            # messages, which this RESP2 connection never receives; and redis-py's
+            # pure-Python RESP2 parser (no hiredis) refuses them at construction -- every
+            # attempt raised, twice a second, and the near cache never served (issue 18).
+            self.kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         self.connection_class = connection_class
         self.prefix = prefix
         self.on_keys, self.on_flush = on_keys, on_flush
@@ -115,6 +140,10 @@ class InvalidationStream:
         self._recent: dict[str, int] = {}  # key -> message number of its last invalidation
         self._floor = 0  # message number below which trimmed records may hide changes
         self.pings_sent = 0
+        #: successful (re)connections, and losses of a connection that was healthy
+        self.connections = self.losses = 0
+        #: why tracking can never work here (logged once; the stream stays unhealthy)
+        self.unavailable: str | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -156,31 +185,65 @@ class InvalidationStream:
             return self._cond.wait_for(lambda: self._healthy, timeout)
 
     def _run(self) -> None:
+        outage = False  # an outage is logged when it starts and when it ends, not per attempt
         while not self._stopped.is_set():
             try:
                 conn = self._connect()
+                if outage:
+                    log.warning("cache tracking connection back; near cache serving again")
+                outage = False
                 self._read_forever(conn)
-            except (redis.RedisError, OSError) as exc:
+            except TrackingUnavailable as exc:
+                self.unavailable = str(exc)
+                self._lose()
+                log.warning("cache tracking unavailable, not retried: %s. The near cache "
+                            "serves nothing and every read validates against Redis; set "
+                            "examcache.tracking = false to use the validated near cache "
+                            "instead", exc)
+                return
+            except (redis.RedisError, OSError, ValueError) as exc:
+                # ValueError: redis-py reading a socket that stop() or drop() closed
                 if not self._stopped.is_set():
-                    log.warning("cache tracking connection lost (%s); near cache flushed, "
-                                "reads validate against Redis until it is back", exc)
+                    if outage:
+                        log.debug("cache tracking: reconnection failed (%s)", exc)
+                    else:
+                        log.warning("cache tracking connection lost (%s); near cache flushed, "
+                                    "reads validate against Redis until it is back", exc)
+                        outage = True
             except Exception:  # noqa: BLE001 -- never let the reader die: reconnect instead
-                log.exception("cache tracking reader failed; reconnecting")
+                if not self._stopped.is_set():
+                    log.exception("cache tracking reader failed; reconnecting")
             finally:
                 self._lose()
             self._stopped.wait(self.reconnect_delay)
 
     def _connect(self) -> redis.Connection:
-        conn = self.connection_class(**self.kwargs)
-        conn.connect()
-        conn.send_command("CLIENT", "ID")
-        client_id = conn.read_response()
-        conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST",
-                          "PREFIX", self.prefix)
-        if conn.read_response() != b"OK":
-            raise redis.RedisError("CLIENT TRACKING refused")
-        conn.send_command("SUBSCRIBE", CHANNEL)
-        conn.read_response()
+        try:
+            conn = self.connection_class(**self.kwargs)
+        except Exception as exc:  # noqa: BLE001 -- no I/O yet: the same arguments fail again
+            raise TrackingUnavailable(f"redis-py cannot build the tracking connection "
+                                      f"({type(exc).__name__}: {exc})") from exc
+        try:
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            client_id = conn.read_response()
+            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST",
+                              "PREFIX", self.prefix)
+            reply = conn.read_response()
+            if reply != b"OK":
+                raise TrackingUnavailable(f"Redis answered {reply!r} to CLIENT TRACKING")
+            conn.send_command("SUBSCRIBE", CHANNEL)
+            conn.read_response()
+        except redis.ResponseError as exc:
+            conn.disconnect()
+            if str(exc).startswith(TRANSIENT):
+                raise
+            raise TrackingUnavailable(f"Redis refused the tracking handshake (CLIENT "
+                                      f"SETNAME/ID/TRACKING, SUBSCRIBE) with "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            conn.disconnect()
+            raise
         with self._cond:
             self._conn = conn
             self._sock = conn._sock  # redis-py's socket: written to by _send only
@@ -189,6 +252,7 @@ class InvalidationStream:
             self._floor = self._messages
         self.on_flush()  # what was cached before tracking (re)started may be stale
         with self._cond:
+            self.connections += 1
             self._healthy = True
             self._cond.notify_all()
         return conn
@@ -207,6 +271,7 @@ class InvalidationStream:
             except Exception:  # noqa: BLE001
                 pass
         if was:
+            self.losses += 1
             self.on_flush()
 
     def _read_forever(self, conn: redis.Connection) -> None:
