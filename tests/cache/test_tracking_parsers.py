@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent('''
     b = RedisBackend(url, prefix="pp:", near_cache_bytes=1 << 20, tracking=True,
                      socket_timeout=1.0, lease_ms=lease_ms)
     stream = b._stream
-    assert stream.wait_healthy(10), "the tracking stream never became healthy"
+    assert stream.wait_healthy(10), f"the stream never became healthy: {stream.unavailable}"
     found = b.lookup("k", "tok", 5.0, 600, ("t",))
     assert found.status.name == "LEASED", found
     assert b.fill("k", "tok", b"v1", 600, ("t",), found.versions)
