@@ -25,7 +25,11 @@ cache after that commit's invalidation -- the race of naive cache-aside
 the old row for the whole TTL) ends with a refused fill.  Tag versions are
 fresh random strings, never counters, so a lost tag (Redis restart, eviction,
 expiry) makes every value stored under it invalid and can never make an old
-value valid again (G2b).  Leases have a TTL (``lock_timeout``): a killed loader
+value valid again (G2b).  So a version a lookup creates lives only as long as the
+lease, and a fill storing under it lengthens it past the value (never shortens it):
+a miss that stores nothing leaves no key behind, and an expired version -- never
+equal to a stored one -- refuses fills and invalidates values on every read path,
+as a deleted one does.  Leases have a TTL (``lock_timeout``): a killed loader
 leaves no stuck key, and a loader whose lease expired simply does not store.
 On Redis Cluster a value and its lease share a slot but tag versions do not, so
 the tag checks run outside the atomic scripts; the argument above needs only
@@ -313,22 +317,27 @@ class CachePolicy:
         """Return the JSON value cached under ``key``, or call ``creator()``,
         store its result (JSON) for ``ttl`` seconds under ``tags`` and return it.
 
-        The result is always what JSON gives back (a hit and a miss return equal
-        values).  ``creator`` runs at most once per cold key across threads and
-        processes (G3); a backend failure never raises (G4).
+        The result is always what JSON gives back (a hit, a miss and a bypass
+        return equal values: a tuple comes back as a list).  A result JSON cannot
+        hold raises :class:`~.codec.NotJSONValue` (a ``TypeError`` naming the key)
+        on every call, stored or not, and releases the lease at once (no waiter
+        waits for it).  ``creator`` runs at most once per cold key across threads
+        and processes (G3); a backend failure never raises (G4).
         """
         check_key(key)
         _as_tuple(tags)
-        value, data = self.fetch(key, creator, ttl, tags, codec.encode_json, bypass)
-        if data is None:
-            return value
+        value, data = self.fetch(key, creator, ttl, tags,
+                                 lambda v: codec.encode_json(v, key), bypass)
+        if data is None:  # loaded without storing (bypass, wait timeout, backend down)
+            return codec.decode_json(codec.encode_json(value, key))
         try:
             return codec.decode_json(data)
         except ValueError:  # not a JSON value (written by another version): load, do not store
             log.warning("cache key %r does not hold a JSON value; loading without the cache",
                         key[:200])
             self.stats.incr("bypasses")
-            return creator() if value is None else value
+            return codec.decode_json(codec.encode_json(
+                creator() if value is None else value, key))
 
     # -- invalidation ---------------------------------------------------------------
     def invalidate_now(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> bool:

@@ -35,11 +35,14 @@ atomic with the lease (G2, re-proved for this layout):
   argument uses only that both reads happen after W's invalidation.  The same
   holds for a hit answered by ``LEASE`` (the versions it compares were read just
   before it, after R started).
-* **Fills.**  ``fill`` first extends each tag's TTL (``EXPIRE … GT``: it never
-  creates a version) and reads its version; a changed version refuses the fill
-  early (an optimisation: a value stored under a dead version could never be
-  hit anyway).  A version deleted between that check and the ``FILL`` script
-  leaves a dead value behind, never a stale hit.
+* **Fills.**  ``fill`` first lengthens each tag's TTL past the value's
+  (``PEXPIRE … GT``: it never creates a version nor shortens one) and reads its
+  version; a changed or missing version refuses the fill early (an
+  optimisation: a value stored under a dead version could never be hit
+  anyway).  A version deleted between that check and the ``FILL`` script leaves
+  a dead value behind, never a stale hit.  A version a lookup creates lives
+  only as long as the lease (``SET … PX NX GET``), so a miss that stores
+  nothing leaves nothing behind; an expired version is a lost one (below).
 * **Lost metadata** (a node restarted or failed over without the tag key, an
   eviction): a version read afterwards is new or missing, so values stored
   under the lost one are invalid, never resurrected (G2b).
@@ -67,7 +70,7 @@ from redis.retry import Retry
 from ...topology import cluster_client, parse as parse_url
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
 from .near import NearCache
-from .redis import RELEASE, TAKE_LEASE, glob_escape
+from .redis import OUTLIVE_MS, RELEASE, TAKE_LEASE, glob_escape
 
 # KEYS: value, lease.  ARGV: token, lease_ms, tags, versions (read just before)
 LEASE = r"""
@@ -165,19 +168,22 @@ class ClusterBackend(Backend):
         data = self._read(key, tags)
         if data is not None:
             return Lookup(Status.HIT, data)
-        # current versions, creating a fresh one for a tag that has none
-        # (SET NX GET: one atomic command per tag key, on its own node)
+        # current versions, creating a fresh one for a tag that has none (SET NX GET: one
+        # atomic command per tag key, on its own node), for the lease's lifetime only; one
+        # found is kept at least that long (PEXPIRE GT only ever lengthens)
         seed = os.urandom(16).hex()
+        lease_ms = max(1, int(lease_ttl * 1000))
         versions: list[str] = []
         if tags:
             pipe = self.client.pipeline(transaction=False)
             for i, tag in enumerate(tags):
-                pipe.set(self._t(tag), f"{seed}.{i}", ex=int(ttl), nx=True, get=True)
-            for i, old in enumerate(pipe.execute()):
+                pipe.set(self._t(tag), f"{seed}.{i}", px=lease_ms, nx=True, get=True)
+                pipe.execute_command("PEXPIRE", self._t(tag), lease_ms, "GT")
+            for i, old in enumerate(pipe.execute()[::2]):
                 versions.append(old.decode() if old is not None else f"{seed}.{i}")
         status, payload = self._lease(
             keys=[self._v(key), self._l(key)],
-            args=[token, max(1, int(lease_ttl * 1000)), SEP.join(tags), SEP.join(versions)])
+            args=[token, lease_ms, SEP.join(tags), SEP.join(versions)])
         if status == 1:
             return Lookup(Status.HIT, payload)
         if status == 2:
@@ -188,8 +194,8 @@ class ClusterBackend(Backend):
         ok = True
         if tags:
             pipe = self.client.pipeline(transaction=False)
-            for tag in tags:
-                pipe.execute_command("EXPIRE", self._t(tag), int(ttl), "GT")
+            for tag in tags:  # a stored value's versions outlive it (never created here)
+                pipe.execute_command("PEXPIRE", self._t(tag), int(ttl) * 1000 + OUTLIVE_MS, "GT")
                 pipe.get(self._t(tag))
             replies = pipe.execute()
             current = [v.decode() if v is not None else None for v in replies[1::2]]

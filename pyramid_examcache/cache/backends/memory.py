@@ -1,7 +1,9 @@
 """``memory://``: an in-process backend with the same semantics as Redis.
 
 For embedded use (``development.ini``) and one process: leases, tag versions
-and TTLs behave exactly as in :mod:`.redis`; waiters are woken by a condition
+and TTLs behave exactly as in :mod:`.redis` (a version a lookup creates lives
+as long as the lease; a fill lengthens it to outlive the value stored under it;
+a missing version invalidates); waiters are woken by a condition
 variable instead of polling.  Expired entries are purged lazily and by a sweep
 every ``SWEEP_EVERY`` writes, so memory stays bounded by what is live.
 """
@@ -77,11 +79,13 @@ class MemoryBackend(Backend):
             now = self._clock()
             self._leases[key] = (now + lease_ttl, token)
             versions = []
-            for tag in tags:
+            for tag in tags:  # a version created here lives as long as the lease (issue 18)
                 item = self._live(self._tags, tag)
                 if item is None:
-                    item = (now + ttl, uuid.uuid4().hex)
-                    self._tags[tag] = item
+                    item = (now + lease_ttl, uuid.uuid4().hex)
+                elif item[0] < now + lease_ttl:  # only ever lengthened
+                    item = (now + lease_ttl, item[1])
+                self._tags[tag] = item
                 versions.append(item[1])
             self._sweep()
             return Lookup(Status.LEASED, None, tuple(versions))

@@ -5,8 +5,11 @@ Layout under the key prefix ``P``:
 * ``P v:<key>`` -- a hash ``{d: value bytes, t: tags, g: tag versions, s: stamp}`` with
   the TTL (the stamp is the token of the fill that stored it, never reused);
 * ``P l:<key>`` -- the lease: the holder's random token (``""`` = "bypass"), PX lease_ttl;
-* ``P t:<tag>`` -- the tag's current version, a random string, with a TTL at
-  least as long as any value stored under it.
+* ``P t:<tag>`` -- the tag's current version, a random string.  A lookup that
+  creates it gives it the lease's TTL (``lock_timeout``); a fill lengthens it to
+  outlive the value it stores (never shortened), so a miss that stores nothing
+  leaves no key behind once its lease is gone, and a version that expires or is
+  lost invalidates, like a deleted one (policy docstring, G2b).
 
 Each operation of :class:`~.base.Backend` is one Lua script (one round trip,
 atomic), with one exception, the hit path of ``lookup``: it first sends
@@ -86,8 +89,15 @@ end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 """
 
-# KEYS: value, lease. ARGV: token, lease_ms, tag_prefix, ttl, version_seed, tags...
-# (the slow path: a valid hit here is rare, the pipelined read answers most)
+#: how much longer than the value a tag version is kept by the fill that stores under it
+#: (the version must outlive every value stored under it; the margin also spares a re-extension,
+#: and its tracking message, on every fill under a hot tag)
+OUTLIVE_MS = 1000
+
+# KEYS: value, lease. ARGV: token, lease_ms, tag_prefix, ttl (unused), version_seed, tags...
+# (the slow path: a valid hit here is rare, the pipelined read answers most). A version the
+# lookup creates lives only as long as the lease (a miss whose response is not stored leaves
+# nothing behind, issue 18); one it finds is kept at least that long (only ever lengthened)
 LOOKUP = _SPLIT + r"""
 local r = redis.call('HMGET', KEYS[1], 'd', 't', 'g')
 if r[1] then
@@ -103,19 +113,24 @@ if r[1] then
 end
 """ + TAKE_LEASE + r"""
 local versions = {}
+local lease_ms = tonumber(ARGV[2])
 for i = 6, #ARGV do
   local tk = ARGV[3] .. ARGV[i]
   local v = redis.call('GET', tk)
   if not v then
     v = ARGV[5] .. '.' .. i
-    redis.call('SET', tk, v, 'EX', ARGV[4])
+    redis.call('SET', tk, v, 'PX', lease_ms)
+  else
+    local left = redis.call('PTTL', tk)
+    if left >= 0 and left < lease_ms then redis.call('PEXPIRE', tk, lease_ms) end
   end
   versions[#versions + 1] = v
 end
 return {2, table.concat(versions, '\31')}
 """
 
-# KEYS: value, lease. ARGV: token, value, ttl, tag_prefix, tags, versions
+# KEYS: value, lease. ARGV: token, value, ttl, tag_prefix, tags, versions. A missing or changed
+# version refuses the fill; a stored value's versions are lengthened to outlive it
 FILL = _SPLIT + r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
@@ -127,12 +142,13 @@ for i = 1, #tags do
 end
 for i = 1, #tags do
   local tk = ARGV[4] .. tags[i]
-  if redis.call('TTL', tk) < ttl then redis.call('EXPIRE', tk, ttl) end
+  local left = redis.call('PTTL', tk)
+  if left >= 0 and left < ttl * 1000 then redis.call('PEXPIRE', tk, ttl * 1000 + OUTLIVE_MS) end
 end
 redis.call('HSET', KEYS[1], 'd', ARGV[2], 't', ARGV[5], 'g', ARGV[6], 's', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 return 1
-"""
+""".replace("OUTLIVE_MS", str(OUTLIVE_MS))
 
 # KEYS: lease. ARGV: token, bypass_ms
 RELEASE = r"""
