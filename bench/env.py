@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_ADMIN_URL = os.environ.get("EXAMCACHE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 THREADS = 8  # waitress threads, the same for every target
 PREFIX = "examcache:"  # ours; the peers use seed:, dogpile:, raw:
+#: the origin part of our view keys for the bench's clients (Host: 127.0.0.1:<port>)
+ORIGIN = "#http%3A%2F%2F127.0.0.1"
 TEACHER = ("teacher@example.com", "examcache-demo")
 #: argon2 is lowered (registration cost is not what we measure): time 1, 1 MiB, 1 lane
 ARGON2 = {"demo.argon2_time_cost": "1", "demo.argon2_memory_cost": "1024",

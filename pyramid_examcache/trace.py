@@ -25,7 +25,7 @@ _OUTCOMES = (
     (("hits",), "HIT"),
     (("lock_waits",), "WAIT"),
     (("misses",), "MISS"),
-    (("bypasses", "param_bypasses"), "BYPASS"),
+    (("bypasses", "param_bypasses", "vary_bypasses"), "BYPASS"),
     (("stores",), "stored"),
     (("stale_rejected",), "refused (stale)"),
     (("too_large",), "refused (too large)"),

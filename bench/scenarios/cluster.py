@@ -75,9 +75,9 @@ def run(env, quick: bool = False, rounds: int = 3, seconds: float = 5.0) -> dict
 
 def _hot_path_nodes(cluster) -> dict:
     """Which node owns the value and each tag version the hit path reads."""
-    from ..env import PREFIX
+    from ..env import ORIGIN, PREFIX
 
-    names = {"value": f"{PREFIX}v:{{@view:exam:1:questions}}",
+    names = {"value": f"{PREFIX}v:{{@view:exam:1:questions{ORIGIN}}}",
              "tag exam:1": f"{PREFIX}t:exam:1", "tag @key:exam:1:questions":
              f"{PREFIX}t:@key:exam:1:questions"}
     return {label: cluster.node_of(name) for label, name in names.items()}

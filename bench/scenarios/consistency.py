@@ -20,7 +20,7 @@ import re
 import threading
 import time
 
-from ..env import PREFIX
+from ..env import ORIGIN, PREFIX
 from ..stats import median
 
 WRITES = 300
@@ -133,7 +133,7 @@ def run(env, quick: bool = False, rounds: int = 3) -> dict:
         version = 1
         for _ in range(rounds):
             for name, _app, get_path, put_path in TARGETS:
-                r.delete(f"{PREFIX}v:@view:exam:1:questions", "seed:exam:1:questions")
+                r.delete(f"{PREFIX}v:@view:exam:1:questions{ORIGIN}", "seed:exam:1:questions")
                 headers = {"Authorization": f"Bearer {token}"} if name in OURS else {}
                 runs[name].append(race(servers[name], get_path, put_path, qid, text, version,
                                        writes, headers, servers.get(WRITER.get(name))))

@@ -7,10 +7,10 @@ stores the JSON string; dogpile a pickled ``CachedValue`` (when installed).
 """
 from __future__ import annotations
 
-from ..env import PREFIX
+from ..env import ORIGIN, PREFIX
 
 KEYS = (
-    ("ours", "ours", "/api/exams/1/questions", f"{PREFIX}v:@view:exam:1:questions"),
+    ("ours", "ours", "/api/exams/1/questions", f"{PREFIX}v:@view:exam:1:questions{ORIGIN}"),
     ("seed", "peers", "/seed/exams/1/questions", "seed:exam:1:questions"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", "dogpile:exam:1:questions"),
     ("raw", "peers", "/raw/exams/1/questions", "raw:exam:1:questions"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from ..env import PREFIX, Client
+from ..env import ORIGIN, PREFIX, Client
 from ..stats import median
 
 REQUESTS = 50
@@ -19,7 +19,8 @@ PROCESSES = 4
 #: (name, app, path, redis keys to delete for a cold start, label)
 TARGETS = (
     ("ours", "ours", "/api/exams/1/questions",
-     (f"{PREFIX}v:@view:exam:1:questions", f"{PREFIX}l:@view:exam:1:questions"), "ours (leases)"),
+     (f"{PREFIX}v:@view:exam:1:questions{ORIGIN}", f"{PREFIX}l:@view:exam:1:questions{ORIGIN}"),
+     "ours (leases)"),
     ("seed", "peers", "/seed/exams/1/questions", ("seed:exam:1:questions",),
      "seed cache-aside (no lock)"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", ("dogpile:exam:1:questions",),

@@ -11,7 +11,9 @@ from .backends import make_backend
 from .invalidation_log import InvalidationLog
 from .orm import install, register
 from .policy import CachePolicy, RequestCache
-from .views import cached, cached_view
+from .csrf import watch_csrf_tokens
+from .vary import add_cache_vary
+from .views import cached, cached_view, check_routes
 
 
 class ICachePolicy(Interface):
@@ -54,7 +56,11 @@ def includeme(config: Configurator) -> None:
 
     config.action(("pyramid_examcache", "cache-policy"), register, order=-10)
     config.add_request_method(_request_cache, "cache", reify=True)
+    config.add_directive("add_cache_vary", add_cache_vary)
     config.add_view_deriver(cached_view)
+    # after every view, route and CSRF policy of the configuration (default order 0)
+    config.action(None, check_routes, args=(config.registry,), order=10)
+    config.action(None, watch_csrf_tokens, args=(config.registry,), order=10)
     # early hits (early.py): under the debug toolbar (which records the requests it
     # shows) and over pyramid_tm; without them, under INGRESS and over excview
     config.add_tween("pyramid_examcache.cache.early.early_hits_tween_factory",

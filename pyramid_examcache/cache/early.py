@@ -59,9 +59,11 @@ answer:
 (c) no permission: its own is None or ``NO_PERMISSION_REQUIRED`` and there is no
     default permission (and no ``secured_view`` in its chain: Pyramid's permission
     check always runs);
-(d) no ``cache_vary`` (a vary value needs the identity: the security policy,
-    maybe the database, before pyramid_tm); and the view is ``cache_public=True``
-    or the application has no security policy -- for any other view the deriver
+(d) no ``cache_vary`` but header names (``accept_language``, ``accept``, ...:
+    read from the environ; any other value needs the identity -- the security
+    policy, maybe the database, before pyramid_tm -- or application code); and
+    the view is ``cache_public=True`` or the application has no security
+    policy -- for any other view the deriver
     asks ``request.authenticated_userid`` on every request, which an early hit
     would skip;
 (e) ``http_cache`` is applied exactly as ``http_cached_view`` applies it: the
@@ -124,7 +126,8 @@ from pyramid.tweens import _error_handler  # the excview tween's own handler
 from zope.interface import Interface, implementedBy
 
 from ..trace import trace_of
-from .views import SPEC_ATTR, CacheSpec, cached_view, request_query, serve_entity, variant_key
+from .views import (SPEC_ATTR, CacheSpec, cached_view, request_query, request_vary,
+                    serve_entity, variant_key)
 
 #: the methods an early hit may answer
 METHODS = frozenset({"GET", "HEAD"})
@@ -245,8 +248,10 @@ def _route_entry(registry, route_intr, related) -> EarlyRoute | str:
     if not own and registry.queryUtility(IDefaultPermission) is not None:
         return "a default permission applies to the view"
     # (d) vary / who the deriver asks
-    if spec.vary:
+    if spec.varies is None or any(v.per_user for v in spec.varies):
         return "cache_vary needs the identity"
+    if any(not v.header for v in spec.varies):
+        return "cache_vary needs application code (only request header names do not)"
     if not spec.public and registry.queryUtility(ISecurityPolicy) is not None:
         return "not cache_public=True: the deriver asks the security policy on every request"
     # (b) predicates and (e) http_cache: only Pyramid's pass-through wrappers above ours
@@ -353,7 +358,8 @@ def early_hits_tween_factory(handler, registry):
             return handler(request)
         if query is None:  # undeclared: the deriver bypasses (and counts it)
             return handler(request)
-        key = variant_key(spec, request, base, key, query)
+        vary = request_vary(spec, request) if spec.vary else ""  # (header names only)
+        key = variant_key(spec, request, base, key, query, vary)
         if key is None:
             return handler(request)
         data = peek_local(key, tags)

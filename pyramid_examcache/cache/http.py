@@ -77,17 +77,48 @@ VARY_HEADERS = {
 _TAG = re.compile(r'\s*(\*|(?:W/)?"[^"]*")\s*(?:,|$)')
 
 
-def uncacheable(response, request) -> str | None:
-    """Why ``response`` must not be stored, or None."""
-    if response.status_code != 200:
+#: the WSGI environ key set when a request read or made a CSRF token (:func:`mark_private`)
+PRIVATE = "pyramid_examcache.private"
+
+
+def mark_private(request, why: str) -> None:
+    """Record that ``request``'s response holds a per-visitor value (a CSRF token):
+    it is never stored."""
+    request.environ.setdefault(PRIVATE, why)
+
+
+def vary_names(response) -> set[str]:
+    """The lower-cased header names of the response's ``Vary``."""
+    return {v.strip().lower() for value in response.headers.getall("Vary")
+            for v in value.split(",") if v.strip()}
+
+
+def uncacheable(response, request, covered: frozenset[str] | None = None,
+                status: int = 200, personal: bool = False) -> str | None:
+    """Why ``response`` must not be stored, or None.  ``covered``: the request
+    headers (lower-case) the entry's key varies on; a ``Vary`` naming another one
+    is refused (None: no ``Vary`` check but ``*``, for the final response, whose
+    expected ``status`` may be a 304 the miss answered).  ``personal``: the entry's
+    key is the caller's own (a per-user key of an authenticated request), which
+    ``Cache-Control: private`` allows -- a private cache; ``no-store`` never."""
+    if response.status_code != status:
         return "status"
     if "Set-Cookie" in response.headers:
         return "set-cookie"
     cache_control = response.headers.get("Cache-Control", "").lower()
-    if "private" in cache_control or "no-store" in cache_control:
+    if "no-store" in cache_control or ("private" in cache_control and not personal):
         return "private"
     if "session" in request.__dict__:
         return "session"
+    private = request.environ.get(PRIVATE)
+    if private is not None:
+        return private
+    if "Vary" in response.headers:
+        names = vary_names(response)
+        if "*" in names:
+            return "vary: *"
+        if covered is not None and not names <= covered:
+            return f"vary: {', '.join(sorted(names - covered))} (not in the key)"
     return None
 
 

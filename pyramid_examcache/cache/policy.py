@@ -205,7 +205,9 @@ class CachePolicy:
     # -- get-or-set ---------------------------------------------------------------
     def fetch(self, key: str, creator: Callable[[], Any], ttl: int | None,
               tags: Sequence[str], encode: Callable[[Any], bytes | None],
-              bypass: bool = False, checked: bool = False) -> tuple[Any, bytes | None]:
+              bypass: bool = False, checked: bool = False,
+              hold: Callable[[Callable[[bool], None]], None] | None = None,
+              ) -> tuple[Any, bytes | None]:
         """The lease protocol.  Returns ``(value, stored_bytes)``: on a hit
         ``value`` is None and ``stored_bytes`` what the cache holds; on a miss
         ``value`` is the creator's result and ``stored_bytes`` its encoding
@@ -214,7 +216,14 @@ class CachePolicy:
 
         ``checked=True``: the caller has already validated ``key``, the tuple
         ``tags`` (:func:`check_key`, internal) and ``ttl`` (None or a positive
-        int) -- a cached view does it once per key, not on every hit."""
+        int) -- a cached view does it once per key, not on every hit.
+
+        ``hold``: the caller decides later whether the value may be stored (a
+        cached view decides on the final response).  Instead of filling, fetch
+        calls ``hold(complete)`` and returns; ``complete(True)`` fills (the same
+        checked fill: a lease lost meanwhile refuses it), ``complete(False)``
+        releases the lease.  Until then the lease stands (G3's waiters wait),
+        at most ``lock_timeout``."""
         if not checked:
             check_key(key, internal=True)
             tags = _as_tuple(tags, internal=True)
@@ -274,10 +283,23 @@ class CachePolicy:
             # the value may predate a commit whose invalidation is still pending)
             self._release(key, token)
             return value, data
-        stored = self._call("fill", backend.fill, key, token, data, ttl, tags, found.versions)
+        versions = found.versions
+        if hold is not None:
+            hold(lambda store: self._complete(key, token, data, ttl, tags, versions, store))
+            return value, data
+        self._complete(key, token, data, ttl, tags, versions, True)
+        return value, data
+
+    def _complete(self, key: str, token: str, data: bytes, ttl: int, tags: Sequence[str],
+                  versions: Any, store: bool) -> None:
+        """Fill ``key`` under the lease ``token`` (refused if the lease or a tag
+        version changed since the lookup), or release the lease."""
+        if not store or self.deferred:
+            self._release(key, token)
+            return
+        stored = self._call("fill", self.backend.fill, key, token, data, ttl, tags, versions)
         if stored is not _FAILED:
             self.stats.incr("stores" if stored else "stale_rejected")
-        return value, data
 
     def peek(self, key: str, bypass: bool = False, tags: Sequence[str] = ()) -> bytes | None:
         """The stored bytes of ``key`` if valid, without taking a lease (for a
@@ -429,15 +451,15 @@ class RequestCache:
         finally:
             self.trace.finish(started)
 
-    def fetch(self, key, creator, ttl, tags, encode, checked=False):
+    def fetch(self, key, creator, ttl, tags, encode, checked=False, hold=None):
         if self.trace is None:
             return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty(),
-                                     checked=checked)
+                                     checked=checked, hold=hold)
         started = self.trace.start("view", key, tags)
         result = (None, None)
         try:
             result = self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty(),
-                                       checked=checked)
+                                       checked=checked, hold=hold)
             return result
         finally:
             self.trace.finish(started, result[1] if isinstance(result, tuple) else None)

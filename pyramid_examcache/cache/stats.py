@@ -20,7 +20,9 @@ FIELDS = (
     "deferred",       # invalidations kept for retry because the backend failed (G4)
     "too_large",      # values not stored: larger than examcache.max_value_bytes
     "param_bypasses", # cached-view requests with undeclared query parameters (served uncached)
-    "uncacheable",    # cached-view responses not stored (status, Set-Cookie, private, session)
+    "vary_bypasses",  # cached-view requests without a stable per-user vary value (served uncached)
+    "uncacheable",    # cached-view responses not stored (status, Set-Cookie, private, session,
+                      # CSRF token, Vary, a callback or subscriber, decided on the final response)
     "not_modified",   # cached-view requests answered 304 Not Modified (If-None-Match)
     "early_hits",     # cached-view hits answered by the early-hit tween (also counted in hits)
     "lease_waits",    # invalidations that waited for another process's read lease to catch up

@@ -15,13 +15,19 @@ A cached view's entry for the key template ``exam:{examId}:questions`` lives at:
   variant).  A request with a parameter the view did not declare is not cached at
   all (:func:`query_part` returns None): it is never served another variant.
 * ``|name=<digest>`` -- one per ``cache_vary`` name, in declaration order: the
-  first 128 bits of SHA-256 over the value's type and text, in hex.  Every vary
-  value is hashed, so a bearer token, a session id or an e-mail address never
-  appears in a Redis key name.  The digest is a plain (unkeyed) hash: what it
-  hides is a high-entropy secret (a token), which cannot be found from its
-  digest; a low-entropy value such as a user id is not a secret.  128 bits make
+  first 128 bits of SHA-256 over the value's type and text, in hex.  Only
+  stable identifiers reach it (:mod:`.vary`).  Every vary value is hashed, so a
+  bearer token, a session id or an e-mail address never appears in a Redis key
+  name; a low-entropy value such as a user id is not a secret.  128 bits make
   an accidental collision -- which would serve one caller another's copy --
-  negligible.
+  negligible.  A view with an ``accept=`` predicate adds ``|@accept=<value>``:
+  two views of one route that differ by ``accept`` never share an entry.
+* ``#<scheme>://<host name><SCRIPT_NAME>`` -- the request's scheme, host name
+  and mount point (escaped), as Django keys a page on its absolute URL: a body with absolute links built
+  from the request's ``Host`` header is never served to a request for another
+  host (a forged ``Host`` cannot poison the entry other clients get).  The port
+  is left out, so the processes of one site on several ports share entries; a
+  forged port can only point links at another port of the same host.
 
 How ``invalidate("exam:1:questions")`` reaches ``?page=2`` (and every vary
 variant): every view entry is stored under one implicit tag, ``@key:`` + its
@@ -37,6 +43,7 @@ and one extra name in the same ``DEL``.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any, Iterable
 
 from .templates import escape
@@ -46,7 +53,7 @@ RESERVED = "@"
 VIEW_NAMESPACE = "@view:"
 KEY_TAG = "@key:"
 #: characters a view's key template may not contain (they delimit the variant parts)
-DELIMITERS = "?|"
+DELIMITERS = "?|#"
 
 
 def key_tag(key: str) -> str:
@@ -73,8 +80,24 @@ def query_part(declared: frozenset[str], query) -> str | None:
     return "?" + "&".join(parts)
 
 
-def vary_part(names: Iterable[str], request) -> str:
-    return "".join(f"|{name}={digest(getattr(request, name, None))}" for name in names)
+def vary_part(names: Iterable[str], values: Iterable[Any]) -> str:
+    """The vary part for ``values`` (stable identifiers, :mod:`.vary`) of ``names``."""
+    return "".join(f"|{name}={digest(value)}" for name, value in zip(names, values))
+
+
+@lru_cache(maxsize=256)
+def _origin(scheme: str, host: str, script_name: str) -> str:
+    if ":" in host and not host.endswith("]"):  # a port (not the end of an IPv6 literal)
+        host = host.rsplit(":", 1)[0]
+    return "#" + escape(f"{scheme}://{host.lower()}{script_name}")
+
+
+def origin_part(environ) -> str:
+    """``#<scheme>://<host name><SCRIPT_NAME>`` of a WSGI request (see the module
+    docstring)."""
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+    return _origin(environ.get("wsgi.url_scheme", "http"), host[:300],
+                   environ.get("SCRIPT_NAME", "")[:300])
 
 
 def entity_key(base: str, query: str, vary: str) -> str:

@@ -55,19 +55,21 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from pyramid.exceptions import ConfigurationError
+from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.util import takes_one_arg
 
-from . import codec, http
-from .policy import check_key
+from . import codec, http, vary as vary_rules
+from .policy import MAX_KEY_LENGTH, check_key
 from .templates import fields, fill
-from .variants import DELIMITERS, RESERVED, entity_key, key_tag, query_part, vary_part
+from .variants import (DELIMITERS, RESERVED, entity_key, key_tag, origin_part, query_part,
+                       vary_part)
+from .vary import UnkeyableVary
 
 log = logging.getLogger(__name__)
 
 #: request attributes whose use in ``cache_vary`` makes a key per user
-USER_VARY = frozenset({"authenticated_userid", "authenticated_identity", "identity",
-                       "authorization", "user", "user_id"})
+USER_VARY = vary_rules.PER_USER
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 #: the attribute of the ``cache=`` deriver's wrapper holding its :class:`CacheSpec`
 SPEC_ATTR = "__examcache_spec__"
@@ -88,10 +90,10 @@ class CacheSpec:
     """A validated cache option: templates, ttl, tags, vary, public, params."""
 
     __slots__ = ("key", "ttl", "tags", "vary", "per_user", "public", "params", "vary_headers",
-                 "_names", "_resolved")
+                 "covered", "varies", "fixed", "warned", "_names", "_resolved")
 
     def __init__(self, key: str, ttl: Any = None, tags: Any = (), vary: Any = (),
-                 public: Any = False, params: Any = ()) -> None:
+                 public: Any = False, params: Any = (), accept: Any = None) -> None:
         if not isinstance(key, str) or not key:
             raise ConfigurationError(f"cache= must be a key template string, got {key!r}")
         try:
@@ -123,17 +125,62 @@ class CacheSpec:
             raise ConfigurationError(
                 f"cache={key!r}: cache_public=True says the response is the same for every "
                 f"caller, but cache_vary={vary!r} keys it per user; choose one")
+        for name in vary:
+            if name in vary_rules.NOT_IDENTIFIERS:
+                vary_rules.resolve((name,), None)  # raises the ConfigurationError
         params = _names(params, "cache_params")
         self.key, self.ttl, self.tags, self.vary = key, ttl, tags, vary
         self.public, self.params = public, frozenset(params)
-        self.vary_headers = tuple(dict.fromkeys(
-            h for name in vary for h in http.VARY_HEADERS.get(name, ())))
+        #: how each vary name is read (:mod:`.vary`), set by :meth:`bind`
+        self.varies: tuple[vary_rules.VaryName, ...] | None = None
+        self.vary_headers: tuple[str, ...] = ()
+        self.covered: frozenset[str] = frozenset({"host"})
+        #: a part every key of this view carries (its ``accept=`` predicate)
+        self.fixed = "" if not accept else "|@accept=" + fill("{a}", {"a": str(accept)})
+        self.warned: set[str] = set()
+        if not vary:
+            self.bind(None)
         #: the matchdict names the templates use, in order
         self._names = tuple(dict.fromkeys(n for t in (key, *tags) for n in fields(t)))
         # Filling, escaping and checking the templates gives the same answer for the
         # same values: done once per distinct set of short values, not per request
         # (bounded: at most RESOLVED_MAX entries of at most RESOLVED_CHARS characters).
         self._resolved = lru_cache(maxsize=RESOLVED_MAX)(self._resolve)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The matchdict names the key and tag templates use."""
+        return self._names
+
+    def bind(self, registry) -> "CacheSpec":
+        """Resolve the vary names against ``registry``'s ``config.add_cache_vary``
+        names (once: the deriver at configuration time, ``@cached`` at its first
+        request).  ConfigurationError for a name that is never an identifier, or a
+        per-user name on a ``cache_public=True`` view."""
+        registered = None if registry is None else registry.get(vary_rules.REGISTRY_KEY)
+        varies = vary_rules.resolve(self.vary, registered)
+        per_user = any(v.per_user for v in varies)
+        if self.public and per_user:
+            raise ConfigurationError(
+                f"cache={self.key!r}: cache_public=True says the response is the same for "
+                f"every caller, but cache_vary={self.vary!r} keys it per user; choose one")
+        headers = []
+        for name in self.vary:
+            if registered and name in registered:
+                headers.extend(registered[name][2])
+            else:
+                headers.extend(http.VARY_HEADERS.get(name, ()))
+        self.vary_headers = tuple(dict.fromkeys(headers))
+        self.covered = frozenset({"host", *(h.lower() for h in self.vary_headers)})
+        self.per_user = per_user
+        self.varies = varies
+        return self
+
+    def warn_once(self, reason: str, level: int = logging.WARNING) -> None:
+        """Log once per view and reason why its responses are not stored."""
+        if reason not in self.warned and len(self.warned) < 32:
+            self.warned.add(reason)
+            log.log(level, "cached view %r: %s", self.key, reason)
 
     def _resolve(self, values: tuple[str, ...]) -> tuple[str, tuple[str, ...], str | None]:
         matchdict = dict(zip(self._names, values))
@@ -181,15 +228,32 @@ def request_query(spec: CacheSpec, request) -> str | None:
     return query_part(spec.params, request.GET)
 
 
-def variant_key(spec: CacheSpec, request, base: str, key: str | None, query: str) -> str | None:
-    """The entry's key with its query and vary parts; None when too long or invalid."""
-    if key is not None and (query or spec.vary):
-        try:
-            return check_key(entity_key(base, query, vary_part(spec.vary, request)),
-                             internal=True)
-        except ValueError:
-            return None
-    return key
+def variant_key(spec: CacheSpec, request, base: str, key: str | None, query: str,
+                vary: str = "") -> str | None:
+    """The entry's key with its query, vary, view and origin parts
+    (:mod:`.variants`); None when too long or invalid."""
+    if key is None:
+        return None
+    origin = origin_part(request.environ)
+    if not (query or vary or spec.fixed):
+        key = key + origin
+        return key if len(key) <= MAX_KEY_LENGTH else None
+    try:
+        return check_key(entity_key(base, query, vary + spec.fixed) + origin, internal=True)
+    except ValueError:
+        return None
+
+
+def request_vary(spec: CacheSpec, request) -> str | None:
+    """The key's vary part for ``request``; None when it must bypass the cache (a
+    per-user name without a value on an authenticated request).  Raises
+    :class:`.vary.UnkeyableVary` for a value that is not a stable identifier."""
+    if not spec.vary:
+        return ""
+    if spec.varies is None:  # @cached: bound at its first request
+        spec.bind(request.registry)
+    values = vary_rules.values(spec.varies, request, lambda: _authenticated(request))
+    return None if values is None else vary_part(spec.vary, values)
 
 
 def serve_entity(request, data: bytes, stats) -> Response | None:
@@ -211,8 +275,47 @@ def serve_entity(request, data: bytes, stats) -> Response | None:
     return http.replay(headers, data[offset:], "HIT")
 
 
+def _served(response, request, spec: CacheSpec, stats, counter: str):
+    stats.incr(counter)
+    response.headers["X-Cache"] = "MISS"
+    return response
+
+
+#: reasons a response is not stored that need no warning (they are per request)
+_ORDINARY = frozenset({"status", "empty HEAD body"})
+
+
+def _refused(spec: CacheSpec, stats, reason: str) -> None:
+    stats.incr("uncacheable")
+    if reason not in _ORDINARY:
+        spec.warn_once(f"a response was not stored: {reason}")
+
+
+def _dirty(txn, policy) -> bool:
+    """Did ``txn`` (captured while the view ran) write, by the end of its commit?"""
+    if txn is None:
+        return False
+    try:
+        return bool(txn.data(policy).dirty)
+    except KeyError:
+        return False
+
+
 def serve_cached(spec: CacheSpec, view, context, request):
-    """Run ``view`` through the cache described by ``spec``."""
+    """Run ``view`` through the cache described by ``spec``.
+
+    What is stored is decided on the final response (Django's
+    ``UpdateCacheMiddleware``): the view's response is checked when it returns
+    (status, cookies, ``Cache-Control``, ``Vary`` covered by the key, session,
+    CSRF token, no response callback added by the view), then the fill waits
+    for the end of the request (a finished callback): it happens only if the
+    request ended without an error and the response that went out, after the
+    response callbacks and ``NewResponse`` subscribers ran, has the view's
+    status, sets no cookie, is not private and
+    has no ``Vary: *``, the request touched neither the session nor a CSRF
+    token, and its transaction did not write.  What is stored is the view's
+    response as it returned (the callbacks, subscribers and wrappers above run
+    again on hits)."""
     if request.method not in _CACHEABLE_METHODS:
         return view(context, request)
     cache = request.cache
@@ -220,37 +323,76 @@ def serve_cached(spec: CacheSpec, view, context, request):
     try:
         base, tags, key = spec.resolve(request)
     except KeyError as exc:
-        log.warning("cache key %r: no matchdict value for %s; not caching", spec.key, exc)
-        return view(context, request)
+        spec.warn_once(f"no matchdict value for {exc}; requests are served uncached")
+        return _served(view(context, request), request, spec, stats, "bypasses")
     query = request_query(spec, request)
     if query is None:  # an undeclared parameter: never served (nor storing) a variant
-        stats.incr("param_bypasses")
-        response = view(context, request)
-        response.headers["X-Cache"] = "MISS"
-        return response
-    key = variant_key(spec, request, base, key, query)
+        return _served(view(context, request), request, spec, stats, "param_bypasses")
+    try:
+        vary = request_vary(spec, request)
+    except UnkeyableVary as exc:
+        spec.warn_once(str(exc), logging.ERROR)
+        vary = None
+    if vary is None:  # no stable per-user value: never a shared or another's entry
+        return _served(view(context, request), request, spec, stats, "vary_bypasses")
+    key = variant_key(spec, request, base, key, query, vary)
     if key is None:
-        log.warning("cache key for %r too long or invalid; not caching", spec.key)
+        spec.warn_once("a key is too long or invalid; such requests are served uncached")
         stats.incr("bypasses")
         return view(context, request)
-    prepared: list[str] = []  # the ETag of a response that may be stored
+    made: list = []  # the response that may be stored, its ETag
+    # (a per-user key of an authenticated request: the caller's own entry, a private cache;
+    # asked on a miss only)
+    personal = [] if spec.per_user and vary else [False]
 
     def create():
+        before = len(request.response_callbacks)
         response = view(context, request)
         if spec.vary_headers:
             http.add_vary(response, spec.vary_headers)
-        reason = http.uncacheable(response, request)
+        if not personal:
+            personal.append(_authenticated(request))
+        reason = http.uncacheable(response, request, spec.covered, personal=personal[0])
         if reason is None and request.method == "HEAD" and not response.body:
             reason = "empty HEAD body"  # a view that skipped the body for HEAD: not the GET's
+        if reason is None and len(request.response_callbacks) != before:
+            reason = "the view added a response callback (it would not run on a hit)"
         if reason is not None:
-            stats.incr("uncacheable")
+            _refused(spec, stats, reason)
             return response, None
         etag, headers = http.prepare(response)
-        prepared.append(etag)
+        made.append(etag)
         return response, codec.encode_entity(etag, headers, response.body)
 
+    out: list = []  # the response this function returns
+
+    def hold(complete) -> None:
+        from .transaction import current_transaction
+
+        txn = current_transaction(request)
+        sent: list = []
+        request.add_response_callback(lambda _request, final: sent.append(final))
+
+        def finished(_request) -> None:
+            final = sent[-1] if sent else None  # what went out (a wrapper's, a tween's)
+            if final is None or not out or getattr(request, "exception", None) is not None:
+                reason = "the request ended in an error"
+            else:
+                reason = http.uncacheable(final, request, None, out[0].status_code,
+                                          bool(personal and personal[0]))
+                if reason is None and _dirty(txn, cache.policy):
+                    reason = "its transaction wrote"
+            if reason is not None:
+                _refused(spec, stats, f"{reason} (decided on the final response)")
+            complete(reason is None)
+
+        request.add_finished_callback(finished)
+
     if spec.public or spec.per_user or not _authenticated(request):
-        value, data = cache.fetch(key, create, spec.ttl, tags, _entity, checked=True)
+        # (a request the router does not run -- pyramid.testing.DummyRequest -- never runs
+        # its callbacks: decided on the view's response alone)
+        value, data = cache.fetch(key, create, spec.ttl, tags, _entity, checked=True,
+                                  hold=hold if isinstance(request, Request) else None)
         response = None if value is None else value[0]
     else:  # an authenticated request that may read but not fill (G5)
         data = cache.peek(key, tags)
@@ -262,10 +404,11 @@ def serve_cached(spec: CacheSpec, view, context, request):
             response = view(context, request)
             response.headers["X-Cache"] = "MISS"
         return response
-    if prepared and http.matches(request, prepared[-1]):  # a miss with the client's entity
+    if made and http.matches(request, made[-1]):  # a miss with the client's entity
         stats.incr("not_modified")
         response = http.not_modified(response.headerlist)
     response.headers["X-Cache"] = "MISS"
+    out.append(response)
     return response
 
 
@@ -283,6 +426,75 @@ def _check_http_cache(options) -> None:
                 f"declared private or no-store must not be cached; drop one of the two options")
 
 
+#: the registry key of the (route name, spec) pairs checked once routes are connected
+ROUTE_CHECKS = "pyramid_examcache.route_checks"
+
+
+def _pattern_names(pattern: str) -> set[str] | None:
+    """The matchdict names a route pattern provides (``{name}``, ``{name:regex}``,
+    ``*name``); None if the pattern cannot be read with certainty."""
+    names, i, depth, start = set(), 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "{":
+            if depth == 0:
+                start = i + 1
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                return None
+            if depth == 0:
+                names.add(pattern[start:i].split(":", 1)[0].strip())
+        elif c == "*" and depth == 0:
+            star = pattern[i + 1:]
+            if not star.isidentifier():
+                return None
+            names.add(star)
+            break
+        i += 1
+    return None if depth else names
+
+
+def check_route(registry, route_name: str, spec: CacheSpec) -> None:
+    """ConfigurationError when ``spec``'s templates name a value ``route_name``'s
+    pattern cannot provide; checked at once if the route is connected already,
+    else by :func:`check_routes` once the configuration is committed."""
+    from pyramid.interfaces import IRoutesMapper
+
+    mapper = registry.queryUtility(IRoutesMapper)
+    route = None if mapper is None else mapper.get_route(route_name)
+    if route is None:
+        registry.setdefault(ROUTE_CHECKS, []).append((route_name, spec))
+        return
+    provided = _pattern_names(route.pattern)
+    if provided is None or any(type(p).__module__ != "pyramid.predicates"
+                               or type(p).__name__ == "CustomPredicate"
+                               for p in route.predicates):
+        return  # a pattern or a predicate we cannot read with certainty: checked per request
+    if any(type(p).__name__ == "TraversePredicate" for p in route.predicates):
+        provided.add("traverse")
+    missing = [n for n in spec.names if n not in provided]
+    if missing:
+        raise ConfigurationError(
+            f"cache={spec.key!r} (tags {spec.tags!r}) on route {route_name!r} "
+            f"({route.pattern!r}): the route provides no {', '.join(map(repr, missing))}; "
+            f"key templates are filled from the route's matchdict")
+
+
+def check_routes(registry) -> None:
+    """Check the cached views whose route was connected after them (an action
+    ordered after every view and route)."""
+    pending = registry.get(ROUTE_CHECKS) or []
+    registry[ROUTE_CHECKS] = []
+    for route_name, spec in pending:
+        from pyramid.interfaces import IRoutesMapper
+
+        mapper = registry.queryUtility(IRoutesMapper)
+        if mapper is not None and mapper.get_route(route_name) is not None:
+            check_route(registry, route_name, spec)
+
+
 def cached_view(view, info):
     """View deriver for the ``cache``, ``cache_ttl``, ``cache_tags``, ``cache_vary``,
     ``cache_public`` and ``cache_params`` options."""
@@ -291,8 +503,12 @@ def cached_view(view, info):
         return view
     spec = CacheSpec(options["cache"], options.get("cache_ttl"), options.get("cache_tags", ()),
                      options.get("cache_vary", ()), options.get("cache_public", False),
-                     options.get("cache_params", ()))
+                     options.get("cache_params", ()), options.get("accept"))
+    spec.bind(info.registry)
     _check_http_cache(options)
+    route_name = options.get("route_name")
+    if route_name is not None:
+        check_route(info.registry, route_name, spec)
 
     def wrapper(context, request):
         return serve_cached(spec, view, context, request)

@@ -92,8 +92,12 @@ def make_app(counts: Counts, *, subscribers: bool = True, **settings):
         return Response("<p>html</p>", content_type="text/html")
 
     def varied(request):
-        return Response(f"for {request.accept_language} load={counts('vary')}",
+        return Response(f"for {request.tenant} load={counts('vary')}",
                         content_type="text/plain")
+
+    def by_language(request):
+        return Response(f"in {request.headers.get('Accept-Language')} "
+                        f"load={counts('language')}", content_type="text/plain")
 
     def shared(request):
         return Response(f"shared load={counts('shared')}", content_type="text/plain")
@@ -114,8 +118,10 @@ def make_app(counts: Counts, *, subscribers: bool = True, **settings):
         config.add_exception_view(lambda exc, request: Response("undecodable", status=400),
                                   context=UnicodeDecodeError)
         config.add_route("item", "/items/{id}")
+        # (the view sends Vary: Accept-Language: its key varies on it, a header name)
         config.add_view(item, route_name="item", request_method="GET", cache="item:{id}",
-                        cache_public=True, cache_params=("page",))
+                        cache_public=True, cache_params=("page",),
+                        cache_vary=("accept_language",))
         config.add_view(not_allowed, route_name="item")  # the demo's catch-all 405 view
         config.add_route("http", "/http/{id}")
         config.add_view(http_cached, route_name="http", cache="http:{id}", cache_public=True,
@@ -129,8 +135,13 @@ def make_app(counts: Counts, *, subscribers: bool = True, **settings):
         config.add_view(negotiated_html, route_name="negotiated", request_method="GET",
                         accept="text/html")
         config.add_route("varied", "/varied/{id}")
+        config.add_request_method(lambda request: request.headers.get("X-Tenant"), "tenant",
+                                  reify=True)
         config.add_view(varied, route_name="varied", cache="varied:{id}", cache_public=True,
-                        cache_vary=("accept_language",))
+                        cache_vary=("tenant",))
+        config.add_route("language", "/language/{id}")
+        config.add_view(by_language, route_name="language", cache="language:{id}",
+                        cache_public=True, cache_vary=("accept_language",))
         config.add_route("shared", "/shared/{id}")  # not cache_public, in an app with security
         config.add_view(shared, route_name="shared", cache="shared:{id}")
         config.add_route("touch", "/touch/{id}")
@@ -388,14 +399,32 @@ def test_a_route_with_a_second_view_for_accept_is_not_served_early(apps):
 
 
 def test_a_view_with_cache_vary_is_not_served_early(apps):
+    """A vary value that application code computes (a request method) needs the
+    request the tween skips."""
     early, counts, _, _ = apps
     app = TestApp(early)
-    german = {"Accept-Language": "de"}
+    tenant = {"X-Tenant": "acme"}
     for _ in range(2):
-        app.get("/varied/1", headers=german)
-    assert app.get("/varied/1", headers=german).headers["X-Cache"] == "HIT"
+        app.get("/varied/1", headers=tenant)
+    assert app.get("/varied/1", headers=tenant).headers["X-Cache"] == "HIT"
     assert early_hits(early) == 0 and counts["vary"] == 1
-    assert early.registry[TABLE_KEY].skipped["varied"] == "cache_vary needs the identity"
+    assert early.registry[TABLE_KEY].skipped["varied"] == \
+        "cache_vary needs application code (only request header names do not)"
+
+
+def test_a_view_varying_on_a_request_header_is_served_early_per_header_value(apps):
+    """A header name (read from the environ alone) keeps a route eligible; each
+    language gets its own entry, early hits never mix them."""
+    early, counts, _, _ = apps
+    app = TestApp(early)
+    assert "language" in early.registry[TABLE_KEY].routes
+    for _ in range(3):
+        for lang in ("de", "fr"):
+            answer = app.get("/language/1", headers={"Accept-Language": lang})
+            assert answer.text.startswith(f"in {lang} ")
+            assert "Accept-Language" in answer.headers["Vary"]
+    assert counts["language"] == 2
+    assert early_hits(early) >= 4
 
 
 def test_a_view_not_declared_public_is_not_served_early_in_an_app_with_security(apps):

@@ -9,8 +9,13 @@ from pyramid.response import Response
 from webtest import TestApp
 
 from pyramid_examcache.cache import get_policy
+from pyramid_examcache.cache.variants import origin_part
 
 from . import itemapp
+
+
+#: the origin part of the keys of WebTest's requests (Host: localhost:80)
+ORIGIN = origin_part({"HTTP_HOST": "localhost:80", "wsgi.url_scheme": "http"})
 
 
 @pytest.fixture
@@ -55,11 +60,11 @@ def test_an_update_that_commits_invalidates_through_the_orm(app):
 
 def test_an_update_whose_transaction_aborts_leaves_the_cache_untouched(app, raw, redis_prefix):
     app.get("/items/1")
-    before = raw.hgetall(f"{redis_prefix}v:@view:item:1")
+    before = raw.hgetall(f"{redis_prefix}v:@view:item:1{ORIGIN}")
     assert before
     with pytest.raises(RuntimeError, match="failing after the write, on purpose"):
         app.put("/items/1?v=9&fail=1")
-    assert raw.hgetall(f"{redis_prefix}v:@view:item:1") == before
+    assert raw.hgetall(f"{redis_prefix}v:@view:item:1{ORIGIN}") == before
     cached = app.get("/items/1")
     assert cached.headers["X-Cache"] == "HIT" and cached.json["version"] == 0
 
@@ -119,16 +124,16 @@ def test_only_200s_without_cookies_for_anonymous_requests_are_stored(redis_url, 
     app = TestApp(wsgi)
     app.get("/missing/1", status=404)
     app.get("/cookie/1")
-    assert not raw.exists(f"{redis_prefix}v:@view:missing:1")
-    assert not raw.exists(f"{redis_prefix}v:@view:cookie:1")
+    assert not raw.exists(f"{redis_prefix}v:@view:missing:1{ORIGIN}")
+    assert not raw.exists(f"{redis_prefix}v:@view:cookie:1{ORIGIN}")
     app.get("/missing/1", status=404)
     app.get("/cookie/1")
     assert calls["n"] == 4  # neither was served from the cache the second time
     # an authenticated request under a key that does not vary by user: not stored
     app.get("/public/1", headers={"Authorization": "Bearer alice"})
-    assert not raw.exists(f"{redis_prefix}v:@view:public:1")
+    assert not raw.exists(f"{redis_prefix}v:@view:public:1{ORIGIN}")
     app.get("/public/1")
-    assert raw.exists(f"{redis_prefix}v:@view:public:1")
+    assert raw.exists(f"{redis_prefix}v:@view:public:1{ORIGIN}")
     # varying by the Authorization header: one entry per user
     a = app.get("/mine/1", headers={"Authorization": "Bearer alice"})
     b = app.get("/mine/1", headers={"Authorization": "Bearer bob"})

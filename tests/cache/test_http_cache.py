@@ -126,7 +126,9 @@ def make_app(redis_url: str, prefix: str, loads: Loads, **settings):
         config.set_session_factory(SignedCookieSessionFactory("s" * 32))
         routes = [
             ("pages", "/pages/{id}", pages, dict(cache="pages:{id}", cache_params=("page",))),
-            ("headers", "/headers/{id}", headers, dict(cache="headers:{id}")),
+            # (the view sends Vary: Accept-Language: its key must vary on it too)
+            ("headers", "/headers/{id}", headers, dict(cache="headers:{id}",
+                                                       cache_vary=("accept_language",))),
             ("cookie", "/cookie/{id}", cookie, dict(cache="cookie:{id}")),
             ("session", "/session/{id}", session, dict(cache="session:{id}")),
             ("size", "/size/{n}", size, dict(cache="size:{n}")),
