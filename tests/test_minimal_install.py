@@ -77,7 +77,8 @@ def test_tracking_and_read_leases_on_a_minimal_install_without_hiredis():
         assert str(venv) in where.stdout  # the installed package was tested, not the sources
         warnings = log.read_text() if log.exists() else ""
         losses = warnings.count("cache tracking connection lost")
-        print(output.strip().splitlines()[-1], f"({losses} tracking losses logged)")
+        print((tests.stdout.strip().splitlines() or [""])[-1],
+              f"({losses} tracking losses logged)")
         assert tests.returncode == 0, output[-6000:] + warnings[-4000:]
         assert re.search(r"\d+ passed", output) and " failed" not in output
         assert "Maintenance notifications" not in warnings, warnings[-4000:]

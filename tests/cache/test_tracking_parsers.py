@@ -102,7 +102,7 @@ def test_the_pure_python_parser_keeps_the_stream_and_serves_held_values(private_
     # one connection all along: no reconnection, so no flush
     assert out["connections"] == out["connections_after"] == 1
     assert out["losses"] == 0 and out["unavailable"] is None
-    assert out["messages"] > 100  # the noise's invalidation messages were parsed all along
+    assert out["messages"] > 20  # the noise's invalidation messages were parsed all along
     commands = out["commands"]
     commands.pop("set", None)   # the noise writer's
     commands.pop("info", None)  # the measurement's

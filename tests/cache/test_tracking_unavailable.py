@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
+import redis
 
 from pyramid_examcache.cache.backends.redis import RedisBackend
 from pyramid_examcache.cache.backends.tracking import InvalidationStream
@@ -135,15 +137,59 @@ def test_an_outage_is_logged_when_it_starts_and_ends_not_per_attempt(private_red
     try:
         assert stream.wait_healthy(10)
         private_redis.stop()
-        wait_until(lambda: len([m for m in tracking_records(caplog, logging.DEBUG)
-                                if "reconnection failed" in m]) >= 20,
+        # the loss, then 20 failed attempts: each one logged, at DEBUG only
+        wait_until(lambda: len(tracking_records(caplog, logging.DEBUG)) >= 21,
                    timeout=20, message="20 failed reconnection attempts")
         warnings = tracking_records(caplog)
         assert len(warnings) == 1 and "connection lost" in warnings[0], warnings
+        assert "reconnection failed" in tracking_records(caplog, logging.DEBUG)[-1]
         private_redis.start()
         assert stream.wait_healthy(10)
         assert wait_until(lambda: len(tracking_records(caplog)) == 2, timeout=5)
         assert "connection back" in tracking_records(caplog)[1]
         assert stream.connections == 2 and stream.losses == 1 and stream.unavailable is None
+    finally:
+        stream.stop()
+
+
+def test_a_busy_redis_is_waited_for_not_given_up(private_redis, caplog):
+    """``-BUSY`` (a script running past the time limit) says "not now": the stream keeps
+    trying and is back once the script is killed."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    admin = private_redis.client()
+    admin.config_set("lua-time-limit", 100)
+    outcome: list = []
+
+    def block():
+        try:
+            private_redis.client().eval("while true do end", 0)
+        except redis.ResponseError as exc:  # killed
+            outcome.append(exc)
+
+    blocker = threading.Thread(target=block)
+    blocker.start()
+    stream = None
+    try:
+        def busy() -> bool:
+            try:
+                admin.ping()
+            except redis.ResponseError as exc:
+                return str(exc).startswith("BUSY")
+            return False
+
+        wait_until(busy, timeout=10, message="Redis busy")
+        stream = InvalidationStream({"host": "127.0.0.1", "port": private_redis.port}, PREFIX,
+                                    lambda keys: None, lambda: None,
+                                    reconnect_delay=0.02).start()
+        wait_until(lambda: len(tracking_records(caplog, logging.DEBUG)) >= 5, timeout=10,
+                   message="failed attempts")
+        assert "BUSY" in tracking_records(caplog, logging.DEBUG)[0]
+        assert stream.unavailable is None and not stream.healthy
+    finally:
+        private_redis.client().script_kill()
+        blocker.join(10)
+    try:
+        assert outcome and stream.wait_healthy(10) and stream.unavailable is None
+        assert len(tracking_records(caplog)) == 2  # the outage, and its end
     finally:
         stream.stop()

@@ -87,8 +87,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "__redis__:invalidate"
 #: how many recently invalidated keys are remembered for :meth:`InvalidationStream.unchanged`
 RECENT = 65536
-#: error replies that say "not now" rather than "never" (a script running, a failover, ...)
-TRANSIENT = ("BUSY", "TRYAGAIN", "LOADING", "MASTERDOWN")
+#: error replies that say "not now" rather than "never" (a failover; ``LOADING`` and the
+#: like are already ``ConnectionError``s), and ``BUSY`` (a script running) below
+TRANSIENT = (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 
 class TrackingUnavailable(redis.RedisError):
@@ -236,7 +237,7 @@ class InvalidationStream:
             conn.read_response()
         except redis.ResponseError as exc:
             conn.disconnect()
-            if str(exc).startswith(TRANSIENT):
+            if isinstance(exc, TRANSIENT) or str(exc).startswith("BUSY"):
                 raise
             raise TrackingUnavailable(f"Redis refused the tracking handshake (CLIENT "
                                       f"SETNAME/ID/TRACKING, SUBSCRIBE) with "
