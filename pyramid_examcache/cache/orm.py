@@ -31,18 +31,13 @@ pyramid_tm), keyed to the session's own SQLAlchemy transaction:
 * ``after_soft_rollback`` -- a rolled-back savepoint drops the keys it
   collected; a rolled-back transaction drops them all.
 
-Bulk ``UPDATE``/``DELETE`` statements and ``text()`` DML cannot name their rows:
-they only mark the transaction dirty -- call ``request.cache.invalidate()`` for
-what they change (it joins the same commit and the same log row).  Statements
-sent through ``session.connection()`` directly are not seen at all.
+Bulk ``UPDATE``/``DELETE`` statements and ``text()`` DML cannot name their rows: they only
+mark the transaction dirty -- call ``request.cache.invalidate()`` for what they change (it
+joins the same commit and log row). ``session.connection()`` statements are not seen at all.
 
-A session that was *never registered* and flushes a change to a declaring model
-(or runs an ORM bulk statement on one) is a forgotten ``register()``: the first
-time, a WARNING naming ``pyramid_examcache.register`` and the model (once per
-session); with ``examcache.require_registration = true`` it raises
-:class:`UnregisteredSession` at every such flush instead, so nothing commits.
-The setting is the app's whose registry is current (a request, ``bootstrap()``);
-elsewhere, that of the process's only app if it has just one, else a warning.
+A session *never registered* that writes a declaring model is a forgotten ``register()``: a
+WARNING once per session, or :class:`UnregisteredSession` at every such flush with
+``examcache.require_registration = true`` (which app decides: :func:`_require_registration`).
 """
 from __future__ import annotations
 
@@ -209,7 +204,9 @@ def _declares(cls: type) -> bool:
 
 
 def _require_registration() -> bool:
-    """The current app's ``examcache.require_registration`` (see the module docstring)."""
+    """``examcache.require_registration`` of the app whose registry is current (a request,
+    ``bootstrap()``); elsewhere that of the process's only app if it configured just one,
+    else False (a warning): several apps in one process cannot be told apart there."""
     from pyramid.threadlocal import get_current_registry
 
     from . import ICachePolicy

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import zope.sqlalchemy
@@ -25,6 +26,7 @@ from pyramid_examcache.cache.orm import UnregisteredSession
 
 Base = declarative_base()
 LOGGER = "pyramid_examcache.cache.orm"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Note(Base):
@@ -132,7 +134,7 @@ def test_an_unregistered_session_warns_once_per_session_naming_register_and_the_
     assert f"{__name__}.Note" in first[0]
     assert len(warnings_of(caplog)) == 2  # once per session, not once per flush or per app
     assert stored_text(db_url) == "v3"  # the writes commit...
-    assert app.get("/notes/1").json == {"text": "v0"}  # ...and the cache is stale: hence the warning
+    assert app.get("/notes/1").json == {"text": "v0"}  # ...and the cache is stale: the warning
 
 
 def test_a_registered_session_is_not_warned_about_and_invalidates(tmp_path, caplog):
@@ -198,8 +200,7 @@ def test_outside_a_request_the_only_apps_setting_applies(tmp_path):
     """A process with one strict app: a session written outside any request (a thread,
     a script without bootstrap) is refused as well."""
     script = textwrap.dedent(f"""
-        import sys, pathlib
-        sys.path.insert(0, {str(tmp_path)!r})
+        import pathlib
         from tests.cache.test_registration import Note, make_app
         from sqlalchemy import create_engine
         from sqlalchemy.orm import sessionmaker
@@ -214,13 +215,7 @@ def test_outside_a_request_the_only_apps_setting_applies(tmp_path):
             print("refused:", exc)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, cwd=str(pytest_root()))
+                         timeout=120, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("refused:") and "pyramid_examcache.register" in out.stdout
     assert stored_text(f"sqlite:///{tmp_path}/script.sqlite") == "v0"
-
-
-def pytest_root():
-    import pathlib
-
-    return pathlib.Path(__file__).resolve().parents[2]
