@@ -191,29 +191,33 @@ class InvalidationStream:
             try:
                 conn = self._connect()
                 if outage:
-                    log.warning("cache tracking connection back; near cache serving again")
+                    log.warning("cache tracking for %r: connection back; near cache serving "
+                                "again", self.prefix)
                 outage = False
                 self._read_forever(conn)
             except TrackingUnavailable as exc:
                 self.unavailable = str(exc)
                 self._lose()
-                log.warning("cache tracking unavailable, not retried: %s. The near cache "
-                            "serves nothing and every read validates against Redis; set "
+                log.warning("cache tracking for %r unavailable, not retried: %s. The near "
+                            "cache serves nothing and every read validates against Redis; set "
                             "examcache.tracking = false to use the validated near cache "
-                            "instead", exc)
+                            "instead", self.prefix, exc)
                 return
             except (redis.RedisError, OSError, ValueError) as exc:
                 # ValueError: redis-py reading a socket that stop() or drop() closed
                 if not self._stopped.is_set():
                     if outage:
-                        log.debug("cache tracking: reconnection failed (%s)", exc)
+                        log.debug("cache tracking for %r: reconnection failed (%s)",
+                                  self.prefix, exc)
                     else:
-                        log.warning("cache tracking connection lost (%s); near cache flushed, "
-                                    "reads validate against Redis until it is back", exc)
+                        log.warning("cache tracking for %r: connection lost (%s); near cache "
+                                    "flushed, reads validate against Redis until it is back",
+                                    self.prefix, exc)
                         outage = True
             except Exception:  # noqa: BLE001 -- never let the reader die: reconnect instead
                 if not self._stopped.is_set():
-                    log.exception("cache tracking reader failed; reconnecting")
+                    log.exception("cache tracking for %r: reader failed; reconnecting",
+                                  self.prefix)
             finally:
                 self._lose()
             self._stopped.wait(self.reconnect_delay)
