@@ -57,6 +57,7 @@ def make_config(settings: dict) -> Configurator:
     config.include(".routes")
     config.include(".docs")  # /docs/: the built Sphinx site, if demo.docs_dir has one
     config.include(".headers")  # Cache-Control: private / Vary: Authorization, after the cache
+    config.include(".access")  # /metrics only for demo.metrics_allow (404 for others)
 
     from .throttle import make_throttle
 

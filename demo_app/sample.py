@@ -1,10 +1,13 @@
-"""The demo's sample data: ``teacher@example.com`` / ``examcache-demo`` (verified, an
-admin: the admin page at ``examcache.admin_path``), owner of exams 1-3, each with 50
-questions of ~700 characters and 4 choices.
+"""The demo's sample data: ``teacher@example.com`` (verified, an admin: the admin page at
+``examcache.admin_path``), owner of exams 1-3, each with 50 questions of ~700 characters
+and 4 choices.  The teacher's password is ``demo.sample_password`` (development.ini:
+``examcache-demo``, :data:`TEACHER_PASSWORD`) or, unset, a random one that
+``examcache-initdb`` prints once.
 
-:func:`load_sample_data` is idempotent: what exists is left alone, what is
-missing is added.  The text is generated from a fixed seed, so every database
-gets the same questions.
+:func:`load_sample_data` is idempotent: what exists is left alone -- an existing
+teacher's password and admin flag included (an operator may have changed them) --
+and what is missing is added.  The text is generated from a fixed seed, so every
+database gets the same questions.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from sqlalchemy.orm import Session
 from .models import Exam, Question, User
 
 TEACHER_EMAIL = "teacher@example.com"
+#: development.ini's demo.sample_password (published: never on a public site)
 TEACHER_PASSWORD = "examcache-demo"
 TEACHER_NAME = "Demo Teacher"
 EXAMS = {1: "Introduction to Caching", 2: "Transactions and Consistency", 3: "Message Queues"}
@@ -50,8 +54,8 @@ def question_choices(rng: random.Random) -> list[str]:
 def load_sample_data(session: Session, password_hash: str) -> dict[str, int]:
     """Add whatever of the sample data is missing; returns what was added.
 
-    ``password_hash`` is the teacher's (argon2) hash, used only if the user is created.
-    The caller commits.
+    ``password_hash`` is the teacher's (argon2) hash, used only if the user is created
+    (then an admin); an existing teacher is never changed.  The caller commits.
     """
     added = {"users": 0, "exams": 0, "questions": 0}
     teacher = session.scalar(select(User).where(User.email == TEACHER_EMAIL))
@@ -61,8 +65,6 @@ def load_sample_data(session: Session, password_hash: str) -> dict[str, int]:
         session.add(teacher)
         session.flush()
         added["users"] += 1
-    elif not teacher.is_admin:  # a database loaded before the admin flag (migration 0005)
-        teacher.is_admin = True
     for exam_id, title in EXAMS.items():
         exam = session.get(Exam, exam_id)
         if exam is None:

@@ -23,10 +23,17 @@
 * ``demo.max_body_bytes`` (default 65536) -- larger request bodies get 413.
 * ``demo.argon2_time_cost`` (3), ``demo.argon2_memory_cost`` (KiB, 65536),
   ``demo.argon2_parallelism`` (4) -- password hashing cost (lower them in tests).
+* ``demo.sample_password`` (unset: none) -- the sample teacher's published password:
+  ``examcache-initdb`` gives it to the teacher it creates, and the login and home pages
+  show it (development.ini).  Unset, initdb picks a random one and prints it once.
+* ``demo.metrics_allow`` (networks; default ``127.0.0.0/8 ::1/128``) -- client addresses
+  (``REMOTE_ADDR``, after the server's trusted-proxy handling) that may read
+  ``examcache.metrics_path``; others get 404 (:mod:`demo_app.access`).
 """
 from __future__ import annotations
 
 import logging
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -43,6 +50,11 @@ PRODUCTION_PLACEHOLDER_SECRET = "change-me-to-a-long-random-string"
 DEVELOPMENT_SECRET = "dev-only-secret-public-never-deploy"
 #: demo.public_url when unset: development.ini's server (pserve development.ini)
 DEFAULT_PUBLIC_URL = "http://localhost:6543"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: demo.metrics_allow when unset: this host only
+DEFAULT_METRICS_ALLOW: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                                ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ class DemoSettings:
     login_limit: int = 10
     login_window: int = 60
     resend_interval: int = 60
+    sample_password: str | None = None
+    metrics_allow: tuple[IPNetwork, ...] = DEFAULT_METRICS_ALLOW
 
 
 _SECRET_HELP = ("it signs the login tokens; generate one with "
@@ -104,6 +118,34 @@ def parse_public_url(settings: Mapping[str, Any]) -> str:
     return url.rstrip("/")
 
 
+def parse_sample_password(settings: Mapping[str, Any]) -> str | None:
+    password = str(settings.get("demo.sample_password") or "")
+    if not password.strip():
+        return None
+    if len(password) < 8 or not password.isprintable():
+        raise ConfigurationError(
+            "Invalid setting demo.sample_password: at least 8 printable characters (or "
+            "leave it unset: examcache-initdb then prints a random password)")
+    log.warning("demo.sample_password is set: the sample teacher's password is shown on the "
+                "login and home pages; leave it unset on a public site")
+    return password
+
+
+def parse_metrics_allow(settings: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
+    raw = str(settings.get("demo.metrics_allow") or "").split()
+    if not raw:
+        return DEFAULT_METRICS_ALLOW
+    networks = []
+    for item in raw:
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"Invalid setting demo.metrics_allow: {item!r} is not a network ({exc}); "
+                f"write networks such as 127.0.0.1/32 ::1/128 10.0.0.0/8") from None
+    return tuple(networks)
+
+
 def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:
     secret = parse_secret(settings)
     public_url = parse_public_url(settings)
@@ -130,6 +172,8 @@ def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:
         login_limit=integer("login_limit", d.login_limit),
         login_window=integer("login_window", d.login_window),
         resend_interval=integer("resend_interval", d.resend_interval),
+        sample_password=parse_sample_password(settings),
+        metrics_allow=parse_metrics_allow(settings),
     )
 
 

@@ -1,12 +1,19 @@
 """``examcache-initdb CONFIG_URI``: run the Alembic migrations on the .ini's
 ``sqlalchemy.url``, then load the sample data (idempotent: run it again and
-nothing is duplicated)."""
+nothing is duplicated).
+
+The sample teacher (an admin) is created with ``demo.sample_password`` when the .ini
+sets one (development.ini), else with a random password printed once on stdout (only
+its hash is stored).  An existing teacher is never changed: re-running initdb -- the
+documented way to migrate -- keeps the password and admin flag an operator set."""
 from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from importlib import resources
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -16,8 +23,9 @@ from sqlalchemy.orm import Session
 from pyramid_examcache.cache import get_policy
 from pyramid_examcache import register
 
-from ..sample import TEACHER_PASSWORD, load_sample_data
+from ..sample import TEACHER_EMAIL, load_sample_data
 from ..security import hash_password
+from ..settings import get_demo_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +49,32 @@ def upgrade(engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
-def setup_database(registry) -> dict[str, int]:
-    """Migrate the app's database and load the sample data; returns what was added."""
+def sample_password(registry) -> tuple[str, bool]:
+    """The password a new sample teacher gets, and whether it is ``demo.sample_password``
+    (else a random one: 24 URL-safe characters, 144 bits)."""
+    configured = get_demo_settings(registry).sample_password
+    if configured is not None:
+        return configured, True
+    return secrets.token_urlsafe(18), False
+
+
+def setup_database(registry) -> dict[str, Any]:
+    """Migrate the app's database and load the sample data; returns what was added.
+
+    ``added["password"]`` is the new teacher's password when initdb created the teacher
+    with a random one (to print once), else absent."""
     engine = registry["dbengine"]
     upgrade(engine)
     hasher = registry["demo.password_hasher"]
+    password, configured = sample_password(registry)
     # a session outside any request: registered with the cache policy, its flushes
     # invalidate the declared keys when it commits (a server may be running)
     with Session(bind=engine) as session:
         register(session, get_policy(registry))
         with session.begin():
-            added = load_sample_data(session, hash_password(hasher, TEACHER_PASSWORD))
+            added: dict[str, Any] = load_sample_data(session, hash_password(hasher, password))
+    if added["users"] and not configured:
+        added["password"] = password
     return added
 
 
@@ -68,6 +91,15 @@ def main(argv=sys.argv) -> int:
         added = setup_database(env["registry"])
     print(f"database ready; added {added['users']} user(s), {added['exams']} exam(s), "
           f"{added['questions']} question(s)")
+    if "password" in added:
+        print(f"the sample teacher {TEACHER_EMAIL} (an admin) was created with this password, "
+              f"shown only now (only its hash is stored):\n    {added['password']}")
+    elif added["users"]:
+        print(f"the sample teacher {TEACHER_EMAIL} (an admin) was created with "
+              f"demo.sample_password")
+    else:
+        print(f"the sample teacher {TEACHER_EMAIL} exists: its password and admin flag were "
+              f"left as they are")
     return 0
 
 
