@@ -33,22 +33,22 @@ def make_config(settings: dict) -> Configurator:
     config = Configurator(settings=settings)
     config.registry["demo.settings"] = demo
 
-    from .security import BearerTokenSecurityPolicy, make_password_hasher
+    from .security import (BearerTokenSecurityPolicy, HashSlots, SignedCSRFStoragePolicy,
+                           make_password_hasher)
 
     config.registry["demo.password_hasher"] = make_password_hasher(demo)
+    config.registry["demo.hash_slots"] = HashSlots(demo.hash_slots, demo.hash_wait)
     # bearer tokens for the API; the same token in the HTML login's cookie for the pages
     # (the add-on's admin page, whose permission is_admin users hold)
-    from pyramid.csrf import CookieCSRFStoragePolicy
-
     from pyramid_examcache.admin import admin_permission
 
     secure = demo.public_url.startswith("https://")
     config.set_security_policy(BearerTokenSecurityPolicy(
         demo.secret, admin_permission(settings), token_ttl=demo.token_ttl, secure_cookie=secure))
-    # no sessions here: Pyramid's CSRF tokens live in a cookie (the forms of /login and
-    # of the admin page post it back; require_csrf=True on those views)
-    config.set_csrf_storage_policy(CookieCSRFStoragePolicy(
-        cookie_name="demo_csrf", secure=secure, httponly=True, samesite="Lax"))
+    # no sessions here: CSRF tokens signed with demo.secret, bound to a signed visitor id
+    # (the demo_csrf cookie) and the login, plus an Origin check (require_csrf=True views)
+    config.set_csrf_storage_policy(SignedCSRFStoragePolicy(demo.secret, demo.public_url,
+                                                           secure=secure))
 
     config.add_renderer("json", JSON(separators=(",", ":")))  # compact, like the errors
     config.include("pyramid_jinja2")  # .jinja2 templates: the mails (templates/mail/)

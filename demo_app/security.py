@@ -1,14 +1,23 @@
-"""Passwords (argon2), login tokens (HMAC-signed, expiring) and the security policy:
-a bearer token in ``Authorization`` (the JSON API), or the same token in the HttpOnly
-``demo_auth`` cookie set by the HTML login form (``/login``), honoured outside ``/api/``
-only: the JSON API stays bearer-only, so a browser's cookie never authenticates an API
-call, and the pages that accept the cookie check Pyramid's CSRF token on every POST
+"""Passwords (argon2, in a bounded number of slots), login tokens (HMAC-signed,
+expiring, revocable) and the security policy: a bearer token in ``Authorization``
+(the JSON API), or the same token in the HttpOnly ``demo_auth`` cookie set by the HTML
+login form (``/login``), honoured outside ``/api/`` only: the JSON API stays
+bearer-only, and the pages that accept the cookie check a CSRF token on every POST
 (``require_csrf=True``; ``tests/demo/test_admin.py`` holds every such view to it).
 
-A login token is ``<user id>.<expiry, unix seconds>.<signature>`` where the
-signature is HMAC-SHA256 over ``login:<user id>.<expiry>`` with ``demo.secret``
-(base64url, unpadded).  Nothing is stored server side; a token stops working
-when it expires or when ``demo.secret`` changes.
+A login token is ``<user id>.<generation>.<issued>.<expiry>.<signature>`` (unix
+seconds) signed with HMAC-SHA256 over ``login:<the rest>`` with ``demo.secret``.  It
+works while its generation equals the user's ``token_generation`` (bumped at logout
+and at a password change), and until its expiry or ``demo.token_ttl`` after its issue
+time, whichever comes first (an issue time in the future is refused).
+
+CSRF (:class:`SignedCSRFStoragePolicy`): the ``demo_csrf`` cookie holds a random visitor
+id signed with ``demo.secret``; the form token is an HMAC over that id and the login
+(user id + token generation, or "anonymous"), so only tokens this server issued, for
+this visitor and this login, pass -- a planted cookie + matching field is refused.
+Every check also compares ``Origin`` (or ``Referer`` when there is no Origin) with
+``demo.public_url``'s origin, whatever the scheme; a request with neither (not a
+browser) relies on the token alone.
 """
 from __future__ import annotations
 
@@ -16,12 +25,20 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
+from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from pyramid.exceptions import BadCSRFOrigin
+from pyramid.httpexceptions import HTTPServiceUnavailable
+from pyramid.interfaces import ICSRFStoragePolicy
 from pyramid.security import Allowed, Denied
 from webob.cookies import make_cookie
+from zope.interface import implementer
 
 from .models import User
 from .settings import DemoSettings
@@ -51,6 +68,46 @@ def check_password(hasher: PasswordHasher, password_hash: str | None, password: 
         return hasher.verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+class HashSlots:
+    """At most ``slots`` argon2 computations at once (``demo.hash_slots``); a request
+    waits ``wait`` seconds at most for one, then gets 503 + ``Retry-After`` -- so a
+    burst of sign-ups or logins cannot take every CPU and thread from other requests."""
+
+    def __init__(self, slots: int, wait: float, retry_after: int = 1) -> None:
+        self.slots = slots
+        self.wait = wait
+        self.retry_after = retry_after
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._semaphore.acquire(timeout=self.wait):
+            raise HTTPServiceUnavailable(
+                "the server is busy checking passwords; try again in a moment",
+                headers={"Retry-After": str(self.retry_after)})
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+def hash_slots(request) -> HashSlots:
+    return request.registry["demo.hash_slots"]
+
+
+def bounded_hash(request, password: str) -> str:
+    """:func:`hash_password` in one of the request's hashing slots."""
+    with hash_slots(request).slot():
+        return hash_password(request.registry["demo.password_hasher"], password)
+
+
+def bounded_check(request, password_hash: str | None, password: str) -> bool:
+    """:func:`check_password` in one of the request's hashing slots."""
+    with hash_slots(request).slot():
+        return check_password(request.registry["demo.password_hasher"], password_hash,
+                              password)
 
 
 _dummy_hashes: dict[tuple, str] = {}
@@ -85,28 +142,45 @@ def _sign(secret: str, payload: str) -> str:
     return _b64(hmac.new(secret.encode(), f"login:{payload}".encode(), hashlib.sha256).digest())
 
 
-def make_login_token(secret: str, user_id: int, ttl: int, now: float | None = None) -> str:
-    expires = int((time.time() if now is None else now) + ttl)
-    payload = f"{user_id}.{expires}"
+#: seconds an issue time may lie ahead of this server's clock (several processes)
+CLOCK_SKEW = 60
+
+
+class LoginToken(NamedTuple):
+    user_id: int
+    generation: int
+    issued: int
+    expires: int
+
+
+def make_login_token(secret: str, user_id: int, ttl: int, now: float | None = None,
+                     generation: int = 0) -> str:
+    issued = int(time.time() if now is None else now)
+    payload = f"{user_id}.{generation}.{issued}.{issued + ttl}"
     return f"{payload}.{_sign(secret, payload)}"
 
 
-def read_login_token(secret: str, token: str, now: float | None = None) -> int | None:
-    """The user id of a valid, unexpired token, else None -- never an exception,
-    whatever the bytes (a header arrives as latin-1 text, so any octet may be there)."""
+def read_login_token(secret: str, token: str, max_ttl: int, now: float | None = None
+                     ) -> LoginToken | None:
+    """The fields of a valid token, unexpired and younger than ``max_ttl`` seconds
+    (``demo.token_ttl``, whatever expiry it names), else None -- never an exception,
+    whatever the bytes (a header arrives as latin-1 text, so any octet may be there).
+    The caller compares the generation with the user's."""
     if not token or len(token) > _MAX_TOKEN_LENGTH or not token.isascii():
         return None
     parts = token.split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    if len(parts) != 5 or not all(p.isdigit() and len(p) <= 12 for p in parts[:4]):
         return None
-    user_id, expires, signature = parts
+    *fields, signature = parts
     # compare bytes: compare_digest refuses str holding non-ASCII characters
-    if not hmac.compare_digest(_sign(secret, f"{user_id}.{expires}").encode("ascii"),
+    if not hmac.compare_digest(_sign(secret, ".".join(fields)).encode("ascii"),
                                signature.encode("ascii")):
         return None
-    if int(expires) < (time.time() if now is None else now):
+    user_id, generation, issued, expires = (int(f) for f in fields)
+    now = time.time() if now is None else now
+    if issued > now + CLOCK_SKEW or now >= min(expires, issued + max_ttl):
         return None
-    return int(user_id)
+    return LoginToken(user_id, generation, issued, expires)
 
 
 #: the cookie of the HTML login (HttpOnly, SameSite=Lax; Secure when demo.public_url is https)
@@ -150,11 +224,12 @@ class BearerTokenSecurityPolicy:
         token = bearer_token(request)
         if token is None and cookie_applies(request):
             token = request.cookies.get(AUTH_COOKIE) or None
-        user_id = read_login_token(self.secret, token) if token else None
-        if user_id is not None and user_id < 2**31:
-            user = request.dbsession.get(User, user_id)
-            if user is not None and not user.verified:
-                user = None
+        login = read_login_token(self.secret, token, self.token_ttl) if token else None
+        if login is not None and login.user_id < 2**31:
+            user = request.dbsession.get(User, login.user_id)
+            if user is not None and (not user.verified
+                                     or user.token_generation != login.generation):
+                user = None  # unverified, or the token was revoked (logout, new password)
         request.environ["demo.identity"] = user
         return user
 
@@ -177,7 +252,9 @@ class BearerTokenSecurityPolicy:
         """The ``Set-Cookie`` header of the HTML login: a login token for ``userid`` (the
         same signed token the API's login answers), HttpOnly, SameSite=Lax, for
         ``demo.token_ttl`` seconds."""
-        token = make_login_token(self.secret, int(userid), self.token_ttl)
+        user = request.dbsession.get(User, int(userid))
+        token = make_login_token(self.secret, int(userid), self.token_ttl,
+                                 generation=user.token_generation if user else 0)
         return [("Set-Cookie", self._cookie(token, self.token_ttl))]
 
     def forget(self, request, **kw):
@@ -186,3 +263,112 @@ class BearerTokenSecurityPolicy:
     def _cookie(self, value: str, max_age: int) -> str:
         return make_cookie(AUTH_COOKIE, value, max_age=max_age, path="/", httponly=True,
                            secure=self.secure_cookie, samesite="lax")
+
+
+def login_token_for(request, user: User) -> str:
+    """A new login token for ``user`` (the API's login), valid ``demo.token_ttl``."""
+    from .settings import get_demo_settings
+
+    settings = get_demo_settings(request)
+    return make_login_token(settings.secret, user.id, settings.token_ttl,
+                            generation=user.token_generation or 0)
+
+
+# -- CSRF ------------------------------------------------------------------------
+
+#: the CSRF cookie: a visitor id signed with demo.secret (HttpOnly, SameSite=Lax)
+CSRF_COOKIE = "demo_csrf"
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL (default ports dropped), or None."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    default = 443 if scheme == "https" else 80
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+@implementer(ICSRFStoragePolicy)
+class SignedCSRFStoragePolicy:
+    """CSRF tokens the server issued, bound to the visitor and the login (see the module
+    docstring), plus an ``Origin``/``Referer`` check against ``public_url``."""
+
+    def __init__(self, secret: str, public_url: str, *, secure: bool = False) -> None:
+        self.secret = secret
+        self.origin = origin_of(public_url)
+        self.secure = secure
+
+    def _mac(self, purpose: str, value: str) -> str:
+        digest = hmac.new(self.secret.encode(), f"{purpose}:{value}".encode(), hashlib.sha256)
+        return _b64(digest.digest())
+
+    def _visitor(self, request) -> str | None:
+        """The visitor id of this request: a new one, or the cookie's if its signature holds."""
+        visitor = request.environ.get("demo.csrf_visitor")
+        if visitor:
+            return visitor
+        raw = request.cookies.get(CSRF_COOKIE, "")
+        visitor, _, signature = raw.partition(".")
+        if (visitor and len(raw) <= 100 and raw.isascii() and hmac.compare_digest(
+                self._mac("csrf-visitor", visitor).encode("ascii"), signature.encode("ascii"))):
+            return visitor
+        return None
+
+    @staticmethod
+    def _login(request) -> str:
+        user = request.identity
+        return "anonymous" if user is None else f"user:{user.id}.{user.token_generation}"
+
+    def _token(self, visitor: str, request) -> str:
+        return self._mac("csrf", f"{visitor}:{self._login(request)}")
+
+    def new_csrf_token(self, request) -> str:
+        visitor = secrets.token_urlsafe(18)
+        request.environ["demo.csrf_visitor"] = visitor
+        value = f"{visitor}.{self._mac('csrf-visitor', visitor)}"
+
+        def set_cookie(request, response) -> None:
+            response.headers.add("Set-Cookie", make_cookie(
+                CSRF_COOKIE, value, path="/", httponly=True, secure=self.secure,
+                samesite="lax"))
+
+        request.add_response_callback(set_cookie)
+        return self._token(visitor, request)
+
+    def get_csrf_token(self, request) -> str:
+        visitor = self._visitor(request)
+        if visitor is None:
+            return self.new_csrf_token(request)
+        return self._token(visitor, request)
+
+    def check_csrf_token(self, request, supplied_token: str) -> bool:
+        self.check_origin(request)
+        visitor = self._visitor(request)
+        if visitor is None or not supplied_token or not supplied_token.isascii():
+            return False
+        return hmac.compare_digest(self._token(visitor, request).encode("ascii"),
+                                   supplied_token.encode("ascii"))
+
+    def check_origin(self, request) -> None:
+        """:class:`BadCSRFOrigin` unless ``Origin`` (else ``Referer``) is ``public_url``'s
+        origin; neither header (not a browser): allowed, the token still decides."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            referer = request.headers.get("Referer")
+            if referer is None:
+                return
+            origin, what = origin_of(referer), "Referer"
+        else:
+            origin, what = origin_of(origin) if origin != "null" else None, "Origin"
+        if origin is None or origin != self.origin:
+            raise BadCSRFOrigin(f"{what} does not match this site ({self.origin}); "
+                                "forms must be sent from its own pages")

@@ -15,9 +15,19 @@
 * ``demo.db_retry_after`` (seconds, default 5) -- ``Retry-After`` of the 503
   answered when the database is unreachable or too slow.
 * ``demo.login_limit`` (default 10) per ``demo.login_window`` (seconds, default
-  60) -- login attempts allowed per email address and per client IP.
+  60) -- login attempts allowed per client IP (wrong passwords per address +
+  client: ``demo.login_free_failures``).
 * ``demo.resend_interval`` (seconds, default 60) -- at most one verification
   mail per address in that time.
+* ``demo.signup_limit`` (default 10) registrations + re-sends per client address and
+  ``demo.signup_address_limit`` (default 3) per target address per
+  ``demo.signup_window`` (seconds, default 600); ``demo.signup_daily_limit`` (default
+  10) per target address per day -- 429 + ``Retry-After`` beyond.
+* ``demo.login_free_failures`` (default 5) wrong passwords per address + client, then
+  a wait of 1, 2, 4 ... seconds, at most ``demo.login_backoff_max`` (default 900).
+* ``demo.hash_slots`` (default: the CPUs this process may use) argon2 computations at
+  once; a request waits at most ``demo.hash_wait`` (seconds, default 0.1) for a slot,
+  then answers 503 + ``Retry-After``.
 * ``demo.token_ttl`` (seconds, default 3600) -- lifetime of a login token.
 * ``demo.verify_ttl`` (seconds, default 86400) -- lifetime of a verification link.
 * ``demo.max_body_bytes`` (default 65536) -- larger request bodies get 413.
@@ -32,8 +42,9 @@
 """
 from __future__ import annotations
 
-import logging
 import ipaddress
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -72,6 +83,14 @@ class DemoSettings:
     db_retry_after: int = 5
     login_limit: int = 10
     login_window: int = 60
+    signup_limit: int = 10
+    signup_address_limit: int = 3
+    signup_window: int = 600
+    signup_daily_limit: int = 10
+    login_free_failures: int = 5
+    login_backoff_max: int = 900
+    hash_slots: int = 0  # 0: the CPUs this process may use (parse_demo_settings)
+    hash_wait: float = 0.1
     resend_interval: int = 60
     sample_password: str | None = None
     metrics_allow: tuple[IPNetwork, ...] = DEFAULT_METRICS_ALLOW
@@ -146,6 +165,14 @@ def parse_metrics_allow(settings: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def default_hash_slots() -> int:
+    """demo.hash_slots when unset: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:
     secret = parse_secret(settings)
     public_url = parse_public_url(settings)
@@ -171,6 +198,14 @@ def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:
         db_retry_after=integer("db_retry_after", d.db_retry_after),
         login_limit=integer("login_limit", d.login_limit),
         login_window=integer("login_window", d.login_window),
+        signup_limit=integer("signup_limit", d.signup_limit),
+        signup_address_limit=integer("signup_address_limit", d.signup_address_limit),
+        signup_window=integer("signup_window", d.signup_window),
+        signup_daily_limit=integer("signup_daily_limit", d.signup_daily_limit),
+        login_free_failures=integer("login_free_failures", d.login_free_failures, minimum=0),
+        login_backoff_max=integer("login_backoff_max", d.login_backoff_max),
+        hash_slots=integer("hash_slots", default_hash_slots()),
+        hash_wait=number("hash_wait", d.hash_wait),
         resend_interval=integer("resend_interval", d.resend_interval),
         sample_password=parse_sample_password(settings),
         metrics_allow=parse_metrics_allow(settings),

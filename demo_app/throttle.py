@@ -1,5 +1,7 @@
-"""Rate limits of the demo: login attempts (fixed windows) and verification
-re-sends (one per address per interval).
+"""Rate limits of the demo: fixed-window counters (login attempts per client,
+sign-ups per client and per target address, a daily cap per target address),
+claims (one verification re-send per address per interval) and backoff (wrong
+passwords per address + client: a growing wait once some are used up).
 
 Kept in Redis when ``examcache.redis_url`` is ``redis://``, ``rediss://`` or
 ``unix://`` (so every process shares the counters), in process memory
@@ -28,6 +30,12 @@ class Store(Protocol):
     def incr(self, key: str, window: int) -> int: ...
 
     def claim(self, key: str, ttl: int) -> bool: ...
+
+    def lock(self, key: str, ttl: int) -> None: ...
+
+    def remaining(self, key: str) -> float: ...
+
+    def delete(self, *keys: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -65,12 +73,30 @@ class MemoryStore:
             self._prune(now)
             return True
 
+    def lock(self, key: str, ttl: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self._data[key] = (1, now + ttl)
+            self._prune(now)
+
+    def remaining(self, key: str) -> float:
+        now = self._clock()
+        with self._lock:
+            _, expires = self._data.get(key, (0, 0.0))
+            return max(0.0, expires - now)
+
+    def delete(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
     def close(self) -> None:
         self._data.clear()
 
 
 class RedisStore:
-    """``INCR`` + ``EXPIRE`` (fixed window) and ``SET NX EX`` (claim)."""
+    """``INCR`` + ``EXPIRE`` (fixed window), ``SET NX EX`` (claim), ``SET EX`` +
+    ``PTTL`` (lock, remaining)."""
 
     def __init__(self, url: str, socket_timeout: float) -> None:
         import redis
@@ -87,6 +113,16 @@ class RedisStore:
 
     def claim(self, key: str, ttl: int) -> bool:
         return bool(self.client.set(key, b"1", nx=True, ex=ttl))
+
+    def lock(self, key: str, ttl: int) -> None:
+        self.client.set(key, b"1", ex=ttl)
+
+    def remaining(self, key: str) -> float:
+        ms = int(self.client.pttl(key))
+        return ms / 1000 if ms > 0 else 0.0  # -2: no key, -1: no expiry (never set so)
+
+    def delete(self, *keys: str) -> None:
+        self.client.delete(*keys)
 
     def close(self) -> None:
         self.client.close()
@@ -129,6 +165,42 @@ class Throttle:
             log.warning("throttle %s unavailable, allowing (%s: %s)", name,
                         type(exc).__name__, exc)
             return True
+
+    def wait(self, name: str, subject: str) -> int | None:
+        """Seconds ``subject`` must still wait (a :meth:`fail` backoff), or None."""
+        try:
+            left = self.store.remaining(f"{self.prefix}{name}:wait:{_digest(subject)}")
+        except Exception as exc:
+            log.warning("throttle %s unavailable, allowing (%s: %s)", name,
+                        type(exc).__name__, exc)
+            return None
+        return max(1, math.ceil(left)) if left > 0 else None
+
+    def fail(self, name: str, subject: str, free: int, cap: int, memory: int = 86400) -> int:
+        """Count one failure of ``subject`` (forgotten ``memory`` seconds after the
+        first); past ``free`` failures each one makes ``subject`` wait 1, 2, 4, ...
+        seconds, at most ``cap``.  Returns that wait (0 while free)."""
+        digest = _digest(subject)
+        try:
+            count = self.store.incr(f"{self.prefix}{name}:fails:{digest}", memory)
+            if count <= free:
+                return 0
+            delay = min(cap, 2 ** min(count - free - 1, 30))
+            self.store.lock(f"{self.prefix}{name}:wait:{digest}", delay)
+            return delay
+        except Exception as exc:
+            log.warning("throttle %s unavailable, allowing (%s: %s)", name,
+                        type(exc).__name__, exc)
+            return 0
+
+    def forgive(self, name: str, subject: str) -> None:
+        """Forget ``subject``'s failures (a success)."""
+        digest = _digest(subject)
+        try:
+            self.store.delete(f"{self.prefix}{name}:fails:{digest}",
+                              f"{self.prefix}{name}:wait:{digest}")
+        except Exception as exc:
+            log.warning("throttle %s unavailable (%s: %s)", name, type(exc).__name__, exc)
 
     def close(self) -> None:
         self.store.close()

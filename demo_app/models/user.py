@@ -1,4 +1,5 @@
-"""Users: unique email, an argon2 password hash, and a verification token kept hashed."""
+"""Users: unique email, an argon2 password hash, a verification token kept hashed, and
+the generation of their login tokens (a token carries it; bumping it revokes them all)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -29,8 +30,20 @@ class User(Base):
     verify_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     verify_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
                                                                   nullable=True)
+    #: login tokens carry it and must match: +1 at logout and at a password change
+    token_generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0,
+                                                  server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
                                                     default=utcnow)
+
+    def set_password(self, password_hash: str) -> None:
+        """A new password: every login token issued so far stops working."""
+        self.password_hash = password_hash
+        self.revoke_logins()
+
+    def revoke_logins(self) -> None:
+        """Every login token issued so far stops working (logout, password change)."""
+        self.token_generation = (self.token_generation or 0) + 1
 
     def to_json(self) -> dict:
         return {"id": self.id, "email": self.email, "name": self.name, "verified": self.verified}

@@ -3,22 +3,23 @@
 A successful login sets the ``demo_auth`` cookie (HttpOnly, SameSite=Lax, Secure when
 ``demo.public_url`` is https) holding the same signed token ``POST /api/auth/login``
 answers; the security policy accepts it outside ``/api/`` (the admin page). Both forms
-carry Pyramid's CSRF token (``require_csrf=True``; the token lives in the ``demo_csrf``
-cookie, ``CookieCSRFStoragePolicy``), and a login is throttled like the API's.
+carry a CSRF token the server issued (``require_csrf=True``;
+:class:`demo_app.security.SignedCSRFStoragePolicy`: bound to the signed ``demo_csrf``
+visitor cookie and the login, ``Origin`` checked), and a login is throttled like the
+API's.  ``POST /logout`` revokes every login token of the user (cookies and bearer
+tokens alike: the user's token generation is bumped).
 """
 from __future__ import annotations
 
 from pyramid.csrf import get_csrf_token, new_csrf_token
+from pyramid.exceptions import BadCSRFOrigin
 from pyramid.httpexceptions import HTTPException, HTTPSeeOther, HTTPTooManyRequests
 from pyramid.renderers import render_to_response
 from pyramid.security import forget, remember
 from pyramid.view import exception_view_config, view_config
-from sqlalchemy import select
 
-from ..models import User
-from ..security import check_password, hash_password
 from ..validation import PASSWORD_MAX
-from .auth import throttle_login
+from .auth import authenticate
 
 TEMPLATE = "demo_app:templates/login.jinja2"
 PAGE_HEADERS = {
@@ -68,19 +69,15 @@ def login_submit(request):
             or len(password) > PASSWORD_MAX:
         return login_page(request, 400, "Enter your email address and password.", email[:254])
     try:
-        throttle_login(request, email)
+        user = authenticate(request, email, password)
     except HTTPTooManyRequests as exc:
         response = login_page(request, 429, "Too many login attempts; try again later.", email)
         response.headers["Retry-After"] = exc.headers["Retry-After"]
         return response
-    hasher = request.registry["demo.password_hasher"]
-    user = request.dbsession.scalar(select(User).where(User.email == email))
-    if not check_password(hasher, user.password_hash if user else None, password):
+    if user is None:
         return login_page(request, 401, "Invalid email or password.", email)
     if not user.verified:
         return login_page(request, 403, "Verify your email address before logging in.", email)
-    if hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(hasher, password)
     new_csrf_token(request)  # a fresh token for the new identity
     return HTTPSeeOther(location=safe_next(request.POST.get("next")),
                         headers=remember(request, user.id))
@@ -88,6 +85,9 @@ def login_submit(request):
 
 @view_config(route_name="logout", request_method="POST", require_csrf=True)
 def logout(request):
+    user = request.identity
+    if user is not None:
+        user.revoke_logins()  # this cookie and every bearer token of the user stop working
     new_csrf_token(request)
     return HTTPSeeOther(location=request.route_url("login_page"), headers=forget(request))
 
@@ -96,11 +96,14 @@ def logout(request):
 @exception_view_config(HTTPException, route_name="logout")
 def login_error(exc, request):
     """The forms' errors as the login page (a stale CSRF token, a wrong method), not JSON."""
-    if exc.code == 400:  # BadCSRFToken: the only 400 these views raise
+    if isinstance(exc, BadCSRFOrigin):
+        message = "The form was sent from another site; log in from this site's own page."
+    elif exc.code == 400:  # BadCSRFToken: the only other 400 these views raise
         message = "The form expired (its CSRF token is missing or wrong); please try again."
     else:
         message = exc.detail if isinstance(exc.detail, str) else exc.title
     response = login_page(request, exc.code, message)
-    if "Allow" in exc.headers:
-        response.headers["Allow"] = exc.headers["Allow"]
+    for name in ("Allow", "Retry-After"):  # 405; 503 when the hashing slots stay full
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
     return response

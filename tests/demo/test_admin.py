@@ -60,10 +60,11 @@ def test_the_cookie_is_secure_on_https(settings):
         assert "secure" in page.headers["Set-Cookie"].lower()  # the CSRF cookie
         form = page.forms[0]
         form["email"], form["password"] = TEACHER_EMAIL, TEACHER_PASSWORD
-        # WebTest does not send a Secure cookie over http: post the token explicitly
+        # WebTest does not send a Secure cookie over http: post the cookie explicitly
+        visitor = page.headers["Set-Cookie"].split(";")[0]  # demo_csrf=<signed visitor id>
         done = app.post("/login", {"email": TEACHER_EMAIL, "password": TEACHER_PASSWORD,
                                    "csrf_token": form["csrf_token"].value},
-                        headers={"Cookie": f"demo_csrf={form['csrf_token'].value}"}, status=303)
+                        headers={"Cookie": visitor}, status=303)
         cookie = [c for c in done.headers.getall("Set-Cookie") if c.startswith("demo_auth=")][0]
         assert "secure;" in cookie.lower() and "HttpOnly" in cookie
     finally:

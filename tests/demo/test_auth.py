@@ -65,7 +65,10 @@ def test_register_queues_a_mail_whose_link_verifies_once(app, mail, db):
 
 
 def test_duplicate_email_is_409_and_sends_no_mail(app, mail, db):
+    """A verified address is 409 (an unverified one is registered again: issue 19,
+    tests/demo/test_security_accounts.py)."""
     app.post_json("/api/auth/register", NEW, status=201)
+    app.get(verification_link(mail.last), status=200)
     mail.clear()
     before = outbox_count(db)
     res = app.post_json("/api/auth/register", {**NEW, "email": "ADA@example.COM", "name": "Other"},
@@ -207,11 +210,17 @@ def test_concurrent_duplicate_registrations_create_one_user_and_one_mail(app, ma
     assert not any(t.is_alive() for t in threads), "a registration did not return in 60 s"
     if errors:
         raise errors[0]
-    assert sorted(r.status_int for r in responses) == [201] + [409] * 7
+    # one creates the account; a racing insert is 409; one that sees the unverified account
+    # replaces its pending password and link (issue 19); past demo.signup_address_limit
+    # (3) per address: 429
+    statuses = sorted(r.status_int for r in responses)
+    assert statuses.count(201) in (1, 2, 3) and set(statuses) <= {201, 409, 429}, statuses
+    assert statuses.count(429) == 5, statuses
     for res in responses:  # checked here: an assert in a thread never fails the test
         if res.status_int == 409:
             assert res.json["message"] == "an account with this email address already exists"
-    assert len(mail.outbox) == 1 and mail.last.to == ["race@example.com"]
+    assert len(mail.outbox) == statuses.count(201)
+    assert {tuple(m.to) for m in mail.outbox} == {("race@example.com",)}
     with db.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(User)
                            .where(User.email == "race@example.com")) == 1

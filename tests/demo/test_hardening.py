@@ -284,18 +284,22 @@ def test_per_user_responses_are_private_and_vary_by_authorization(app, mail):
 
 # -- 8. login throttle ---------------------------------------------------------------
 
-def test_login_is_throttled_per_address(app):
+def test_login_is_throttled_per_address_and_client(app):
+    """Issue 19: wrong passwords back off per address + client, never per address alone
+    (tests/demo/test_security_accounts.py has the rest)."""
     wrong = {"email": "teacher@example.com", "password": "wrong password"}
     for i in range(10):
         app.post_json("/api/auth/login", wrong, status=401,
                       extra_environ={"REMOTE_ADDR": f"10.0.0.{i + 1}"})
-    res = app.post_json("/api/auth/login", {**wrong, "password": "examcache-demo"}, status=429,
-                        extra_environ={"REMOTE_ADDR": "10.0.1.1"})
+    app.post_json("/api/auth/login", {**wrong, "password": "examcache-demo"}, status=200,
+                  extra_environ={"REMOTE_ADDR": "10.0.1.1"})
+    for _ in range(5):
+        app.post_json("/api/auth/login", wrong, status=401, extra_environ={"REMOTE_ADDR": "10.0.2.1"})
+    app.post_json("/api/auth/login", wrong, status=401, extra_environ={"REMOTE_ADDR": "10.0.2.1"})
+    res = app.post_json("/api/auth/login", wrong, status=429,
+                        extra_environ={"REMOTE_ADDR": "10.0.2.1"})
     assert res.content_type == "application/json" and res.json["status"] == 429
     assert 0 < int(res.headers["Retry-After"]) <= 60
-    # another address from the same clients is not affected
-    app.post_json("/api/auth/login", {"email": "nobody@example.com", "password": "x"},
-                  status=401, extra_environ={"REMOTE_ADDR": "10.0.1.1"})
 
 
 def test_login_is_throttled_per_client_ip(app):
@@ -326,7 +330,7 @@ def test_the_login_throttle_is_shared_through_redis(settings, redis_url, redis_p
         second.post_json("/api/auth/login", {"email": "r@example.com", "password": "x"},
                          status=429, extra_environ=env)
         client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=redis_prefix + "*throttle*"))
+        keys = list(client.scan_iter(match=redis_prefix + "*throttle:login:ip*"))
         ttls = [client.ttl(k) for k in keys]
         client.close()
         assert keys and all(0 < t <= 60 for t in ttls), ttls  # fixed windows expire
@@ -362,7 +366,12 @@ def test_resend_answers_the_same_202_for_known_unknown_and_verified_addresses(ap
     verified = app.post_json(RESEND, {"email": "teacher@example.com"}, status=202)
     assert known.body == unknown.body == verified.body
     assert known.headers["Content-Type"] == unknown.headers["Content-Type"]
-    assert [m.to for m in mail.outbox] == [["k@example.com"]]  # only the unverified account
+    # the same work for each (issue 19): a link for the unverified account, a fixed text
+    # for the others
+    assert [m.to for m in mail.outbox] == [["k@example.com"], ["nobody@example.com"],
+                                           ["teacher@example.com"]]
+    assert "/api/auth/verify?token=" in mail.outbox[0].text
+    assert all("verify?token=" not in m.text for m in mail.outbox[1:])
     app.post_json(RESEND, {"email": "not an address"}, status=400)
 
 
