@@ -32,7 +32,9 @@ def test_register_queues_a_mail_whose_link_verifies_once(app, mail, db):
     assert body["email"]["queued"] is True
     job_id = body["email"]["jobId"]
 
-    status = app.get(f"/api/jobs/{job_id}", status=200).json
+    # the job is its recipient's (once verified and logged in) or an admin's: 404 to others
+    app.get(f"/api/jobs/{job_id}", status=404)
+    status = app.get(f"/api/jobs/{job_id}", headers=bearer(login(app)), status=200).json
     assert status["id"] == job_id
     assert status["state"] == "completed"  # the memory queue delivers right after the commit
     # M4's fields; the mailer may add more (issue 9: nextAttemptAt, failedRecipients)
@@ -178,7 +180,7 @@ def test_job_status_of_a_waiting_mail(app, db):
             "INSERT INTO examcache_mail_outbox (id, message_id, sender, recipients, subject, html,"
             " state, progress, attempts, created_at, updated_at) VALUES ('job-w', '<job-w@x>',"
             " 'a@example.com', '[\"b@example.com\"]', 's', 'h', 'waiting', 0, 0, now(), now())"))
-    status = app.get("/api/jobs/job-w").json
+    status = app.get("/api/jobs/job-w", headers=bearer(login(app))).json  # an admin
     assert {k: status[k] for k in ("id", "state", "progress", "attempts", "failedReason")} == {
         "id": "job-w", "state": "waiting", "progress": 0, "attempts": 0, "failedReason": None}
 

@@ -456,7 +456,8 @@ def test_the_demo_serves_metrics_with_mail_jobs_from_the_outbox(settings):
     from .conftest import close_testapp, make_testapp
 
     def completed(app) -> float:
-        res = app.get("/metrics", status=200)
+        # from this host (demo.metrics_allow's default); others get 404 (test_security_deploy)
+        res = app.get("/metrics", status=200, extra_environ={"REMOTE_ADDR": "127.0.0.1"})
         assert res.headers["Cache-Control"] == "no-store"
         samples = {(s.name, tuple(s.labels.items())): s.value
                    for f in text_string_to_metric_families(res.text) for s in f.samples}
@@ -480,8 +481,9 @@ def test_the_landing_page_links_to_built_docs_metrics_and_admin(settings, tmp_pa
     app = make_testapp({**settings, "demo.docs_dir": str(tmp_path),
                         "examcache.metrics_path": "/metrics"})
     try:
-        links = {link["title"]: link["href"] for link in
-                 app.get("/", headers={"Accept": "application/json"}).json["links"]}
+        links = {link["title"]: link["href"] for link in  # metrics: shown to this host only
+                 app.get("/", headers={"Accept": "application/json"},
+                         extra_environ={"REMOTE_ADDR": "127.0.0.1"}).json["links"]}
         assert links["Documentation"].endswith("/docs/")
         assert links["Prometheus metrics"].endswith("/metrics")
         assert "the docs" in app.get("/docs/index.html", status=200).text

@@ -167,7 +167,13 @@ def test_walkthrough_with_pserve_and_the_consumer(dev_ini, tmp_path):
                                 "name": "Walker"})
         assert status == 201, body
         job_id = body["email"]["jobId"]
-        wait_for(lambda: call("GET", f"{base}/api/jobs/{job_id}")[2]["state"] == "completed",
+        # a job's status is for its recipient or an admin: the sample teacher
+        # (development.ini's demo.sample_password)
+        teacher = call("POST", f"{base}/api/auth/login",
+                       {"email": "teacher@example.com", "password": "examcache-demo"})[2]["token"]
+        assert call("GET", f"{base}/api/jobs/{job_id}")[0] == 404  # anonymous
+        wait_for(lambda: call("GET", f"{base}/api/jobs/{job_id}",
+                              token=teacher)[2]["state"] == "completed",
                  what="the consumer to deliver the mail")
         files = list((tmp_path / "var" / "mail").glob("*.eml"))
         assert len(files) == 1
