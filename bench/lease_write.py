@@ -23,7 +23,11 @@ deadline = time.monotonic() + 30
 while b._lease is not None and not b._lease.valid() and time.monotonic() < deadline:
     time.sleep(0.01)
 print("up", flush=True)
-time.sleep(600)
+end = time.monotonic() + 600
+while time.monotonic() < end:  # a process that keeps reading holds its lease
+    if b._lease is not None:
+        b._lease.valid()
+    time.sleep(0.05)
 """
 
 

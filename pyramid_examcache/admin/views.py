@@ -241,7 +241,9 @@ def _check_csrf_storage(registry: Any) -> None:
     from pyramid.csrf import LegacySessionCSRFStoragePolicy, SessionCSRFStoragePolicy
     from pyramid.interfaces import ICSRFStoragePolicy, ISessionFactory
 
-    policy = registry.queryUtility(ICSRFStoragePolicy)
+    from ..cache.csrf import unwrap
+
+    policy = unwrap(registry.queryUtility(ICSRFStoragePolicy))
     session_based = isinstance(policy, (LegacySessionCSRFStoragePolicy, SessionCSRFStoragePolicy))
     if policy is None or session_based and registry.queryUtility(ISessionFactory) is None:
         raise ConfigurationError(

@@ -40,6 +40,11 @@ class WatchedCSRFStoragePolicy:
         return getattr(self.policy, name)
 
 
+def unwrap(policy):
+    """The application's own CSRF storage policy behind a :class:`WatchedCSRFStoragePolicy`."""
+    return policy.policy if isinstance(policy, WatchedCSRFStoragePolicy) else policy
+
+
 def watch_csrf_tokens(registry) -> None:
     """Wrap the registered CSRF storage policy (an action run after the
     application's ``set_csrf_storage_policy``)."""

@@ -119,8 +119,10 @@ def test_read_leases_and_a_reader_that_stops_acknowledging_are_visible(db, priva
     with thread_server(app) as base:
         client = Client(base)
         try:
-            assert wait_until(lambda: value(scrape(base), "examcache_cache_read_leases",
-                                            prefix=p) == 1, timeout=10, message="lease gauge")
+            # (only a process that reads holds a lease: read while waiting for the gauge)
+            assert wait_until(lambda: client.json("GET", "/items/1") and value(
+                scrape(base), "examcache_cache_read_leases", prefix=p) == 1,
+                timeout=10, message="lease gauge")
             assert wait_until(other._lease.valid, timeout=10, message="the other's lease")
             client.json("GET", "/items/1")
             before = scrape(base)

@@ -192,6 +192,8 @@ def test_a_busy_redis_is_waited_for_not_given_up(private_redis, caplog):
         blocker.join(10)
     try:
         assert outcome and stream.wait_healthy(10) and stream.unavailable is None
-        assert len(tracking_records(caplog)) == 2  # the outage, and its end
+        # the outage, and its end (logged just after the stream is healthy again)
+        wait_until(lambda: len(tracking_records(caplog)) >= 2, timeout=10, message="back")
+        assert len(tracking_records(caplog)) == 2
     finally:
         stream.stop()

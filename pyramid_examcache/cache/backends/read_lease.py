@@ -84,6 +84,30 @@ already closed that reader's connection -- it is then neither registered nor lis
 may serve for the rest of its lease (at most ``L``). ``examcache.tracking_lease_ms = 0``
 turns leases off (a barrier per read, :mod:`.tracking`).
 
+Only readers hold leases: a process registers when a read first asks for a lease
+(:meth:`ReadLease.valid`; until its first cycle it reads with a barrier, the path of
+:mod:`.tracking`), and unregisters once nothing has asked for a whole lease (its deadline
+is reset before its registration is deleted), at a clean exit (``atexit``) and on
+``close()``. The mail consumer, scripts and idle workers hold none: writes never wait for
+them. Unregistering is a wipe of one registration, which the proof already allows for: a
+process without a usable lease serves nothing without a barrier.
+
+What eviction may take: the registry (``x:fence``, ``x:readers``, ``x:acks``, ``x:wiped``)
+has no TTL, so no ``volatile-*`` policy evicts it (the wipe marker holds its own end, in
+ms of Redis's clock, instead of a TTL); ``x:readers`` keeps a placeholder field, so a
+registry found absent is an eviction (or a wipe) and sets the marker like a missing fence.
+Under ``maxmemory-policy allkeys-*`` any key may go, so leases are off (one warning; the
+policy is read with ``INFO`` at the first cycle and every 10 s).
+
+Faults on the writer's side (``RedisBackend._delete``): a failed ``DEL`` is retried at
+once on a fresh connection (an idle connection closed by Redis, a proxy or a NAT is not a
+fault), and with leases on, again until ``L(1 + e) + m`` has passed since the first try,
+so a stall shorter than that is waited out and the proof above applies once it lands. A
+writer that still cannot reach Redis returns with its invalidation deferred (G4): reads
+elsewhere may serve the old value until it is applied -- by the writer's retry once Redis
+answers, or by any process's relay of the durable log within ``relay_after + 2 x
+relay_interval`` (G6).
+
 Changes that are not the application's writes -- an operator's ``FLUSHALL``, an eviction, an
 expiry set by hand -- have no writer waiting for them: a reader applies them when their
 message lands (usually well under a millisecond). What it served meanwhile was not stale
@@ -97,6 +121,7 @@ up to ``L``.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -113,18 +138,21 @@ log = logging.getLogger(__name__)
 DRIFT = 0.01  # e: clock rates may differ by this fraction
 MARGIN = 0.05  # m: seconds of clock offset/jump allowed
 FIRST_POLL, MAX_POLL = 0.0005, 0.02
+POLICY_CHECK = 10.0  # seconds between checks of Redis's maxmemory-policy
 
 #: KEYS: readers, fence, wiped; ARGV: id, lease ms, wipe-marker ms. Registers (expiry = TIME
-#: + lease) and returns {fence, expiry}; a fence found absent (a wipe, or the first reader
-#: ever) is created and the wipe marker set for longer than any lease granted before it
+#: + lease) and returns {fence, expiry}; a fence or a registry found absent (a wipe, an
+#: eviction, or the first reader ever) sets the wipe marker -- a key holding its own end
+#: (ms of Redis's clock) and no TTL, so no eviction policy but allkeys-* can remove it --
+#: for longer than any lease granted before it
 RENEW = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], expiry)
-if redis.call('SET', KEYS[2], 0, 'NX') then
-  redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
-end
+local wiped = redis.call('EXISTS', KEYS[1]) == 0  -- the registry itself is gone (evicted)
+redis.call('HSET', KEYS[1], ARGV[1], expiry, '_', 0)  -- '_' keeps the hash when none reads
+if redis.call('SET', KEYS[2], 0, 'NX') then wiped = true end
+if wiped then redis.call('SET', KEYS[3], now + tonumber(ARGV[3])) end
 return {tonumber(redis.call('GET', KEYS[2])), expiry}
 """
 
@@ -144,20 +172,23 @@ return 1
 #: must ack even if not registered (found by CLIENT LIST).
 #: Returns {n, wiped recently (1/0), readers found expired (and removed), pending ids...}
 FENCE = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then  -- a wipe (or the first write ever)
-  redis.call('SET', KEYS[4], 1, 'PX', ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[4], now + tonumber(ARGV[3]))  -- a wipe/eviction (or the first write)
 end
 local n
 if ARGV[1] == '1' then n = redis.call('INCR', KEYS[1]) else n = tonumber(ARGV[2]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {n, redis.call('EXISTS', KEYS[4]), 0}
+local wiped = 0
+if tonumber(redis.call('GET', KEYS[4]) or '0') > now then wiped = 1 end
+local out = {n, wiped, 0}
 local seen = {}
 local readers = redis.call('HGETALL', KEYS[2])
 for i = 1, #readers, 2 do
   local id, expiry = readers[i], tonumber(readers[i + 1])
   seen[id] = true
-  if expiry <= now then
+  if id == '_' then
+  elseif expiry <= now then
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[3], id)
     out[3] = out[3] + 1
@@ -210,16 +241,37 @@ class ReadLease:
         self._stopped = threading.Event()
         self.cycles = 0
         self.timeouts = 0  # consecutive barriers that timed out on a "healthy" stream
+        #: only readers hold leases: none until a read asks for one (:meth:`valid`), and
+        #: given up (unregistered) once nothing read for a whole lease
+        self.idle = True
+        self.used = 0.0  # monotonic time of the last read that asked
+        #: set when Redis may evict the registry (maxmemory-policy allkeys-*): no leases
+        self.disabled: str | None = None
+        self._policy_checked = -1e9
+        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="examcache-read-lease",
                                         daemon=True)
 
     def start(self) -> "ReadLease":
         self._thread.start()
+        atexit.register(self._unregister)  # a clean exit: writers stop waiting at once
         return self
 
     def valid(self) -> bool:
-        """May a held value be served with no barrier now?"""
-        return self.stream._healthy and time.monotonic() < self._deadline
+        """May a held value be served with no barrier now?  (A read's question: a process
+        that asks holds a lease; one that stops asking gives it up.)"""
+        now = time.monotonic()
+        self.used = now
+        if now < self._deadline:
+            return self.stream.healthy
+        if self.idle and self.disabled is None:  # ask the keeper for a lease
+            self.idle = False
+            self._wake.set()
+        return False
+
+    def held(self) -> bool:
+        """Is a lease usable now (for the operators' gauge: not a read)?"""
+        return self.stream.healthy and time.monotonic() < self._deadline
 
     def revoke(self) -> None:
         """Stop serving without a barrier until the next cycle (a loss, a flush)."""
@@ -259,17 +311,68 @@ class ReadLease:
         self.cycles += 1
         return True
 
+    def _check_policy(self) -> None:
+        """Leases need a registry Redis never evicts: under ``maxmemory-policy allkeys-*``
+        they are off (one warning); checked at the first cycle and every 10 s."""
+        now = time.monotonic()
+        if now - self._policy_checked < POLICY_CHECK:
+            return
+        self._policy_checked = now
+        policy = str(self.client.info("memory").get("maxmemory_policy", ""))
+        if policy.startswith("allkeys") and self.disabled is None:
+            self.disabled = policy
+            log.warning("cache read leases off: Redis's maxmemory-policy is %s, which may evict "
+                        "the lease registry; reads use a barrier each (set a volatile-* policy "
+                        "or noeviction to have them)", policy)
+        elif not policy.startswith("allkeys") and self.disabled is not None:
+            log.warning("cache read leases on again: maxmemory-policy is now %s", policy)
+            self.disabled = None
+
     def _run(self) -> None:
         period = self.lease / 4
         while not self._stopped.is_set():
             self._wake.clear()
-            try:
-                if not self.cycle():
-                    self._deadline = 0.0
-            except (redis.RedisError, OSError, ValueError, TypeError) as exc:
+            if self.idle or self.disabled is not None:
+                self._wake.wait(None if self.disabled is None else POLICY_CHECK)
+                if self.disabled is not None:
+                    self._try(self._check_policy)
+                continue
+            if time.monotonic() - self.used > self.lease:  # nothing read for a lease
+                self._go_idle()
+                continue
+            self._try(self._check_policy)
+            if self.disabled is not None:
+                self._go_idle()
+                continue
+            if not self._try(self.cycle):
                 self._deadline = 0.0
-                log.debug("cache read lease not renewed (%s)", exc)
             self._wake.wait(period)
+
+    def _try(self, step) -> bool:
+        try:
+            return bool(step())
+        except (redis.RedisError, OSError, ValueError, TypeError) as exc:
+            self._deadline = 0.0
+            log.debug("cache read lease not renewed (%s)", exc)
+            return False
+
+    def _go_idle(self) -> None:
+        """Hold no lease (writers stop waiting for this process) until a read asks again."""
+        self._deadline = 0.0
+        self.idle = True
+        self._unregister()
+
+    def _unregister(self) -> None:
+        self._deadline = 0.0
+        if os.getpid() != self._pid:  # (an atexit hook a forked child inherited)
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.keys.readers, self.id)
+            pipe.hdel(self.keys.acks, self.id)
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            pass  # it expires
 
     def stop(self) -> None:
         """Stop renewing and unregister (writers stop waiting for this process)."""
@@ -278,13 +381,8 @@ class ReadLease:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(self.keys.readers, self.id)
-            pipe.hdel(self.keys.acks, self.id)
-            pipe.execute()
-        except (redis.RedisError, OSError):
-            pass  # it expires
+        self._unregister()
+        atexit.unregister(self._unregister)
 
 
 class LeaseWriter:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import Iterable, Sequence
 
@@ -331,7 +332,7 @@ class RedisBackend(Backend):
         return stream is None or stream.barrier(self._barrier_timeout) or not stream.healthy
 
     def read_lease_valid(self) -> bool:
-        return self._lease is not None and self._lease.valid()
+        return self._lease is not None and self._lease.held()
 
     def attach_stats(self, incr) -> None:
         self._incr = incr
@@ -451,12 +452,50 @@ class RedisBackend(Backend):
         keys, tags = list(keys), list(tags)
         if not keys and not tags:
             return
-        holder, p = self._prepare()
-        names = [name for key in keys for name in (f"{p}v:{key}", f"{p}l:{key}")]
-        names += [f"{p}t:{tag}" for tag in tags]
-        self._roundtrip(holder, _pack(b"DEL", *names), 1)
+        self._delete(keys, tags)
         if self._writer is not None:  # returns once no read lease can serve the old values
             self._writer.wait()
+
+    def _delete(self, keys: list[str], tags: list[str]) -> None:
+        """``DEL`` the values, leases and tag versions, retried on a fresh connection when
+        the connection fails: once at once (Redis, a proxy or a NAT closed an idle pooled
+        connection: not a fault), and with read leases on, again and again until the
+        lease limit has passed since the first try -- a stall shorter than that (a
+        ``DEBUG SLEEP``, a ``CLIENT PAUSE WRITE``) is waited out, so G2 holds through it.
+        A connection that cannot be made at all (Redis down: every reader's stream is
+        down too, their leases revoked) is not retried.  The last error is raised (the
+        policy defers the invalidation: G4, G6)."""
+        limit = self._writer.limit if self._writer is not None else 0.0
+        started = time.monotonic()
+        delay, attempt = 0.01, 0
+        while True:
+            try:
+                holder, p = self._prepare()
+                if attempt:  # a fresh connection; refused -> Redis is down, give up
+                    holder.conn.connect()
+                names = [name for key in keys for name in (f"{p}v:{key}", f"{p}l:{key}")]
+                names += [f"{p}t:{tag}" for tag in tags]
+                self._roundtrip(holder, _pack(b"DEL", *names), 1)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                attempt += 1
+                if attempt > 1 and (time.monotonic() - started + delay >= limit
+                                    or not self._connectable()):
+                    raise
+                if attempt > 1:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+
+    def _connectable(self) -> bool:
+        """Can a connection to Redis be made now (a stall, not an outage)?"""
+        conn = self._connection().conn
+        try:
+            conn.connect()
+            return True
+        except redis.TimeoutError:  # accepted but not answered: stalled, not gone
+            return True
+        except (redis.ConnectionError, OSError):
+            return False
 
     def get(self, key, tags=()):
         holder, p = self._prepare()
