@@ -26,6 +26,8 @@ from sqlalchemy.orm import sessionmaker
 
 from pyramid_examcache.mail.tasks import RELAY
 
+from ..polling import wait_until  # noqa: F401 -- (the mail tests import it from here)
+
 # -- SMTP ---------------------------------------------------------------------------------
 
 
@@ -278,12 +280,3 @@ class ConsumerProcess:
         self.proc = None
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
-               message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{message} not reached after {timeout}s")
