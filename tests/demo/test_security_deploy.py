@@ -391,6 +391,16 @@ def test_demo_metrics_allow_rejects_a_malformed_network():
         parse_demo_settings({"demo.secret": SECRET, "demo.sample_password": "short"})
 
 
+def test_a_published_sample_password_is_logged_as_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="demo_app.settings"):
+        parse_demo_settings({"demo.secret": SECRET, "demo.sample_password": TEACHER_PASSWORD})
+    assert any("demo.sample_password is set" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="demo_app.settings"):
+        assert parse_demo_settings({"demo.secret": SECRET}).sample_password is None
+    assert not any("sample_password" in r.getMessage() for r in caplog.records)
+
+
 # -- 4. job status, links, framing -------------------------------------------------------
 
 def test_job_status_answers_only_its_recipient_or_an_admin(app, mail):
