@@ -71,19 +71,35 @@ def check_password(hasher: PasswordHasher, password_hash: str | None, password: 
 
 
 class HashSlots:
-    """At most ``slots`` argon2 computations at once (``demo.hash_slots``); a request
-    waits ``wait`` seconds at most for one, then gets 503 + ``Retry-After`` -- so a
-    burst of sign-ups or logins cannot take every CPU and thread from other requests."""
+    """At most ``slots`` argon2 computations at once (``demo.hash_slots``), and at most
+    as many requests queued for one, each for ``wait`` seconds at most
+    (``demo.hash_wait``); any other request gets 503 + ``Retry-After`` at once -- so a
+    burst of sign-ups or logins holds a few threads and cores, never all of them."""
 
     def __init__(self, slots: int, wait: float, retry_after: int = 1) -> None:
         self.slots = slots
         self.wait = wait
         self.retry_after = retry_after
         self._semaphore = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    def _acquire(self) -> bool:
+        if self._semaphore.acquire(blocking=False):
+            return True
+        with self._lock:
+            if self._waiting >= self.slots or not self.wait:
+                return False
+            self._waiting += 1
+        try:
+            return self._semaphore.acquire(timeout=self.wait)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        if not self._semaphore.acquire(timeout=self.wait):
+        if not self._acquire():
             raise HTTPServiceUnavailable(
                 "the server is busy checking passwords; try again in a moment",
                 headers={"Retry-After": str(self.retry_after)})

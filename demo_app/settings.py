@@ -25,9 +25,10 @@
   10) per target address per day -- 429 + ``Retry-After`` beyond.
 * ``demo.login_free_failures`` (default 5) wrong passwords per address + client, then
   a wait of 1, 2, 4 ... seconds, at most ``demo.login_backoff_max`` (default 900).
-* ``demo.hash_slots`` (default: the CPUs this process may use) argon2 computations at
-  once; a request waits at most ``demo.hash_wait`` (seconds, default 0.1) for a slot,
-  then answers 503 + ``Retry-After``.
+* ``demo.hash_slots`` (default: half the CPUs this process may use, at least 1: one
+  hash already runs on several cores) argon2 computations at once, and as many requests
+  waiting at most ``demo.hash_wait`` (seconds, default 0.5) for a slot; others answer
+  503 + ``Retry-After`` at once.
 * ``demo.token_ttl`` (seconds, default 3600) -- lifetime of a login token.
 * ``demo.verify_ttl`` (seconds, default 86400) -- lifetime of a verification link.
 * ``demo.max_body_bytes`` (default 65536) -- larger request bodies get 413.
@@ -89,8 +90,8 @@ class DemoSettings:
     signup_daily_limit: int = 10
     login_free_failures: int = 5
     login_backoff_max: int = 900
-    hash_slots: int = 0  # 0: the CPUs this process may use (parse_demo_settings)
-    hash_wait: float = 0.1
+    hash_slots: int = 0  # 0: half the CPUs this process may use (parse_demo_settings)
+    hash_wait: float = 0.5
     resend_interval: int = 60
     sample_password: str | None = None
     metrics_allow: tuple[IPNetwork, ...] = DEFAULT_METRICS_ALLOW
@@ -166,11 +167,13 @@ def parse_metrics_allow(settings: Mapping[str, Any]) -> tuple[IPNetwork, ...]:
 
 
 def default_hash_slots() -> int:
-    """demo.hash_slots when unset: the CPUs this process may run on."""
+    """demo.hash_slots when unset: half the CPUs this process may run on, at least 1
+    (argon2's lanes, demo.argon2_parallelism, already spread one hash over cores)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
 
 
 def parse_demo_settings(settings: Mapping[str, Any]) -> DemoSettings:

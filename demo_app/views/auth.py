@@ -144,13 +144,14 @@ def register(request):
     fields.done("invalid registration")
     throttle_signup_client(request)
     throttle_signup_address(request, email)
+    # before the database: a busy server answers 503 without holding a connection
+    password_hash = bounded_hash(request, password)
 
     session = request.dbsession
     user = session.scalar(select(User).where(User.email == email))
     if user is not None and user.verified:
         raise HTTPConflict("an account with this email address already exists")
     settings = get_demo_settings(request)
-    password_hash = bounded_hash(request, password)
     token, token_hash = new_verification_token()
     expires = utcnow() + dt.timedelta(seconds=settings.verify_ttl)
     if user is None:
