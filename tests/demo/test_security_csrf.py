@@ -121,9 +121,10 @@ def test_a_cross_origin_post_is_refused(site, db):
     assert res.status_code == 303 and job_state(db, job) == "cancelled"
 
 
-def test_a_token_is_bound_to_the_login(site):
-    """The form token changes with the login: one rendered before logging in (or for a
-    revoked login) does not pass afterwards."""
+def test_a_form_token_does_not_survive_logging_in(site):
+    """A token rendered before logging in does not pass afterwards: the login changes
+    what tokens are bound to (and the visitor id is renewed). A token issued to an
+    anonymous visitor does not pass for a login either (the planted test above)."""
     anonymous = site.request("GET", "/login")
     cookies = set_cookies(anonymous)
     done = login_post(site, cookies, form_token(anonymous.text), origin=site.public_url)
