@@ -6,6 +6,7 @@ account pre-hijack, no lockout of an owner by others, resend timing that tells n
 from __future__ import annotations
 
 import ast
+import re
 import statistics
 import subprocess
 import sys
@@ -318,3 +319,59 @@ def test_resend_costs_the_same_for_known_and_unknown_addresses(settings, private
     # the work really was done for both: a link for the known, a fixed text for the others
     assert "/api/auth/verify?token=" in mails_to(db, known[0])[-1]["text"]
     assert "verify?token=" not in mails_to(db, unknown[0])[-1]["text"]
+
+
+# -- development.ini: SQLite, the in-memory throttle ---------------------------------------
+
+def test_the_account_flows_on_development_ini(tmp_path, monkeypatch):
+    """Re-registration, resend (UPDATE ... RETURNING), the throttles in memory, the login
+    form with its CSRF token and logout revocation, on development.ini's SQLite."""
+    from pyramid.paster import get_appsettings
+
+    from demo_app.scripts import initialize_db
+    from pyramid_examcache.testing import get_mail_capture
+
+    from .conftest import FAST_ARGON2, close_testapp, make_testapp
+    from .helpers import bearer, verification_link
+    from .test_sqlite_smoke import ROOT
+
+    monkeypatch.setattr(initialize_db, "setup_logging", lambda config_uri: None)
+    text = (ROOT / "development.ini").read_text()
+    for name, value in FAST_ARGON2.items():
+        text = re.sub(rf"^{re.escape(name)} = .*$", f"{name} = {value}", text, flags=re.M)
+    ini = tmp_path / "development.ini"
+    ini.write_text(text)
+    initialize_db.main(["examcache-initdb", str(ini)])
+    settings = dict(get_appsettings(str(ini)))
+    assert settings["examcache.redis_url"] == "memory://"
+    app = make_testapp(settings)
+    # WebTest sends the page's URL as Referer: the host of development.ini's demo.public_url
+    app.extra_environ = {"HTTP_HOST": "localhost:6543"}
+    try:
+        mail = get_mail_capture(app)
+        new = {"email": "dev@example.com", "password": "first password", "name": "A"}
+        app.post_json("/api/auth/register", new, status=201)
+        first = verification_link(mail.last)
+        app.post_json("/api/auth/register", {**new, "password": "second password"}, status=201)
+        app.get(first, status=400)
+        app.post_json("/api/auth/resend-verification", {"email": "dev@example.com"}, status=202)
+        app.post_json("/api/auth/resend-verification", {"email": "none@example.com"}, status=202)
+        assert "no account awaits verification" in mail.last.text.replace("\n", " ")
+        link = [verification_link(m) for m in mail.outbox if m.to == ["dev@example.com"]][-1]
+        app.get(link, status=200)
+        creds = {"email": "dev@example.com"}
+        app.post_json("/api/auth/login", {**creds, "password": "first password"}, status=401)
+        token = app.post_json("/api/auth/login", {**creds, "password": "second password"}
+                              ).json["token"]
+        page = app.get("/login")
+        form = page.forms[0]
+        form["email"], form["password"] = "dev@example.com", "second password"
+        form.submit(status=303)
+        app.get("/login").forms[0].submit(status=303)  # log out
+        assert app.get("/api/exams/1", headers=bearer(token)).json["viewer"] is None
+        for i in range(9):  # the in-memory sign-up limit (10 per client, 4 used above)
+            res = app.post_json("/api/auth/register", {**new, "email": f"d{i}@example.com"},
+                                expect_errors=True)
+            assert res.status_int == (201 if i < 6 else 429), (i, res.status_int)
+    finally:
+        close_testapp(app)
