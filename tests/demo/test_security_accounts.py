@@ -159,7 +159,7 @@ def test_an_uncached_get_stays_fast_during_a_registration_burst(settings, privat
     """24 concurrent clients (distinct addresses, so the per-client limit does not stop
     them: only the hashing slots do) register with production's argon2 cost, from another
     process, while an unrelated uncached GET is timed. Measured on the 2-core box (other
-    test suites running, load average 12-18): p95 9-13 ms idle, 0.18-0.2 s during the
+    test suites running, load average 5-18): p95 5-32 ms idle, 0.13-0.2 s during the
     burst (once 1.2 s, when the idle p95 was 0.15 s too); with the slots reverted
     (demo.hash_slots = 100) 34 s. The bound, 1.5 s, leaves room for a busier box."""
     burst_settings = {**settings, **PRODUCTION_ARGON2, "demo.signup_limit": "1000"}
