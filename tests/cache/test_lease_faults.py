@@ -33,6 +33,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 
+from pyramid_examcache.cache.backends.read_lease import POLICY_CHECK
+
 from ..conftest import PrivateRedis, free_port, private_database, stop_processes, wait_for_port
 from ..polling import wait_until
 from . import itemapp
@@ -623,6 +625,11 @@ def test_eviction(db, tmp_path, policy):
             r1, r2, w = apps_
             for app in (r1, r2):  # serving
                 wait_until(lambda: app.get()[1] == "HIT", timeout=30, message="hits")
+            if policy.startswith("allkeys"):  # every process has seen the policy, and any
+                # lease granted before has run out (read_lease.settled_off)
+                wait_until(lambda: all(policy in a.log() for a in apps_), timeout=30,
+                           message="the policy warning")
+                time.sleep(POLICY_CHECK + 1.2)
             filler = Filler(server)
             filler.start()
             lease_seen = {a.name: False for a in apps_}
@@ -662,9 +669,8 @@ def test_eviction(db, tmp_path, policy):
     assert evicted_total > 0 and sum(k.startswith(PREFIX) for k in evicted) > 0
     assert not stale, f"{len(stale)} stale reads"
     if policy.startswith("allkeys"):
-        # one warning in each process that reads (asks for a lease); the writer, which never
-        # reads, may have none
-        assert warnings["r1"] == warnings["r2"] == 1 and warnings["writer"] <= 1, warnings
+        # one warning in each process, at start
+        assert warnings["r1"] == warnings["r2"] == warnings["writer"] == 1, warnings
         assert not any(lease_seen.values()), f"read leases on under {policy}: {lease_seen}"
         # leases are off everywhere: no write may wait one out (nobody holds one)
         assert writer_stats.get("lease_timeouts", 0) == 0, (
@@ -832,7 +838,9 @@ def test_a_worker_that_stopped_serving_unregisters_and_writes_do_not_wait_for_it
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# (SIGTERM to a bare waitress kills it without atexit: its lease runs out instead -- the
+# documented bound, shown by the killed-reader tests of test_read_lease.py)
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
 def test_a_worker_that_exits_cleanly_unregisters(db, server, tmp_path, sig):
     """A waitress worker that served hits is stopped (SIGINT or SIGTERM): it unregisters on
     the way out, so the next write does not wait ~1 s for its lease to run out."""

@@ -90,14 +90,21 @@ Only readers hold leases: a process registers when a read first asks for a lease
 is reset before its registration is deleted), at a clean exit (``atexit``) and on
 ``close()``. The mail consumer, scripts and idle workers hold none: writes never wait for
 them. Unregistering is a wipe of one registration, which the proof already allows for: a
-process without a usable lease serves nothing without a barrier.
+process without a usable lease serves nothing without a barrier. Such a process still
+reads its stream, and acknowledges each fence change at once (``IDLE_ACK``, run by the
+keeper between cycles), so a writer that found it by connection name after a wipe does not
+wait for it either: its next lease needs a ``RENEW`` after that ack (case 1). A process
+killed by a signal Python does not handle (``SIGTERM`` to a bare waitress) runs no
+``atexit``: its lease runs out (one write waits, at most ``L(1 + e) + m``); gunicorn's
+workers and ``SIGINT`` exit cleanly.
 
 What eviction may take: the registry (``x:fence``, ``x:readers``, ``x:acks``, ``x:wiped``)
 has no TTL, so no ``volatile-*`` policy evicts it (the wipe marker holds its own end, in
 ms of Redis's clock, instead of a TTL); ``x:readers`` keeps a placeholder field, so a
 registry found absent is an eviction (or a wipe) and sets the marker like a missing fence.
 Under ``maxmemory-policy allkeys-*`` any key may go, so leases are off (one warning; the
-policy is read with ``INFO`` at the first cycle and every 10 s).
+policy is read with ``INFO`` at start and every 2 s; a writer whose own process has seen it
+for longer than that plus a lease skips the wait: no process can still hold a lease).
 
 Faults on the writer's side (``RedisBackend._delete``): a failed ``DEL`` is retried at
 once on a fresh connection (an idle connection closed by Redis, a proxy or a NAT is not a
@@ -138,7 +145,7 @@ log = logging.getLogger(__name__)
 DRIFT = 0.01  # e: clock rates may differ by this fraction
 MARGIN = 0.05  # m: seconds of clock offset/jump allowed
 FIRST_POLL, MAX_POLL = 0.0005, 0.02
-POLICY_CHECK = 10.0  # seconds between checks of Redis's maxmemory-policy
+POLICY_CHECK = 2.0  # seconds between checks of Redis's maxmemory-policy
 
 #: KEYS: readers, fence, wiped; ARGV: id, lease ms, wipe-marker ms. Registers (expiry = TIME
 #: + lease) and returns {fence, expiry}; a fence or a registry found absent (a wipe, an
@@ -165,6 +172,15 @@ end
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return 1
+"""
+
+#: KEYS: acks, fence; ARGV: id. A process holding no lease acknowledges the current fence
+IDLE_ACK = r"""
+local f = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if f > tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') then
+  redis.call('HSET', KEYS[1], ARGV[1], f)
+end
+return f
 """
 
 #: KEYS: fence, readers, acks, wiped. ARGV[1] = 1: take a new fence number (INCR); else
@@ -236,6 +252,8 @@ class ReadLease:
         self.barrier_timeout = barrier_timeout
         self._renew = client.register_script(RENEW)
         self._ack = client.register_script(ACK)
+        self._idle_ack = client.register_script(IDLE_ACK)
+        self._fence_changed = False
         self._deadline = 0.0  # monotonic; 0 = no usable lease
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -247,6 +265,7 @@ class ReadLease:
         self.used = 0.0  # monotonic time of the last read that asked
         #: set when Redis may evict the registry (maxmemory-policy allkeys-*): no leases
         self.disabled: str | None = None
+        self.disabled_since = 0.0
         self._policy_checked = -1e9
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="examcache-read-lease",
@@ -281,7 +300,16 @@ class ReadLease:
     def notice(self, redis_keys: Iterable[str]) -> None:
         """From the stream's reader: a writer's fence changed -> acknowledge soon."""
         if self.keys.fence in redis_keys:
+            self._fence_changed = True
             self._wake.set()
+
+    def _ack_idle(self) -> bool:
+        """A process holding no lease acknowledges every fence at once: it serves nothing
+        without a barrier until a whole cycle (``RENEW`` after this) has run, so no write
+        need wait for it -- not even one that found it by its connection name after a wipe
+        (an idle worker, the consumer, leases off under ``allkeys-*``)."""
+        self._idle_ack(keys=(self.keys.acks, self.keys.fence), args=(self.id,))
+        return True
 
     def cycle(self) -> bool:
         """Renew, catch up (barrier), acknowledge; True when the lease is usable.
@@ -313,14 +341,14 @@ class ReadLease:
 
     def _check_policy(self) -> None:
         """Leases need a registry Redis never evicts: under ``maxmemory-policy allkeys-*``
-        they are off (one warning); checked at the first cycle and every 10 s."""
+        they are off (one warning); checked at start and every :data:`POLICY_CHECK` s."""
         now = time.monotonic()
         if now - self._policy_checked < POLICY_CHECK:
             return
         self._policy_checked = now
         policy = str(self.client.info("memory").get("maxmemory_policy", ""))
         if policy.startswith("allkeys") and self.disabled is None:
-            self.disabled = policy
+            self.disabled, self.disabled_since = policy, now
             log.warning("cache read leases off: Redis's maxmemory-policy is %s, which may evict "
                         "the lease registry; reads use a barrier each (set a volatile-* policy "
                         "or noeviction to have them)", policy)
@@ -328,14 +356,26 @@ class ReadLease:
             log.warning("cache read leases on again: maxmemory-policy is now %s", policy)
             self.disabled = None
 
+    def settled_off(self) -> bool:
+        """Have leases been off here (``allkeys-*``) for longer than any other process can
+        take to notice it and let its lease run out?  Then no process holds one: a write
+        need not wait (the acks of idle processes may be evicted, too)."""
+        return self.disabled is not None and \
+            time.monotonic() - self.disabled_since > POLICY_CHECK + self.lease * (1 + DRIFT) \
+            + MARGIN
+
     def _run(self) -> None:
         period = self.lease / 4
+        self._try(self._check_policy)  # a warning at start, not at the first read
         while not self._stopped.is_set():
             self._wake.clear()
             if self.idle or self.disabled is not None:
-                self._wake.wait(None if self.disabled is None else POLICY_CHECK)
-                if self.disabled is not None:
-                    self._try(self._check_policy)
+                if self._fence_changed:  # (run here, never during a cycle: serialized)
+                    self._fence_changed = False
+                    self._try(self._ack_idle)
+                    continue
+                self._wake.wait(POLICY_CHECK)
+                self._try(self._check_policy)
                 continue
             if time.monotonic() - self.used > self.lease:  # nothing read for a lease
                 self._go_idle()
@@ -390,6 +430,7 @@ class LeaseWriter:
 
     def __init__(self, client: redis.Redis, prefix: str, lease_ms: int,
                  own: Callable[[], bool] | None = None, own_id: str | None = None,
+                 off: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
@@ -397,7 +438,7 @@ class LeaseWriter:
         self.tag = reader_tag(prefix)
         self.limit = lease_ms / 1000 * (1 + DRIFT) + MARGIN
         self.marker_ms = wipe_marker_ms(lease_ms)
-        self.own, self.own_id = own, own_id
+        self.own, self.own_id, self.off = own, own_id, off
         self._fence = client.register_script(FENCE)
         self._clock, self._sleep = clock, sleep
         self.waits = 0  # writes that had to wait for another reader
@@ -432,6 +473,8 @@ class LeaseWriter:
 
     def wait(self) -> None:
         """Return once no reader can still serve what the caller's write changed."""
+        if self.off is not None and self.off():
+            return
         started = self._clock()
         deadline = started + self.limit
         try:

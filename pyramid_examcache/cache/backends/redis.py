@@ -310,8 +310,10 @@ class RedisBackend(Backend):
             if self._lease is not None:
                 self._lease.start()
         if lease_ms > 0:
+            lease = self._lease
             self._writer = LeaseWriter(self.client, prefix, lease_ms, own=self._own_caught_up,
-                                       own_id=reader_id if self._lease is not None else None)
+                                       own_id=reader_id if lease is not None else None,
+                                       off=None if lease is None else lease.settled_off)
             self._writer.incr = getattr(self, "_incr", None)
 
     def _on_keys(self, redis_keys: list[str]) -> None:
