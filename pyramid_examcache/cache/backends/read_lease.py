@@ -150,7 +150,7 @@ POLICY_CHECK = 2.0  # seconds between checks of Redis's maxmemory-policy
 #: KEYS: readers, fence, wiped; ARGV: id, lease ms, wipe-marker ms. Registers (expiry = TIME
 #: + lease) and returns {fence, expiry}; a fence or a registry found absent (a wipe, an
 #: eviction, or the first reader ever) sets the wipe marker -- a key holding its own end
-#: (ms of Redis's clock) and no TTL, so no eviction policy but allkeys-* can remove it --
+#: (ms of Redis's clock) and no TTL, so no eviction policy but ``allkeys-*`` can remove it --
 #: for longer than any lease granted before it
 RENEW = r"""
 local t = redis.call('TIME')
@@ -263,7 +263,7 @@ class ReadLease:
         #: given up (unregistered) once nothing read for a whole lease
         self.idle = True
         self.used = 0.0  # monotonic time of the last read that asked
-        #: set when Redis may evict the registry (maxmemory-policy allkeys-*): no leases
+        #: set when Redis may evict the registry (``maxmemory-policy allkeys-*``): no leases
         self.disabled: str | None = None
         self.disabled_since = 0.0
         self._policy_checked = -1e9
