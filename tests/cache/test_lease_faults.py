@@ -342,7 +342,7 @@ def test_an_idle_closed_writer_connection_is_not_a_fault(db, server, tmp_path):
         client = Client(w.base)
         since = put(client, 1, "/items/2").returned  # the writer's connection exists
         with Readers([r1, r2]) as load:
-            for v in range(1, 11):
+            for v in range(1, 7):
                 closed.append(wait_closed_by_redis(admin, since)[0])
                 client.close()  # (HTTP keep-alive is not the point: a new one each time)
                 client = Client(w.base)
@@ -361,7 +361,7 @@ def test_an_idle_closed_writer_connection_is_not_a_fault(db, server, tmp_path):
            write_ms=[round(x.ms, 1) for x in writes], closed=closed,
            deferred=state["stats"].get("deferred", 0), errors=state["stats"].get("errors", 0))
     assert len(after) >= 100 and sum(r.cache == "HIT" for r in after) >= 10
-    assert sum(n > 0 for n in closed) >= 5, f"too few writes met a closed connection: {closed}"
+    assert sum(n > 0 for n in closed) >= 3, f"too few writes met a closed connection: {closed}"
     assert state["stats"].get("deferred", 0) == 0, "an idle-closed connection deferred a write"
     assert not stale, f"{len(stale)} stale reads, the first {stale[0][0].start - stale[0][1].returned:.3f}s after its write returned"
 
