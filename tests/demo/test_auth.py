@@ -215,8 +215,9 @@ def test_concurrent_duplicate_registrations_create_one_user_and_one_mail(app, ma
     # one creates the account; a racing insert is 409; one that sees the unverified account
     # replaces its pending password and link (issue 19); past demo.signup_address_limit
     # (3) per address: 429
+    # (and one that finds every password-hashing slot busy is told 503 + Retry-After)
     statuses = sorted(r.status_int for r in responses)
-    assert statuses.count(201) in (1, 2, 3) and set(statuses) <= {201, 409, 429}, statuses
+    assert statuses.count(201) in (1, 2, 3) and set(statuses) <= {201, 409, 429, 503}, statuses
     assert statuses.count(429) == 5, statuses
     for res in responses:  # checked here: an assert in a thread never fails the test
         if res.status_int == 409:
