@@ -18,11 +18,10 @@ Facebook's memcache replays deletes from the database's commit log (NSDI 2013,
    wakes every ``examcache.relay_interval`` seconds, deletes the applied ids it
    queued, then reads its scope's rows.  A row it has *seen* for at least
    ``examcache.relay_after`` seconds (by its own monotonic clock: no two hosts'
-   clocks are ever compared) is re-applied and deleted.  No database lock or
-   transaction is held while Redis is called, so a relay that freezes mid-round
-   (SIGSTOP, a paused VM) blocks no other relay; on PostgreSQL a
-   transaction-level advisory lock around the short read only keeps relays from
-   reading in lockstep.
+   clocks are ever compared) is re-applied and deleted.  Relays take no lock:
+   each reads its scope's rows on its own, and no transaction is open while
+   Redis is called, so a relay that freezes mid-round (SIGSTOP, a paused VM)
+   blocks no other relay; two relays applying one row is harmless (below).
 
 A writer that dies between its COMMIT and its ``DEL``, or that cannot reach
 Redis while the other processes can, leaves its row; any other process's relay

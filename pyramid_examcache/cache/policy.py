@@ -3,69 +3,33 @@
 One :class:`CachePolicy` per application (built by ``includeme``) holds the
 backend, the circuit breaker and the counters.  ``request.cache`` is a
 :class:`RequestCache`: the same operations bound to the request's transaction.
+The full argument is ``docs/design/cache-policy.md``; in short:
 
-How stale sets are prevented (G2) -- leases checked on fill
------------------------------------------------------------
-A reader that misses gets a *lease* (a random token stored beside the key, in
-the same atomic step that found the key missing) and the current *versions* of
-the key's tags.  It loads, then *fills*: the store is accepted only if its
-token still holds the lease and every tag still has the version it saw.  A
-writer's invalidation (after its commit) deletes the key's value **and its
-lease** and deletes the versions of its tags.  So:
+No stale sets (G2, docs/design/cache-policy.md): a reader that misses gets a
+*lease* (a random token stored beside the key, in the same atomic step that
+found the key missing) and the current *versions* of the key's tags; its fill
+is stored only if its token still holds the lease and every tag still has the
+version it saw.  A writer's invalidation (after its commit) deletes the key's
+value, its lease and the versions of its tags, so a fill carrying data read
+before the commit is refused.  Tag versions are random strings, never
+counters: a lost or expired version invalidates, never resurrects.  Leases
+expire (``lock_timeout``): a killed loader leaves no stuck key.
 
-* a reader that loaded before the commit either fills before the invalidation
-  (and the invalidation then deletes what it stored) or after it (and the fill
-  is refused: the lease or the tag version is gone);
-* a reader that gets its lease after the invalidation started its load after
-  the commit, so it reads the new data.
+One load per cold key (G3, same page): only the lease holder loads; the others
+poll (2 ms doubling to 10 ms; the memory backend wakes them on fill) until the
+value lands, up to ``wait_timeout``, then load themselves and do not store.
 
-There is no interleaving in which data read before a commit is left in the
-cache after that commit's invalidation -- the race of naive cache-aside
-(reader misses, loads the old row, writer commits and deletes, reader stores
-the old row for the whole TTL) ends with a refused fill.  Tag versions are
-fresh random strings, never counters, so a lost tag (Redis restart, eviction,
-expiry) makes every value stored under it invalid and can never make an old
-value valid again (G2b).  So a version a lookup creates lives only as long as the
-lease, and a fill storing under it lengthens it past the value (never shortens it):
-a miss that stores nothing leaves no key behind, and an expired version -- never
-equal to a stored one -- refuses fills and invalidates values on every read path,
-as a deleted one does.  Leases have a TTL (``lock_timeout``): a killed loader
-leaves no stuck key, and a loader whose lease expired simply does not store.
-On Redis Cluster a value and its lease share a slot but tag versions do not, so
-the tag checks run outside the atomic scripts; the argument above needs only
-that a hit compares versions read after the invalidation (re-proved in
-``backends/cluster.py``).  On Sentinel, keys carry the primary's epoch, so a
-failover that lost an acknowledged ``DEL`` cannot resurrect a value
-(``backends/failover.py``).
+Fail open (G4, same page): backend errors are never raised to the caller; the
+creator is called and its result returned.  A circuit breaker stops paying the
+socket timeout on every request; invalidations that fail are kept and applied
+before this process reads the cache again.
 
-One load per cold key (G3)
---------------------------
-Only the lease holder loads.  Others see ``WAIT`` and poll (2 ms doubling to
-50 ms; the memory backend wakes them on fill) until the value lands, up to
-``wait_timeout``; then they load themselves and do not store.
-
-Fail open (G4)
---------------
-Backend errors are never raised to the caller: the creator is called and its
-result returned.  A circuit breaker stops paying the socket timeout on every
-request; invalidations that fail are kept and applied before this process
-reads the cache again.
-
-Keys, view variants and sizes
------------------------------
-Keys and tags of the public API may not start with ``@``: cached views store
-their entries under ``@view:<key>…`` and tag each with ``@key:<key>``
-(:mod:`.variants`), and invalidating ``<key>`` here always invalidates that tag
-too, so every query/vary variant of a view goes with its key -- through the same
-tag-version check that proves G2 above.  A value whose encoding is larger than
-``examcache.max_value_bytes`` is returned but not stored (the lease is released,
-``too_large`` is counted).
-
-Dirty transactions (G2b)
-------------------------
-``RequestCache`` neither reads nor stores while the request's transaction has
-written (an ORM flush with changes, or an ``invalidate()`` call): the request
-sees its own writes and nothing uncommitted reaches the cache.
+Keys and tags of the public API may not start with ``@`` (the cached views'
+namespace, :mod:`.variants`); invalidating ``<key>`` also invalidates the tag
+``@key:<key>`` that every view variant of it carries.  A value larger than
+``examcache.max_value_bytes`` is returned but not stored.  ``RequestCache``
+neither reads nor stores while the request's transaction has written: the
+request sees its own writes and nothing uncommitted reaches the cache.
 """
 from __future__ import annotations
 
@@ -222,8 +186,8 @@ class CachePolicy:
         cached view decides on the final response).  Instead of filling, fetch
         calls ``hold(complete)`` and returns; ``complete(True)`` fills (the same
         checked fill: a lease lost meanwhile refuses it), ``complete(False)``
-        releases the lease.  Until then the lease stands (G3's waiters wait),
-        at most ``lock_timeout``."""
+        releases the lease.  Until then the lease stands (waiters for the one
+        load per cold key wait), at most ``lock_timeout``."""
         if not checked:
             check_key(key, internal=True)
             tags = _as_tuple(tags, internal=True)
@@ -235,8 +199,20 @@ class CachePolicy:
         if bypass or not self._ready():
             self.stats.incr("bypasses")
             return creator(), None
-        backend = self.backend
         token = os.urandom(16).hex()  # the lease token (random, never reused)
+        found = self._lookup(key, token, ttl, tags)
+        if found is None:  # no lease: load without storing (counted by _lookup)
+            return creator(), None
+        if found.status is Status.HIT:
+            return None, found.value
+        return self._load(key, token, creator, encode, ttl, tags, found.versions, hold)
+
+    def _lookup(self, key: str, token: str, ttl: int, tags: Sequence[str]) -> Any:
+        """Look ``key`` up under the lease ``token``, polling while another
+        loader holds its lease: the backend's answer on a HIT or once the lease
+        is ours (LEASED); None when the caller must load without storing (the
+        backend failed or bypassed, or the wait timed out)."""
+        backend = self.backend
         deadline = None
         delay = _FIRST_POLL
         while True:
@@ -244,26 +220,32 @@ class CachePolicy:
                                ttl, tags)
             if found is _FAILED:
                 self.stats.incr("bypasses")
-                return creator(), None
+                return None
             status = found.status
             if status is Status.HIT:
                 self.stats.incr("hits")
-                return None, found.value
+                return found
             if status is Status.LEASED:
-                break
+                return found
             if status is Status.BYPASS:
                 self.stats.incr("bypasses")
-                return creator(), None
+                return None
             now = self._clock()
             if deadline is None:
                 self.stats.incr("lock_waits")
                 deadline = now + self.settings.wait_timeout
             elif now >= deadline:
                 self.stats.incr("wait_timeouts")
-                return creator(), None
+                return None
             backend.wait(key, min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, _MAX_POLL)
 
+    def _load(self, key: str, token: str, creator: Callable[[], Any],
+              encode: Callable[[Any], bytes | None], ttl: int, tags: Sequence[str],
+              versions: Any, hold: Callable[[Callable[[bool], None]], None] | None,
+              ) -> tuple[Any, bytes | None]:
+        """As the lease holder: call the creator, then fill (or hand the fill
+        to ``hold``) or release the lease when the value is not to be stored."""
         self.stats.incr("misses")
         self.stats.incr("loads")
         try:
@@ -283,7 +265,6 @@ class CachePolicy:
             # the value may predate a commit whose invalidation is still pending)
             self._release(key, token)
             return value, data
-        versions = found.versions
         if hold is not None:
             hold(lambda store: self._complete(key, token, data, ttl, tags, versions, store))
             return value, data
