@@ -1,7 +1,8 @@
 """The transactional outbox: one row per queued mail, in the application's own database.
 
 The row is written in the request's SQLAlchemy session, so it commits or aborts
-with the user's data (M1). It is also the durable home of the job's status (M4):
+with the user's data (M1, docs/design/mail.md). It is also the durable home of the
+job's status (M4, same page):
 ``state`` moves ``waiting -> active -> (delayed -> active)* -> completed | failed``;
 :func:`cancel` (the admin page's "cancel") moves ``waiting | delayed -> failed`` with the
 reason ``"cancelled by admin"``, and ``retry`` moves ``failed -> waiting``.
@@ -19,20 +20,9 @@ Add the table to your schema in one of two ways:
       def downgrade():
           drop_outbox(op)
 
-Columns used for relaying (internal, but documented for operators):
-
-* ``enqueued_at`` -- when the row was last pushed to the broker; ``NULL`` means
-  "not yet pushed" and is what the relay looks for (M2).
-* ``lease_until`` -- while ``active``: the attempt is presumed dead after this time
-  (consumer killed) and the row is pushed again.
-* ``next_attempt_at`` -- while ``delayed``: when the retry is due.
-* ``attempts`` -- delivery attempts started; also the fencing token that keeps a
-  stale worker from overwriting a newer attempt's status.
-* ``retried_at`` -- when :func:`retry` gave a ``failed`` row a new life; ``mail.max_age``
-  counts from it (else from ``created_at``).
-* ``failed_recipients`` -- ``{address: SMTP reply}`` of recipients the server refused.
-* ``attachments`` -- ``[{filename, content_type, disposition, content_id, data}]`` with
-  ``data`` base64 (see :mod:`.attachments`); ``NULL`` when there are none.
+Columns used for relaying (``enqueued_at``, ``lease_until``, ``next_attempt_at``,
+``attempts`` as a fencing token, ``retried_at``, ``failed_recipients``, ``attachments``)
+are described for operators in ``docs/design/mail.md``.
 
 ``recipients`` is ``{"to": [...], "cc": [...], "bcc": [...]}`` (a plain list, from older
 rows, is read as ``to``).

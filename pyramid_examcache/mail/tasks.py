@@ -1,15 +1,16 @@
 """The Huey tasks: deliver one job, relay the outbox, purge finished jobs.
 
-``deliver`` updates the outbox row itself (the durable job status, M4) and decides on
-retries from the row's ``attempts`` -- which survive consumer restarts -- rather than
-from Huey's in-message counter: a transient failure on attempt *n* (n <= ``mail.retries``)
-marks the row ``delayed`` and re-schedules the task after
-``retry_delay * retry_backoff ** (n - 1)`` seconds (2, 4, 8 s by default) with
-:class:`huey.exceptions.RetryTask`; later transient failures keep it ``delayed`` with a
-``next_attempt_at`` (backoff capped at ``mail.max_retry_delay``) that the periodic relay
-honours, until ``mail.max_age``; a permanent failure marks it ``failed`` at once (M3).
-Huey's own ``retries``/``retry_delay``/``retry_backoff`` (same settings) cover unexpected
-errors such as the database being briefly unreachable.
+``deliver`` updates the outbox row itself (the durable job status, M4 in
+docs/design/mail.md) and decides on retries from the row's ``attempts`` -- which
+survive consumer restarts -- rather than from Huey's in-message counter: a transient
+failure on attempt *n* (n <= ``mail.retries``) marks the row ``delayed`` and
+re-schedules the task after ``retry_delay * retry_backoff ** (n - 1)`` seconds (2, 4,
+8 s by default) with :class:`huey.exceptions.RetryTask`; later transient failures keep
+it ``delayed`` with a ``next_attempt_at`` (backoff capped at ``mail.max_retry_delay``)
+that the periodic relay honours, until ``mail.max_age``; a permanent failure marks it
+``failed`` at once (M3, same page). Huey's own ``retries``/``retry_delay``/
+``retry_backoff`` (same settings) cover unexpected errors such as the database being
+briefly unreachable.
 
 ``relay`` and ``purge`` are periodic tasks that run on every periodic check of the
 scheduler: every ``mail.relay_interval`` seconds under ``examcache-consumer`` (every minute
@@ -71,13 +72,14 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
                 observer: Observer = _quiet) -> str:
     """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a fast retry).
 
-    Two phases after a transient failure on attempt ``n`` (M3): while ``n <= mail.retries``
-    the row is ``delayed`` and Huey re-runs the task after :func:`retry_delay` (the fast
-    phase: 2, 4, 8 s). After that the row stays ``delayed`` with ``next_attempt_at`` and
-    *no* broker entry: the periodic relay pushes it when due (the outbox row is the only
-    copy of a long wait). Once ``mail.max_age`` has passed since the mail was queued (or
-    re-sent by :meth:`Mailer.retry`) a transient failure is final; the last attempt is
-    scheduled at that deadline at the latest. Permanent failures fail at once.
+    Two phases after a transient failure on attempt ``n`` (M3, docs/design/mail.md): while
+    ``n <= mail.retries`` the row is ``delayed`` and Huey re-runs the task after
+    :func:`retry_delay` (the fast phase: 2, 4, 8 s). After that the row stays ``delayed``
+    with ``next_attempt_at`` and *no* broker entry: the periodic relay pushes it when due
+    (the outbox row is the only copy of a long wait). Once ``mail.max_age`` has passed since
+    the mail was queued (or re-sent by :meth:`Mailer.retry`) a transient failure is final;
+    the last attempt is scheduled at that deadline at the latest. Permanent failures fail
+    at once.
     """
     engine = resources.engine
     with engine.begin() as conn:
@@ -103,35 +105,9 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
                                 headers=row.headers, message_id=row.message_id,
                                 attachments=row.attachments)
         refused = resources.transport.send(message, check_address(row.sender),
-                                       envelope_recipients(row.recipients)) or {}
-    except Exception as exc:  # noqa: BLE001 -- classified below
-        error = classify(exc)
-        now = outbox.utcnow()
-        if error.transient and now < deadline:
-            delay = retry_delay(settings, attempt)
-            next_at = min(now + dt.timedelta(seconds=delay), deadline)
-            with engine.begin() as conn:
-                outbox.mark_delayed(conn, job_id, attempt, str(error), next_at, now,
-                                    getattr(error, "refused", None))
-            if attempt <= settings.retries:  # the fast phase: Huey holds the short wait
-                log.warning("mail %s attempt %d failed (%s); retrying in %.1fs",
-                            job_id, attempt, error, delay)
-                observer(DELAYED, row, str(error))
-                raise RetryTask(f"transient failure: {error}", delay=delay) from exc
-            log.warning("mail %s attempt %d failed (%s); next attempt at %s (by the relay)",
-                        job_id, attempt, error, next_at.isoformat())
-            observer(DELAYED, row, str(error))
-            return DELAYED
-        if error.transient:
-            reason = f"gave up after {attempt} attempts (mail.max_age): {error}"
-        else:
-            reason = str(error)
-        log.error("mail %s failed on attempt %d: %s", job_id, attempt, reason)
-        with engine.begin() as conn:
-            outbox.mark_failed(conn, job_id, attempt, reason, now,
-                               getattr(error, "refused", None))
-        observer(FAILED, row, reason)
-        return FAILED
+                                           envelope_recipients(row.recipients)) or {}
+    except Exception as exc:  # noqa: BLE001 -- classified by _attempt_failed
+        return _attempt_failed(settings, resources, job_id, row, deadline, exc, observer)
     with engine.begin() as conn:
         outbox.mark_completed(conn, job_id, attempt, outbox.utcnow(), refused)
     if refused:
@@ -139,6 +115,40 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
     log.info("mail %s delivered (attempt %d, %s)", job_id, attempt, row.message_id)
     observer(COMPLETED, row, None)
     return COMPLETED
+
+
+def _attempt_failed(settings: Any, resources: Resources, job_id: str, row: Any,
+                    deadline: dt.datetime, exc: Exception, observer: Observer) -> str:
+    """Record the failed attempt ``row.attempts`` of the claimed ``row``: ``delayed`` (a
+    transient failure before ``deadline``; raises RetryTask in the fast phase) or ``failed``."""
+    attempt, engine = row.attempts, resources.engine
+    error = classify(exc)
+    now = outbox.utcnow()
+    if error.transient and now < deadline:
+        delay = retry_delay(settings, attempt)
+        next_at = min(now + dt.timedelta(seconds=delay), deadline)
+        with engine.begin() as conn:
+            outbox.mark_delayed(conn, job_id, attempt, str(error), next_at, now,
+                                getattr(error, "refused", None))
+        if attempt <= settings.retries:  # the fast phase: Huey holds the short wait
+            log.warning("mail %s attempt %d failed (%s); retrying in %.1fs",
+                        job_id, attempt, error, delay)
+            observer(DELAYED, row, str(error))
+            raise RetryTask(f"transient failure: {error}", delay=delay) from exc
+        log.warning("mail %s attempt %d failed (%s); next attempt at %s (by the relay)",
+                    job_id, attempt, error, next_at.isoformat())
+        observer(DELAYED, row, str(error))
+        return DELAYED
+    if error.transient:
+        reason = f"gave up after {attempt} attempts (mail.max_age): {error}"
+    else:
+        reason = str(error)
+    log.error("mail %s failed on attempt %d: %s", job_id, attempt, reason)
+    with engine.begin() as conn:
+        outbox.mark_failed(conn, job_id, attempt, reason, now,
+                           getattr(error, "refused", None))
+    observer(FAILED, row, reason)
+    return FAILED
 
 
 def register_tasks(huey: Any, settings: Any, resources: Resources,

@@ -200,8 +200,8 @@ class InvalidationStream:
                 self._lose()
                 log.warning("cache tracking for %r unavailable, not retried: %s. The near "
                             "cache serves nothing and every read validates against Redis; set "
-                            "examcache.near_cache = check (formerly examcache.tracking = "
-                            "false) to use the validated near cache instead", self.prefix, exc)
+                            "examcache.tracking = false to use the validated near cache "
+                            "instead", self.prefix, exc)
                 return
             except (redis.RedisError, OSError, ValueError) as exc:
                 # ValueError: redis-py reading a socket that stop() or drop() closed
