@@ -91,7 +91,7 @@ def include(config) -> None:
 
             policy = get_policy(request.registry)
             out["cache"] = policy.stats.snapshot()
-            out["log"] = dict(policy.log.stats) if policy.log is not None else None
+            out["log"] = dict(policy.journal.stats) if policy.journal is not None else None
         except Exception:  # noqa: BLE001
             pass
         return out

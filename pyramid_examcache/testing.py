@@ -11,11 +11,13 @@ Make queued mail run in-process and capture it instead of sending it::
 (``mail_testing_settings()`` returns the settings it sets:
 ``{'mail.queue_url': 'memory://', 'mail.transport': 'memory'}``).
 
-The include sets ``mail.queue_url = memory://`` and gives the mailer an in-process broker
-(:class:`InProcessBroker`): ``request.mailer.send_queued(...)`` still writes the outbox row
-in the request's transaction (so an aborted request sends nothing, M1), and the delivery
-task runs synchronously right after the commit. (``memory://`` without this include is
-refused: nothing would deliver the mail.) With ``mail.transport = memory`` the message is
+Like ``pyramid_mailer.testing`` (which registers a DummyMailer), the include registers a
+replacement part: the in-process mail queue (:class:`InProcessMailQueue`), the only queue
+that takes ``mail.queue_url = memory://`` (without this include that setting is a
+ConfigurationError). ``request.mailer.send_queued(...)`` still writes the outbox row in the
+request's transaction (so an aborted request sends nothing, M1); the queue is a Huey
+``MemoryHuey`` and what is pushed to it is run in the pushing thread right after the push's
+claim committed, as a consumer would run it. With ``mail.transport = memory`` the message is
 kept in memory: ``get_mail_capture(x)`` returns the capture, where ``x`` is the
 registry, a request, the WSGI app (router) or a WebTest ``TestApp``::
 
@@ -34,51 +36,58 @@ never fails.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any
 
+from huey import MemoryHuey
 from huey.exceptions import RetryTask
 from pyramid.config import Configurator
+from sqlalchemy.engine import Engine
 
-from .mail import IBrokerFactory, get_mail_queue
+from .mail import IMailQueueFactory, get_mail_queue
+from .mail.queue import MailQueue
 from .mail.transports import CapturedMail, MemoryTransport
+from .settings import MailSettings
 
-__all__ = ["CapturedMail", "InProcessBroker", "MemoryTransport", "get_mail_capture",
+__all__ = ["CapturedMail", "InProcessMailQueue", "MemoryTransport", "get_mail_capture",
            "includeme", "mail_testing_settings"]
 
 log = logging.getLogger(__name__)
 
 
-class InProcessBroker:
-    """Runs a pushed delivery in the pushing thread, once the claiming transaction committed.
+class InProcessMailQueue(MailQueue):
+    """The test mode's mail queue: a ``MemoryHuey`` whose pushed deliveries run in-process.
 
-    The test mode's broker (see :mod:`pyramid_examcache.mail.broker` for the protocol):
-    inside ``batch()`` pushes are collected and run when the block exits without error
-    (the relay's claim is committed by then); a bare ``push`` runs at once. Fast retries
-    are not run: a transient failure leaves the job ``delayed``.
+    :meth:`push` (the after-commit step) and :meth:`enqueue` run what was pushed at once,
+    after the claim that pushed it committed. Fast retries are not run: a transient failure
+    leaves the job ``delayed``.
     """
 
-    def __init__(self, deliver: Any) -> None:
-        self._deliver = deliver
+    def __init__(self, settings: MailSettings, **kwargs: Any) -> None:
+        kwargs.setdefault("huey", MemoryHuey(settings.queue_name, results=False))
+        super().__init__(settings, **kwargs)
 
-    def push(self, job_id: str) -> None:
-        self._run(job_id)
+    def push(self, engine: Engine, job_id: str) -> bool:
+        pushed = super().push(engine, job_id)
+        self.run_pushed()
+        return pushed
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[Callable[[str], None]]:
-        pushed: list[str] = []
-        yield pushed.append
-        for job_id in pushed:
-            self._run(job_id)
+    def enqueue(self, job_id: str) -> None:
+        super().enqueue(job_id)
+        self.run_pushed()
 
-    def _run(self, job_id: str) -> None:
-        try:
-            self._deliver.call_local(job_id)
-        except RetryTask:
-            pass  # the row stays ``delayed`` with its next attempt recorded
-        except Exception:  # noqa: BLE001 -- as a consumer would: log, the row keeps its state
-            log.exception("mail %s: in-process delivery failed", job_id)
+    def run_pushed(self) -> int:
+        """Run every queued task in this thread, as a consumer would; returns how many."""
+        ran = 0
+        while (task := self.huey.dequeue()) is not None:
+            ran += 1
+            try:
+                task.execute()
+            except RetryTask:
+                pass  # the row stays ``delayed`` with its next attempt recorded
+            except Exception:  # noqa: BLE001 -- as a consumer would: log, the row keeps its state
+                log.exception("mail task %s failed in-process", task)
+        return ran
 
 
 def mail_testing_settings() -> dict[str, str]:
@@ -89,7 +98,7 @@ def mail_testing_settings() -> dict[str, str]:
 def includeme(config: Configurator) -> None:
     """Switch the mailer of this configuration to in-process, captured delivery."""
     config.registry.settings.update(mail_testing_settings())
-    config.registry.registerUtility(InProcessBroker, IBrokerFactory)
+    config.registry.registerUtility(InProcessMailQueue, IMailQueueFactory)
 
 
 def _registry_of(obj: Any) -> Any:

@@ -36,7 +36,7 @@ class InvalidURL(ValueError):
 
 @dataclass(frozen=True)
 class Topology:
-    kind: str  #: ``single``, ``sentinel`` or ``cluster``
+    kind: str  #: ``single``, ``sentinel``, ``cluster`` or ``memory`` (embedded, no Redis)
     url: str
     hosts: tuple[tuple[str, int], ...] = ()
     service: str = ""
@@ -68,6 +68,8 @@ def parse(url: str) -> Topology:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise InvalidURL("must be a URL with a scheme")
+    if scheme == "memory":
+        return Topology("memory", url)
     if scheme not in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
         return Topology("single", url)
     rest, _, query = rest.partition("?")

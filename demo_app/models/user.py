@@ -7,11 +7,9 @@ import datetime as dt
 from sqlalchemy import Boolean, DateTime, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pyramid_examcache.clock import utcnow
+
 from .meta import Base
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 class User(Base):

@@ -27,6 +27,8 @@ from pyramid.view import exception_view_config, view_config
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from pyramid_examcache.clock import as_utc, utcnow
+
 from ..models import User
 from ..security import (bounded_check, bounded_hash, hash_verification_token, login_token_for,
                         new_verification_token)
@@ -36,14 +38,6 @@ from ..validation import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN, Fields, Validatio
 from .errors import json_error
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
 
 
 def verification_mail(request, user: User, link: str, hours: float) -> dict[str, str]:

@@ -18,7 +18,7 @@ from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.engine import Row
 
 from ..mail.outbox import STATES, as_utc, outbox_table
-from ..mail.status import _JOB_ID
+from ..mail.status import is_job_id
 
 DEFAULT_SIZE = 25
 MAX_SIZE = 200
@@ -183,7 +183,7 @@ def count_by_state(session: Any) -> dict[str, int]:
 def get_job(session: Any, job_id: str) -> dict[str, Any] | None:
     """Everything the detail page shows of one job (never the bodies nor the attachments'
     data), or ``None``: unknown, purged, or not an id the mailer issues."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+    if not is_job_id(job_id):
         return None
     t = outbox_table
     columns = [c for c in t.c if c.name not in ("html", "text", "attachments")]

@@ -31,10 +31,7 @@ from typing import Any
 from pyramid.config import Configurator
 from zope.interface import Interface
 
-from pyramid.exceptions import ConfigurationError
-
 from ..settings import parse_mail_settings
-from .broker import HueyBroker
 from .attachments import Attachment
 from .compose import Message
 from .mailer import Mailer, MailJob
@@ -43,7 +40,7 @@ from .outbox import (add_new_columns, create_outbox, drop_new_columns, drop_outb
 from .queue import MailQueue, build_huey, build_queue
 from .transports import MailError, PermanentMailError, TransientMailError
 
-__all__ = ["Attachment", "Message", "get_mailer", "IBrokerFactory", "IMailQueue", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
+__all__ = ["Attachment", "Message", "get_mailer", "IMailQueue", "IMailQueueFactory", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
            "TransientMailError", "build_huey", "build_queue", "create_outbox", "drop_outbox",
            "get_mail_queue", "includeme", "metadata", "outbox_table"]
 
@@ -52,8 +49,11 @@ class IMailQueue(Interface):
     """Marker for the application's :class:`~.queue.MailQueue` utility."""
 
 
-class IBrokerFactory(Interface):
-    """A ``factory(deliver_task) -> broker`` replacing the Huey push (the test mode's)."""
+class IMailQueueFactory(Interface):
+    """A ``factory(settings) -> MailQueue`` replacing the Huey-backed queue.
+
+    ``pyramid_examcache.testing`` registers its in-process queue here; it is the only queue
+    that takes ``mail.queue_url = memory://``."""
 
 
 def get_mail_queue(registry: Any) -> MailQueue:
@@ -70,18 +70,16 @@ def get_mailer(request: Any) -> Mailer:
 
 
 def includeme(config: Configurator) -> None:
-    """Register the mail queue and ``request.mailer``; settings are read when actions run."""
-    attr = parse_mail_settings(config.get_settings()).request_attr  # fail fast on bad values
+    """Register the mail queue and ``request.mailer``; settings are read when actions run.
+
+    Bad values fail here already; whether ``memory://`` has a queue is known once every
+    include ran (``pyramid_examcache.testing`` may come later), when the queue is built."""
+    attr = parse_mail_settings(config.get_settings(), in_process=True).request_attr
 
     def register() -> None:
-        settings = parse_mail_settings(config.registry.settings)
-        factory = config.registry.queryUtility(IBrokerFactory)
-        if factory is None and settings.queue_url.startswith("memory:"):
-            raise ConfigurationError(
-                "mail.queue_url = memory:// is the in-process test mode: add "
-                "config.include('pyramid_examcache.testing') (nothing else would deliver the mail)")
-        config.registry.registerUtility(
-            MailQueue(settings, broker_factory=factory or HueyBroker), IMailQueue)
+        factory = config.registry.queryUtility(IMailQueueFactory)
+        settings = parse_mail_settings(config.registry.settings, in_process=factory is not None)
+        config.registry.registerUtility((factory or MailQueue)(settings), IMailQueue)
 
     config.action(("pyramid_examcache.mail", "queue"), register)
     config.add_request_method(get_mailer, attr, reify=True)

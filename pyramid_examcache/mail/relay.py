@@ -23,15 +23,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 
-from .broker import Broker
 from .outbox import ACTIVE, DELAYED, WAITING, outbox_table, utcnow
 
 log = logging.getLogger(__name__)
+
+
+class Broker(Protocol):
+    """What the relay pushes job ids to (:class:`~.queue.HueyBroker`)."""
+
+    def push(self, job_id: str) -> None:
+        """Hand the job to the queue now; raise when the queue is unreachable."""
 
 
 def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | None = None) -> bool:
@@ -41,10 +47,10 @@ def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | Non
     claim = (update(t).where(t.c.id == job_id, t.c.state == WAITING, t.c.enqueued_at.is_(None))
              .values(enqueued_at=now))
     try:
-        with broker.batch() as push, engine.begin() as conn:
+        with engine.begin() as conn:
             if conn.execute(claim).rowcount != 1:
                 return False
-            push(job_id)  # the row stays locked until the push is recorded
+            broker.push(job_id)  # the row stays locked until the push is recorded
         return True
     except Exception as exc:  # noqa: BLE001 -- broker down: the periodic relay retries
         log.warning("mail %s not pushed to the queue (%s); the relay will retry", job_id, exc)
@@ -77,10 +83,10 @@ def relay(engine: Engine, broker: Broker, settings: Any, *, limit: int = 500,
     query = (select(t.c.id, t.c.state).where(_due(now, settings.requeue_after, settings.retries))
              .order_by(t.c.created_at).limit(limit).with_for_update(skip_locked=True))
     pushed: list = []
-    with broker.batch() as push, engine.begin() as conn:
+    with engine.begin() as conn:
         for row in conn.execute(query).all():
             try:
-                push(row.id)
+                broker.push(row.id)
             except Exception as exc:  # noqa: BLE001
                 log.warning("relay stopped, the queue is unreachable (%s)", exc)
                 break

@@ -20,7 +20,13 @@ from sqlalchemy.engine import Row
 from .outbox import COMPLETED, DELAYED, FAILED, as_utc, outbox_table
 
 #: job ids are uuid4 hex; accept any short token of safe characters
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_job_id(value: Any) -> bool:
+    """Could ``value`` be a job id we issue? (Anything else names no job; NUL bytes and the
+    like never reach the database.)"""
+    return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
 
 _COLUMNS = (outbox_table.c.id, outbox_table.c.state, outbox_table.c.progress,
             outbox_table.c.attempts, outbox_table.c.failed_reason,
@@ -43,8 +49,8 @@ def job_status(executor: Any, job_id: str) -> dict[str, Any] | None:
     ``failedReason`` is the last failure: the reason of a ``failed`` job, or of the last
     transient failure of a ``delayed`` one; ``None`` once ``completed``.
     """
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        return None  # not an id we ever issue (and NUL bytes would upset PostgreSQL)
+    if not is_job_id(job_id):
+        return None
     row = executor.execute(select(*_COLUMNS).where(outbox_table.c.id == job_id)).first()
     return status_of(row) if row is not None else None
 

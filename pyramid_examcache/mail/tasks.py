@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 
 from . import outbox
-from .broker import Broker, HueyBroker
+from .outbox import COMPLETED, DELAYED, FAILED
 from .message import build_message, check_address, envelope_recipients
-from .relay import push_one, relay
+from .relay import Broker, push_one, relay
 from .status import purge_finished
-from .resources import Resources
-from .transports import classify
+from .transports import Transport, classify
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,18 @@ DELIVER = "examcache.mail.deliver"
 RELAY = "examcache.mail.relay"
 PURGE = "examcache.mail.purge"
 
-COMPLETED, FAILED, DELAYED, SKIPPED = "completed", "failed", "delayed", "skipped"
+#: what an attempt did: the row's new state (outbox.COMPLETED, DELAYED, FAILED) or SKIPPED
+SKIPPED = "skipped"
+
+
+class Resources(Protocol):
+    """What a delivery needs besides its job id (:class:`~.queue.Resources`)."""
+
+    @property
+    def engine(self) -> Any: ...
+
+    @property
+    def transport(self) -> Transport: ...
 
 
 class MailTasks(NamedTuple):
@@ -152,14 +162,13 @@ def _attempt_failed(settings: Any, resources: Resources, job_id: str, row: Any,
 
 
 def register_tasks(huey: Any, settings: Any, resources: Resources,
-                   broker_factory: Callable[[Any], Broker] = HueyBroker,
+                   broker_factory: Callable[[Any], Broker],
                    observer: Observer = _quiet) -> MailTasks:
     """Register the mail tasks (and the interrupted-task handler) on ``huey``.
 
     ``observer`` is told of every attempt's outcome (the consumer's metrics).
     ``broker_factory(deliver)`` makes the broker that pushes the ``deliver`` task (the
-    relay task pushes through it too); :mod:`pyramid_examcache.testing` passes one that
-    runs it in-process.
+    relay task pushes through it too).
     """
 
     @huey.task(retries=settings.retries, retry_delay=settings.retry_delay,

@@ -84,7 +84,7 @@ class DurableLogCollector:
         family = GaugeMetricFamily("examcache_cache_durable_invalidations_pending",
                                    "Committed invalidations still in the durable log",
                                    labels=["prefix"])
-        log = getattr(self.policy, "log", None)
-        if log is not None:
-            family.add_metric([self.policy.settings.key_prefix], log.pending_rows())
+        journal = getattr(self.policy, "journal", None)
+        if journal is not None:
+            family.add_metric([self.policy.settings.key_prefix], journal.pending_rows())
         yield family

@@ -25,14 +25,14 @@ for _reason in ("permanent", "expired"):
 
 def observe(outcome: str, row: Any, reason: str | None) -> None:
     """The consumer's observer of one delivery attempt (see ``register_tasks``)."""
-    if outcome == "completed":
+    if outcome == outbox.COMPLETED:
         DELIVERIES.inc()
         if row is not None:
             started = outbox.started_at(row)
             LATENCY.observe(max(0.0, (outbox.utcnow() - started).total_seconds()))
-    elif outcome == "delayed":
+    elif outcome == outbox.DELAYED:
         RETRIES.inc()
-    elif outcome == "failed":
+    elif outcome == outbox.FAILED:
         FAILURES.labels("expired" if reason and "mail.max_age" in reason else "permanent").inc()
 
 

@@ -13,7 +13,8 @@ broker, only its outbox row's ``next_attempt_at``, and the relay pushes it when 
 With a Redis cache (``examcache.redis_url``) and ``examcache.invalidation_log`` on, it also
 runs the relay of the durable invalidation log (G6) on ``examcache.invalidation_log_url``
 (default ``sqlalchemy.url``), so logged invalidations are re-applied even when no web
-process is running.
+process is running: :func:`~pyramid_examcache.cache.invalidation_log.start_relay`, a thread
+with the log's database and a write-only Redis backend (no cache, no read lease).
 
 SIGTERM and SIGINT stop it gracefully: workers finish the mail in hand (up to
 ``mail.shutdown_timeout`` seconds); a mail still in flight after that is handed back
@@ -34,7 +35,7 @@ from pyramid.exceptions import ConfigurationError
 
 from ..mail.queue import MailQueue
 from ..mail.relay import relay
-from ..cache import build_policy
+from ..cache.invalidation_log import start_relay
 from ..settings import MailSettings, parse_cache_settings, parse_mail_settings
 
 log = logging.getLogger("pyramid_examcache.consumer")
@@ -72,12 +73,14 @@ def make_consumer(queue: MailQueue, settings: MailSettings, **options: Any) -> C
     class MailConsumer(Consumer):
         scheduler_class = MailScheduler
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._signal_actions[signal.SIGINT] = (False, True)  # graceful as well
+
     options.setdefault("workers", settings.workers)
-    consumer = MailConsumer(queue.huey, periodic=True, max_delay=1.0,
-                            shutdown_timeout=settings.shutdown_timeout,
-                            graceful_signal="TERM", **options)
-    consumer._signal_actions[signal.SIGINT] = (False, True)  # graceful as well
-    return consumer
+    return MailConsumer(queue.huey, periodic=True, max_delay=1.0,
+                        shutdown_timeout=settings.shutdown_timeout,
+                        graceful_signal="TERM", **options)
 
 
 def _metrics_observer() -> Any:
@@ -89,7 +92,7 @@ def _metrics_observer() -> Any:
     return observe
 
 
-def serve_metrics(addr: str, port: int, queue: MailQueue, cache_policy: Any) -> None:
+def serve_metrics(addr: str, port: int, queue: MailQueue, cache_relay: Any) -> None:
     """Prometheus metrics of this consumer: deliveries, retries, failures, latency, the
     outbox's jobs by state and, when it relays the invalidation log, the cache's."""
     from prometheus_client import start_http_server
@@ -99,9 +102,9 @@ def serve_metrics(addr: str, port: int, queue: MailQueue, cache_policy: Any) -> 
     from ..metrics.mail import OutboxCollector
 
     collectors: list[Any] = [OutboxCollector(lambda: queue.engine)]
-    if cache_policy is not None:
-        instrument(cache_policy)
-        collectors.append(DurableLogCollector(cache_policy))
+    if cache_relay is not None:
+        instrument(cache_relay)
+        collectors.append(DurableLogCollector(cache_relay))
     start_http_server(port, addr=addr, registry=scrape_registry(collectors))
     log.info("metrics on http://%s:%d/metrics", addr, port)
 
@@ -137,9 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw = read_settings(config_uri)
         settings = parse_mail_settings(raw)
         cache_settings = parse_cache_settings(raw)
-        if settings.queue_url.startswith("memory:"):
-            raise ConfigurationError("mail.queue_url = memory:// runs mail in the web process; "
-                                     "the consumer needs redis:// or sqlite:///")
         observer = _metrics_observer() if args.metrics_port else None
         queue = MailQueue(settings, consumer=True, observer=observer)
         queue.engine  # noqa: B018 -- fail now when mail.outbox_url / sqlalchemy.url is missing
@@ -151,13 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("start-up relay: %d mail(s) pushed to the queue", pushed)
     except Exception:  # noqa: BLE001 -- the periodic relay retries
         log.exception("start-up relay failed; the periodic relay will retry")
-    cache_policy = None
-    if (cache_settings.invalidation_log and cache_settings.invalidation_log_url
-            and not cache_settings.redis_url.startswith("memory://")):
-        cache_policy = build_policy(cache_settings)
+    cache_relay = start_relay(cache_settings)
+    if cache_relay is not None:
         log.info("relaying the cache invalidation log every %ss", cache_settings.relay_interval)
     if args.metrics_port:
-        serve_metrics(args.metrics_addr, args.metrics_port, queue, cache_policy)
+        serve_metrics(args.metrics_addr, args.metrics_port, queue, cache_relay)
     options = {"workers": args.workers} if args.workers else {}
     consumer = make_consumer(queue, settings, **options)
     log.info("due retries are checked every %ss; relay and purge run every %ss",
@@ -166,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumer.run()
     finally:
         queue.close()
-        if cache_policy is not None:
-            cache_policy.close()
+        if cache_relay is not None:
+            cache_relay.close()
     return 0
 
 

@@ -106,7 +106,7 @@ def test_without_the_table_writes_still_commit_and_the_error_is_logged_once(tmp_
     engine = create_engine(f"sqlite:///{tmp_path}/no-log.sqlite")
     Base.metadata.create_all(engine)
     policy = CachePolicy(BrokenBackend())
-    policy.log = InvalidationLog(policy.invalidate_now, policy.usable)
+    policy.journal = InvalidationLog(policy.invalidate_now, policy.usable)
     policy.get_or_set("thing:1", lambda: "old")
     session = register(sessionmaker(bind=engine)(), policy)
     with caplog.at_level(logging.ERROR, logger="pyramid_examcache.cache.invalidation_log"):
@@ -150,11 +150,11 @@ def test_a_short_lived_script_leaves_no_row_behind(pg_engine_with_log):
     rows it applied itself are deleted at close (and at interpreter exit)."""
     url, engine = pg_engine_with_log
     policy = CachePolicy(BrokenBackend())
-    policy.log = InvalidationLog(policy.invalidate_now, policy.usable, url=url, interval=3600)
+    policy.journal = InvalidationLog(policy.invalidate_now, policy.usable, url=url, interval=3600)
     session = register(sessionmaker(bind=engine)(), policy)
     session.add(Thing(id=1, name="seed"))
     session.commit()
     session.close()
-    assert rows(engine) == 1 and policy.log.stats["applied_by_writer"] == 1
+    assert rows(engine) == 1 and policy.journal.stats["applied_by_writer"] == 1
     policy.close()
     assert rows(engine) == 0

@@ -276,7 +276,7 @@ def test_the_durable_row_is_written_in_the_same_transaction(tmp_path):
     log_metadata.create_all(engine)
     policy = CachePolicy(MemoryBackend())
     # no relay thread: this test runs the rounds itself
-    policy.log = InvalidationLog(policy.invalidate_now, policy.usable, relay_after=0, thread=False)
+    policy.journal = InvalidationLog(policy.invalidate_now, policy.usable, relay_after=0, thread=False)
     try:
         session = orm.register(sessionmaker(bind=engine)(), policy)
         session.add(Exam(id=1))
@@ -287,13 +287,13 @@ def test_the_durable_row_is_written_in_the_same_transaction(tmp_path):
                 return conn.execute(select(func.count()).select_from(log_table)).scalar()
 
         assert rows() == 1  # applied by the writer, deleted by the next relay round
-        policy.log.run_once()
+        policy.journal.run_once()
         assert rows() == 0
         session.get(Exam, 1).title = "rolled back"
         session.flush()
         session.rollback()
         assert rows() == 0
-        assert policy.log.stats["recorded"] == 1
+        assert policy.journal.stats["recorded"] == 1
     finally:
         policy.close()
         engine.dispose()

@@ -13,7 +13,6 @@ LAYERS = [
     {"attachments", "outbox"},
     {"message", "compose", "status"},
     {"transports"},
-    {"broker", "resources"},
     {"relay"},
     {"tasks"},
     {"queue"},
