@@ -15,7 +15,7 @@ Like ``pyramid_mailer.testing`` (which registers a DummyMailer), the include reg
 replacement part: the in-process mail queue (:class:`InProcessMailQueue`), the only queue
 that takes ``mail.queue_url = memory://`` (without this include that setting is a
 ConfigurationError). ``request.mailer.send_queued(...)`` still writes the outbox row in the
-request's transaction (so an aborted request sends nothing, M1); the queue is a Huey
+request's transaction (so an aborted request sends nothing); the queue is a Huey
 ``MemoryHuey`` and what is pushed to it is run in the pushing thread right after the push's
 claim committed, as a consumer would run it. With ``mail.transport = memory`` the message is
 kept in memory: ``get_mail_capture(x)`` returns the capture, where ``x`` is the

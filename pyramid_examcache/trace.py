@@ -70,7 +70,7 @@ class Trace:
 
     def invalidation(self, when: str, keys: Iterable[str], tags: Iterable[str]) -> None:
         """``when``: ``queued`` (waits for the commit), ``applied``, ``failed`` (kept for
-        retry, G4), ``dropped`` (the transaction aborted) or ``immediate`` (no transaction)."""
+        retry), ``dropped`` (the transaction aborted) or ``immediate`` (no transaction)."""
         self.invalidations.append({"when": when, "keys": sorted(keys), "tags": sorted(tags)})
 
 

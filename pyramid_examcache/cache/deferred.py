@@ -9,7 +9,8 @@ degrades to "clear the whole prefix", which invalidates everything -- correct,
 if heavy.
 
 This queue lives in one process's memory; the durable log
-(:mod:`.invalidation_log`) is what survives the process (G6).
+(:mod:`.invalidation_log`) is what survives the process (G6,
+docs/design/guarantees.md).
 """
 from __future__ import annotations
 

@@ -9,15 +9,15 @@ from ..trace import note
 FIELDS = (
     "hits",           # served from the cache
     "misses",         # not in the cache (or invalid) at lookup
-    "loads",          # creator calls made while holding the lease (the G3 count)
+    "loads",          # creator calls made while holding the lease (one per cold key)
     "lock_waits",     # lookups that found another loader and waited for it
     "wait_timeouts",  # waits that gave up and loaded without storing
     "stores",         # values stored
-    "stale_rejected", # fills refused because the key/tag was invalidated meanwhile (G2)
+    "stale_rejected", # fills refused because the key/tag was invalidated meanwhile
     "bypasses",       # creator calls without the cache (dirty transaction, breaker open, uncacheable)
     "errors",         # backend errors (timeouts, connection failures)
     "invalidations",  # keys + tags invalidated
-    "deferred",       # invalidations kept for retry because the backend failed (G4)
+    "deferred",       # invalidations kept for retry because the backend failed
     "too_large",      # values not stored: larger than examcache.max_value_bytes
     "param_bypasses", # cached-view requests with undeclared query parameters (served uncached)
     "vary_bypasses",  # cached-view requests without a stable per-user vary value (served uncached)

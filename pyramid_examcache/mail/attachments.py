@@ -2,7 +2,7 @@
 
 An attachment is stored in the row's ``attachments`` JSON column as
 ``{"filename", "content_type", "disposition", "content_id", "data"}`` with ``data``
-base64-encoded, so a mail and its files commit together (M1) and every retry sends the
+base64-encoded, so a mail and its files commit together and every retry sends the
 same bytes. The whole mail (bodies and attachments) is limited to
 ``mail.max_message_bytes``: a larger one raises :class:`ValueError` when it is queued.
 """

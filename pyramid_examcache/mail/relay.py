@@ -1,4 +1,4 @@
-"""Relay outbox rows to the broker (M2).
+"""Relay outbox rows to the broker (M2, docs/design/mail.md).
 
 Two entry points, both safe to run concurrently with each other and with workers:
 
@@ -10,7 +10,7 @@ when its earlier push is presumed lost: an ``active`` attempt whose lease expire
 (consumer killed mid-send), a ``delayed`` retry or a ``waiting`` push older than
 ``mail.requeue_after`` (a broker that lost its data) -- or when it is a slow-phase retry
 (``delayed`` after more than ``mail.retries`` attempts) whose ``next_attempt_at`` has come:
-those waits live only in the outbox row, never in the broker (M3).
+those waits live only in the outbox row, never in the broker (M3, same page).
 
 Exactly-once *pushing* per successful enqueue: a row is claimed by a conditional
 ``UPDATE`` (or ``SELECT … FOR UPDATE SKIP LOCKED`` in batches on PostgreSQL) and its

@@ -1,4 +1,4 @@
-"""Job status (M4): read from the outbox row, and its retention.
+"""Job status (M4, docs/design/mail.md): read from the outbox row, and its retention.
 
 ``state``: ``waiting`` (committed, queued or about to be), ``active`` (an attempt is
 running), ``delayed`` (a transient failure; the next attempt is scheduled), ``completed``,

@@ -2,7 +2,8 @@
 
 Every transport has ``send(message, sender, recipients)`` and ``close()``, and raises
 only :class:`TransientMailError` (retry later) or :class:`PermanentMailError` (give up);
-:func:`classify` is the single place that decides which is which (M3):
+:func:`classify` is the single place that decides which is which (M3,
+docs/design/mail.md):
 
 * transient: connection refused/reset/closed, timeouts, other socket errors, SMTP 4xx;
 * permanent: SMTP 5xx, an invalid address, TLS certificate failures, a server that

@@ -18,7 +18,7 @@ BREAKER_OPEN = Gauge("examcache_cache_breaker_open", "1 while the cache's circui
                      "open (Redis presumed down, reads go to the database)", ["prefix"],
                      multiprocess_mode="livesum")
 DEFERRED = Gauge("examcache_cache_deferred_invalidations", "Invalidations this process owes "
-                 "the store (kept for retry after a failure, G4)", ["prefix"],
+                 "the store (kept for retry after a failure)", ["prefix"],
                  multiprocess_mode="livesum")
 NEAR_BYTES = Gauge("examcache_cache_near_cache_bytes", "Bytes held in the near cache",
                    ["prefix"], multiprocess_mode="livesum")
@@ -75,7 +75,7 @@ def _refresh_forever() -> None:
 
 class DurableLogCollector:
     """``examcache_cache_durable_invalidations_pending``: logged invalidations not yet
-    applied (rows still in the durable log, G6), read from the database at scrape time."""
+    applied (rows still in the durable log), read from the database at scrape time."""
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
