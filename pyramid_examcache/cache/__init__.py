@@ -27,8 +27,8 @@ def get_policy(registry) -> CachePolicy:
 
 def build_policy(settings: CacheSettings) -> CachePolicy:
     """The policy for validated settings: its backend and, for a Redis backend
-    with ``examcache.invalidation_log`` on, the durable log and its relay thread
-    (G6).  Used by ``includeme`` and by ``examcache-consumer``."""
+    with ``examcache.invalidation_log`` on, the durable log and its relay thread.
+    Used by ``includeme`` and by ``examcache-consumer``."""
     policy = CachePolicy(make_backend(settings), settings)
     if settings.invalidation_log and not settings.redis_url.startswith("memory://"):
         policy.log = InvalidationLog(
@@ -46,7 +46,7 @@ def _request_cache(request) -> RequestCache:
 def includeme(config: Configurator) -> None:
     """Validate ``examcache.*``, build the backend once, add ``request.cache``,
     the ``cache=`` view option and the early-hit tween (:mod:`.early`); with a
-    Redis backend, the durable invalidation log's relay (G6).  Sessions opt in to
+    Redis backend, the durable invalidation log's relay.  Sessions opt in to
     ORM invalidation with :func:`register`."""
     settings = parse_cache_settings(config.get_settings())
     install(settings.require_registration)  # also warns about sessions never registered

@@ -1,4 +1,5 @@
-"""The durable invalidation log (G6): committed invalidations survive the process.
+"""The durable invalidation log: committed invalidations survive the process (G6 in
+docs/design/guarantees.md).
 
 Facebook's memcache replays deletes from the database's commit log (NSDI 2013,
 "mcsqueal").  We do the same with one table in the application's database:
@@ -27,9 +28,9 @@ A writer that dies between its COMMIT and its ``DEL``, or that cannot reach
 Redis while the other processes can, leaves its row; any other process's relay
 sees it within ``relay_interval`` and applies it ``relay_after`` later, at the
 next round: at most ``relay_after + 2 * relay_interval`` seconds after the
-commit, 4 s with the defaults (measured: about 3 s), inside G6's 5 s.
+commit, 4 s with the defaults (measured: about 3 s).
 
-Re-applying is idempotent and safe for G2: an invalidation deletes values,
+Re-applying is idempotent and never lets a stale value back: an invalidation deletes values,
 leases and tag versions, so applying it again (or twice concurrently) costs at
 most one extra miss, and a fill racing a replay is refused by the lease
 protocol exactly as a fill racing the original invalidation.
@@ -163,7 +164,7 @@ class InvalidationLog:
             self._has_table[key] = (known, now)
             if not known and first:
                 log.error("no table %s in %s: committed cache invalidations are not durable "
-                          "(G6) -- create it (pyramid_examcache.cache.invalidation_log."
+                          "-- create it (pyramid_examcache.cache.invalidation_log."
                           "create_invalidation_log) or set examcache.invalidation_log = false",
                           TABLE_NAME, conn.engine.url.render_as_string(hide_password=True))
         return known
