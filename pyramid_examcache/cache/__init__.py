@@ -12,6 +12,7 @@ from .invalidation_log import InvalidationLog
 from .orm import install, register
 from .policy import CachePolicy, RequestCache
 from .csrf import watch_csrf_tokens
+from .eligibility import NOTES_KEY, TABLE_KEY, EarlyTable, off_reason
 from .vary import add_cache_vary
 from .views import cached, cached_view, check_routes
 
@@ -61,11 +62,27 @@ def includeme(config: Configurator) -> None:
     # after every view, route and CSRF policy of the configuration (default order 0)
     config.action(None, check_routes, args=(config.registry,), order=10)
     config.action(None, watch_csrf_tokens, args=(config.registry,), order=10)
-    # early hits (early.py): under the debug toolbar (which records the requests it
-    # shows) and over pyramid_tm; without them, under INGRESS and over excview
-    config.add_tween("pyramid_examcache.cache.early.early_hits_tween_factory",
-                     under=("pyramid_debugtoolbar.toolbar_tween_factory", INGRESS),
-                     over=("pyramid_tm.tm_tween_factory", EXCVIEW))
+    # early hits: decided once the policy exists, before any view is derived (order 0)
+    config.action(None, _decide_early_hits, args=(config.registry,), order=-5)
+    if settings.early_hits and settings.enabled:
+        # (early.py is imported only here.)  Under the debug toolbar (which records the
+        # requests it shows) and over pyramid_tm; without them, under INGRESS and over
+        # excview.  Added here, not at commit: an implicit tween order follows the order
+        # tweens were added in.  Its factory adds nothing unless _decide_early_hits did.
+        config.add_tween("pyramid_examcache.cache.early.early_hits_tween_factory",
+                         under=("pyramid_debugtoolbar.toolbar_tween_factory", INGRESS),
+                         over=("pyramid_tm.tm_tween_factory", EXCVIEW))
+
+
+def _decide_early_hits(registry) -> None:
+    """Early hits only where the backend can answer without I/O (the cache= deriver
+    then notes its views, :func:`.eligibility.note_view`); else record why not."""
+    policy = get_policy(registry)
+    reason = off_reason(policy.settings, policy.backend)
+    if reason is None:
+        registry[NOTES_KEY] = {}
+    else:
+        registry[TABLE_KEY] = EarlyTable({}, {}, reason)
 
 
 __all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "build_policy", "get_policy", "cached",

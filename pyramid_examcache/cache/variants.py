@@ -6,9 +6,8 @@ A cached view's entry for the key template ``exam:{examId}:questions`` lives at:
     @view:exam:1:questions?page=2|authenticated_userid=<digest>
 
 * ``@view:`` -- the view namespace.  ``get_or_set`` values live under the bare
-  key (``exam:1:questions``); keys and tags given to the public API may not start
-  with ``@`` (:func:`.policy.check_key`), so a JSON value and a rendered response
-  can never share a key, whatever templates the application uses.
+  key; public keys and tags may not start with ``@`` (:func:`.policy.check_key`),
+  so a JSON value and a rendered response never share a key.
 * ``?page=2`` -- the query parameters the view declares (``cache_params``),
   sorted by name, repeated values kept in their order, names and values
   percent-encoded (so ``&``, ``=``, ``|``, ``?`` in a value cannot forge another
@@ -23,11 +22,10 @@ A cached view's entry for the key template ``exam:{examId}:questions`` lives at:
   negligible.  A view with an ``accept=`` predicate adds ``|@accept=<value>``:
   two views of one route that differ by ``accept`` never share an entry.
 * ``#<scheme>://<host name><SCRIPT_NAME>`` -- the request's scheme, host name
-  and mount point (escaped), as Django keys a page on its absolute URL: a body with absolute links built
-  from the request's ``Host`` header is never served to a request for another
-  host (a forged ``Host`` cannot poison the entry other clients get).  The port
-  is left out, so the processes of one site on several ports share entries; a
-  forged port can only point links at another port of the same host.
+  and mount point (escaped), as Django keys a page on its absolute URL: a body
+  with links built from a forged ``Host`` never reaches another host's clients.
+  The port is left out: the processes of one site share entries
+  (``docs/design/per-user.md``).
 
 How ``invalidate("exam:1:questions")`` reaches ``?page=2`` (and every vary
 variant): every view entry is stored under one implicit tag, ``@key:`` + its

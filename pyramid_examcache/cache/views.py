@@ -11,42 +11,30 @@ query parameters (``cache_params``) and the hashed ``cache_vary`` values make
 the variant's key (:mod:`.variants`).  Only ``GET`` and ``HEAD`` are cached.  A
 hit serves the stored body bytes with the stored headers (no decoding, no
 rendering) and ``X-Cache: HIT``; a miss renders once (the lease of
-:mod:`.policy`: concurrent misses wait for it), stores it if it may and answers
-``X-Cache: MISS``.  A request with a query parameter the view did not declare
-runs the view without the cache (counted as ``param_bypasses``).  HEAD shares
-the GET entry: a hit answers with the GET's headers (and its Content-Length)
-without a body; a HEAD miss stores what the view rendered (Pyramid renders the
-whole body for HEAD) unless the body is empty -- a view that skips the body for
-HEAD never leaves an empty entry for GETs.  What is stored, replayed, and
-answered ``304`` is :mod:`.http`'s business.
+:mod:`.policy`), stores it if it may and answers ``X-Cache: MISS``.  A request
+with a query parameter the view did not declare runs the view without the cache
+(``param_bypasses``).  HEAD shares the GET entry; a HEAD miss with an empty body
+stores nothing.  What is stored, replayed and answered ``304`` is :mod:`.http`'s
+business.
 
 Who may fill a shared key (G5, H1): **a view declared ``cache_public=True``
-promises that its response is the same whoever asks, so responses to
-authenticated requests are stored under its shared key and served to everyone;
-without it, a response to an authenticated request (an ``Authorization`` header
-or an ``authenticated_userid``) is stored only under a key that varies by user
+promises that its response is the same whoever asks; without it, a response to
+an authenticated request (an ``Authorization`` header or an
+``authenticated_userid``) is stored only under a key that varies by user
 (``cache_vary``), though such a request may still be served what anonymous
-requests stored.**  ``cache_public`` together with a per-user ``cache_vary`` is
-a configuration error.  Per-user responses get ``Vary`` for the request headers
-they vary on (``Authorization``; ``Authorization, Cookie`` for an identity),
-merged into the view's own ``Vary``.
+requests stored.**  ``cache_public`` with a per-user ``cache_vary`` is a
+configuration error (``docs/design/per-user.md``).
 
-Deriver order: ``cached_view`` sits at the default place of an added deriver,
-under ``decorated_view`` and over ``rendered_view``, i.e. inside Pyramid's
-``secured_view`` (permission checks run before any hit) and inside
-``http_cached_view``.  So the ``http_cache`` view option wraps our responses:
-its ``Cache-Control``/``Expires`` are computed afresh on every response -- MISS,
-HIT and 304 alike -- rather than stored (a stored ``Expires`` would go stale).
-A ``Cache-Control`` the view sets itself is stored and replayed.  An
-``http_cache`` declaring ``private`` or ``no_store`` on a cached view is refused
-at configuration time: it would be added after the store, so the cache could not
-honour it.
+Deriver order: ``cached_view`` sits under ``decorated_view`` and over
+``rendered_view``: inside ``secured_view`` (permission checks run before any
+hit) and inside ``http_cached_view``, whose ``Cache-Control``/``Expires`` are
+computed afresh on every response (an ``http_cache`` declaring ``private`` or
+``no_store`` on a cached view is refused at configuration time).
 
-Early hits: where it can prove the answer is the same, the tween of :mod:`.early`
-serves a hit before pyramid_tm and the router; it finds this deriver's
-:class:`CacheSpec` on the wrapper (``SPEC_ATTR``), computes the same key
-(:func:`request_query`, :func:`variant_key`) and builds the response with
-:func:`serve_entity`, the function this deriver's hits use.
+Early hits: the deriver also records, from the view's own options, whether the
+early-hit tween (:mod:`.early`, rules in :mod:`.eligibility` and
+``docs/design/early-hits.md``) may serve its hits; both build the key with
+:func:`locate` and the response with :func:`serve_entity`.
 """
 from __future__ import annotations
 
@@ -60,6 +48,7 @@ from pyramid.response import Response
 from pyramid.util import takes_one_arg
 
 from . import codec, http, vary as vary_rules
+from .eligibility import note_view
 from .policy import MAX_KEY_LENGTH, check_key
 from .templates import fields, fill
 from .variants import (DELIMITERS, RESERVED, entity_key, key_tag, origin_part, query_part,
@@ -71,8 +60,6 @@ log = logging.getLogger(__name__)
 #: request attributes whose use in ``cache_vary`` makes a key per user
 USER_VARY = vary_rules.PER_USER
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
-#: the attribute of the ``cache=`` deriver's wrapper holding its :class:`CacheSpec`
-SPEC_ATTR = "__examcache_spec__"
 #: resolved keys remembered per cached view, and the longest matchdict values remembered
 RESOLVED_MAX = 256
 RESOLVED_CHARS = 128
@@ -201,8 +188,7 @@ class CacheSpec:
         return self.resolve_match(request.matchdict or {})
 
     def resolve_match(self, matchdict) -> tuple[str, tuple[str, ...], str | None]:
-        """:meth:`resolve` for a route's ``matchdict`` (the early-hit tween has it
-        before the router sets ``request.matchdict``)."""
+        """:meth:`resolve` for a route's ``matchdict``."""
         # str(): the values are keyed by their text (1 and True are equal, not the same text)
         values = tuple([str(matchdict[name]) for name in self._names])
         if sum(map(len, values)) > RESOLVED_CHARS:  # long values are not remembered
@@ -256,13 +242,41 @@ def request_vary(spec: CacheSpec, request) -> str | None:
     return None if values is None else vary_part(spec.vary, values)
 
 
+def locate(spec: CacheSpec, request, matchdict) -> tuple[str, tuple[str, ...], str] | str:
+    """``(key, tags, vary part)`` of the entry ``request`` reads, for the route's
+    ``matchdict``; else why it bypasses the cache: the counter to count
+    (``bypasses``, ``param_bypasses``, ``vary_bypasses``) or ``too_long``.  The
+    one place the deriver (:func:`serve_cached`) and the early-hit tween build a
+    key; counts nothing (the deriver does), logs a view's misconfiguration once."""
+    try:
+        base, tags, key = spec.resolve_match(matchdict)
+    except KeyError as exc:
+        spec.warn_once(f"no matchdict value for {exc}; requests are served uncached")
+        return "bypasses"
+    query = request_query(spec, request)
+    if query is None:  # an undeclared parameter: never served (nor storing) a variant
+        return "param_bypasses"
+    try:
+        vary = request_vary(spec, request)
+    except UnkeyableVary as exc:
+        spec.warn_once(str(exc), logging.ERROR)
+        vary = None
+    if vary is None:  # no stable per-user value: never a shared or another's entry
+        return "vary_bypasses"
+    key = variant_key(spec, request, base, key, query, vary)
+    if key is None:
+        spec.warn_once("a key is too long or invalid; such requests are served uncached")
+        return "too_long"
+    return key, tags, vary
+
+
 def serve_entity(request, data: bytes, stats) -> Response | None:
     """The response a hit on ``data`` (a stored entity) gives ``request``: ``304``
     with the validator headers when ``If-None-Match`` matches its ETag (counted as
     ``not_modified``), else the stored headers and body as they are; both with
     ``X-Cache: HIT`` (a HEAD gets no body: WebOb drops it for HEAD).  None when
     ``data`` is not an entity.  The one place both the view deriver and the
-    early-hit tween (:mod:`.early`) turn a stored entry into a response."""
+    early-hit tween turn a stored entry into a response."""
     try:
         etag, headers, offset = http.entity_head(data)
     except ValueError:
@@ -293,110 +307,38 @@ def _refused(spec: CacheSpec, stats, reason: str) -> None:
 
 def _dirty(txn, policy) -> bool:
     """Did ``txn`` (captured while the view ran) write, by the end of its commit?"""
-    if txn is None:
-        return False
-    try:
-        return bool(txn.data(policy).dirty)
-    except KeyError:
-        return False
+    from ..transaction import transaction_wrote
+
+    return transaction_wrote(txn, policy)
 
 
 def serve_cached(spec: CacheSpec, view, context, request):
     """Run ``view`` through the cache described by ``spec``.
 
     What is stored is decided on the final response (Django's
-    ``UpdateCacheMiddleware``): the view's response is checked when it returns
-    (status, cookies, ``Cache-Control``, ``Vary`` covered by the key, session,
-    CSRF token, no response callback added by the view), then the fill waits
-    for the end of the request (a finished callback): it happens only if the
-    request ended without an error and the response that went out, after the
-    response callbacks and ``NewResponse`` subscribers ran, has the view's
-    status, sets no cookie, is not private and
-    has no ``Vary: *``, the request touched neither the session nor a CSRF
-    token, and its transaction did not write.  What is stored is the view's
-    response as it returned (the callbacks, subscribers and wrappers above run
-    again on hits)."""
+    ``UpdateCacheMiddleware``): the view's response is checked when it returns,
+    then the fill waits for the end of the request (:class:`_Fill`)."""
     if request.method not in _CACHEABLE_METHODS:
         return view(context, request)
-    cache = request.cache
-    stats = cache.policy.stats
-    try:
-        base, tags, key = spec.resolve(request)
-    except KeyError as exc:
-        spec.warn_once(f"no matchdict value for {exc}; requests are served uncached")
-        return _served(view(context, request), request, spec, stats, "bypasses")
-    query = request_query(spec, request)
-    if query is None:  # an undeclared parameter: never served (nor storing) a variant
-        return _served(view(context, request), request, spec, stats, "param_bypasses")
-    try:
-        vary = request_vary(spec, request)
-    except UnkeyableVary as exc:
-        spec.warn_once(str(exc), logging.ERROR)
-        vary = None
-    if vary is None:  # no stable per-user value: never a shared or another's entry
-        return _served(view(context, request), request, spec, stats, "vary_bypasses")
-    key = variant_key(spec, request, base, key, query, vary)
-    if key is None:
-        spec.warn_once("a key is too long or invalid; such requests are served uncached")
+    stats = request.cache.policy.stats
+    found = locate(spec, request, request.matchdict or {})
+    if found == "too_long":
         stats.incr("bypasses")
         return view(context, request)
-    made: list = []  # the response that may be stored, its ETag
-    # (a per-user key of an authenticated request: the caller's own entry, a private cache;
-    # asked on a miss only)
-    personal = [] if spec.per_user and vary else [False]
-
-    def create():
-        before = len(request.response_callbacks)
-        response = view(context, request)
-        if spec.vary_headers:
-            http.add_vary(response, spec.vary_headers)
-        if not personal:
-            personal.append(_authenticated(request))
-        reason = http.uncacheable(response, request, spec.covered, personal=personal[0])
-        if reason is None and request.method == "HEAD" and not response.body:
-            reason = "empty HEAD body"  # a view that skipped the body for HEAD: not the GET's
-        if reason is None and len(request.response_callbacks) != before:
-            reason = "the view added a response callback (it would not run on a hit)"
-        if reason is not None:
-            _refused(spec, stats, reason)
-            return response, None
-        etag, headers = http.prepare(response)
-        made.append(etag)
-        return response, codec.encode_entity(etag, headers, response.body)
-
-    out: list = []  # the response this function returns
-
-    def hold(complete) -> None:
-        from .transaction import current_transaction
-
-        txn = current_transaction(request)
-        sent: list = []
-        request.add_response_callback(lambda _request, final: sent.append(final))
-
-        def finished(_request) -> None:
-            final = sent[-1] if sent else None  # what went out (a wrapper's, a tween's)
-            if final is None or not out or getattr(request, "exception", None) is not None:
-                reason = "the request ended in an error"
-            else:
-                reason = http.uncacheable(final, request, None, out[0].status_code,
-                                          bool(personal and personal[0]))
-                if reason is None and _dirty(txn, cache.policy):
-                    reason = "its transaction wrote"
-            if reason is not None:
-                _refused(spec, stats, f"{reason} (decided on the final response)")
-            complete(reason is None)
-
-        request.add_finished_callback(finished)
-
+    if isinstance(found, str):  # the counter of the bypass
+        return _served(view(context, request), request, spec, stats, found)
+    key, tags, vary = found
+    fill = _Fill(spec, view, context, request, personal=spec.per_user and bool(vary))
+    cache = request.cache
     if spec.public or spec.per_user or not _authenticated(request):
         # (a request the router does not run -- pyramid.testing.DummyRequest -- never runs
         # its callbacks: decided on the view's response alone)
-        value, data = cache.fetch(key, create, spec.ttl, tags, _entity, checked=True,
-                                  hold=hold if isinstance(request, Request) else None)
+        value, data = cache.fetch(key, fill.create, spec.ttl, tags, _entity, checked=True,
+                                  hold=fill.hold if isinstance(request, Request) else None)
         response = None if value is None else value[0]
     else:  # an authenticated request that may read but not fill (G5)
         data = cache.peek(key, tags)
-        response = None if data is not None else create()[0]
+        response = None if data is not None else fill.create()[0]
     if response is None:  # a hit: serve the stored bytes as they are
         response = serve_entity(request, data, stats)
         if response is None:  # not an entity: never a 500, never stored over here
@@ -404,12 +346,82 @@ def serve_cached(spec: CacheSpec, view, context, request):
             response = view(context, request)
             response.headers["X-Cache"] = "MISS"
         return response
-    if made and http.matches(request, made[-1]):  # a miss with the client's entity
+    if fill.made and http.matches(request, fill.made[-1]):  # a miss with the client's entity
         stats.incr("not_modified")
         response = http.not_modified(response.headerlist)
     response.headers["X-Cache"] = "MISS"
-    out.append(response)
+    fill.out.append(response)
     return response
+
+
+class _Fill:
+    """One miss of a cached view: renders it and decides whether its response is stored.
+
+    The view's response is checked when it returns (status, cookies,
+    ``Cache-Control``, ``Vary`` covered by the key, session, CSRF token, no
+    response callback added by the view); the fill then waits for the end of the
+    request (a finished callback) and happens only if the request ended without an
+    error and the response that went out -- after the response callbacks and
+    ``NewResponse`` subscribers -- has the view's status, sets no cookie, is not
+    private and has no ``Vary: *``, the request touched neither the session nor a
+    CSRF token, and its transaction did not write.  What is stored is the view's
+    response as it returned (the callbacks, subscribers and wrappers above run
+    again on hits)."""
+
+    def __init__(self, spec: CacheSpec, view, context, request, personal: bool) -> None:
+        self.spec, self.view, self.context, self.request = spec, view, context, request
+        self.cache = request.cache
+        self.stats = self.cache.policy.stats
+        #: the ETag of the response that may be stored
+        self.made: list = []
+        #: a per-user key of an authenticated request (the caller's own entry, a private
+        #: cache): asked on a miss only
+        self.personal: list = [] if personal else [False]
+        #: the response :func:`serve_cached` returned
+        self.out: list = []
+
+    def create(self):
+        spec, request = self.spec, self.request
+        before = len(request.response_callbacks)
+        response = self.view(self.context, request)
+        if spec.vary_headers:
+            http.add_vary(response, spec.vary_headers)
+        if not self.personal:
+            self.personal.append(_authenticated(request))
+        reason = http.uncacheable(response, request, spec.covered, personal=self.personal[0])
+        if reason is None and request.method == "HEAD" and not response.body:
+            reason = "empty HEAD body"  # a view that skipped the body for HEAD: not the GET's
+        if reason is None and len(request.response_callbacks) != before:
+            reason = "the view added a response callback (it would not run on a hit)"
+        if reason is not None:
+            _refused(spec, self.stats, reason)
+            return response, None
+        etag, headers = http.prepare(response)
+        self.made.append(etag)
+        return response, codec.encode_entity(etag, headers, response.body)
+
+    def hold(self, complete) -> None:
+        from ..transaction import open_transaction
+
+        request = self.request
+        txn = open_transaction(request)
+        sent: list = []
+        request.add_response_callback(lambda _request, final: sent.append(final))
+
+        def finished(_request) -> None:
+            final = sent[-1] if sent else None  # what went out (a wrapper's, a tween's)
+            if final is None or not self.out or getattr(request, "exception", None) is not None:
+                reason = "the request ended in an error"
+            else:
+                reason = http.uncacheable(final, request, None, self.out[0].status_code,
+                                          bool(self.personal and self.personal[0]))
+                if reason is None and _dirty(txn, self.cache.policy):
+                    reason = "its transaction wrote"
+            if reason is not None:
+                _refused(self.spec, self.stats, f"{reason} (decided on the final response)")
+            complete(reason is None)
+
+        request.add_finished_callback(finished)
 
 
 def _entity(value) -> bytes | None:
@@ -499,7 +511,10 @@ def cached_view(view, info):
     """View deriver for the ``cache``, ``cache_ttl``, ``cache_tags``, ``cache_vary``,
     ``cache_public`` and ``cache_params`` options."""
     options = info.options
-    if options.get("cache") is None or info.exception_only:
+    if info.exception_only:
+        return view
+    if options.get("cache") is None:
+        note_view(info, None)  # (early hits: the route's first view may be this one)
         return view
     spec = CacheSpec(options["cache"], options.get("cache_ttl"), options.get("cache_tags", ()),
                      options.get("cache_vary", ()), options.get("cache_public", False),
@@ -509,11 +524,11 @@ def cached_view(view, info):
     route_name = options.get("route_name")
     if route_name is not None:
         check_route(info.registry, route_name, spec)
+    note_view(info, spec)
 
     def wrapper(context, request):
         return serve_cached(spec, view, context, request)
 
-    setattr(wrapper, SPEC_ATTR, spec)  # how :mod:`.early` finds a cached view in a chain
     return wrapper
 
 

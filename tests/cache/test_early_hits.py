@@ -6,12 +6,17 @@ Seen from a Pyramid user's side: the same app is built twice, with
 ``examcache.early_hits`` on (the default) and off, and the responses are compared
 byte for byte over real HTTP (waitress); the negative cases check that the request
 took the ordinary path (the ``early_hits`` counter, a test tween under pyramid_tm)
-and got the ordinary answer.  memory:// only: it is the backend whose
-``peek_local`` can answer today."""
+and got the ordinary answer.  memory:// mostly (its ``peek_local`` always can
+answer); the tween is installed only where the backend can answer at all (a single
+Redis with read leases, checked against the shared Redis)."""
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 from pyramid.security import Allowed, Denied
@@ -26,6 +31,8 @@ from pyramid.tweens import EXCVIEW
 from webtest import TestApp
 
 from pyramid_examcache.cache import get_policy
+from pyramid_examcache.cache.backends import MemoryBackend, make_backend
+from pyramid_examcache.cache.eligibility import off_reason
 from pyramid_examcache.cache.early import TABLE_KEY, TWEEN
 from pyramid_examcache.settings import parse_cache_settings
 from pyramid_examcache.trace import ENVIRON_KEY, Trace
@@ -34,6 +41,7 @@ from .servers import thread_server
 from .test_http_cache import Loads as Counts, get
 
 ADMIN = {"Authorization": "Bearer admin"}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class TokenPolicy:
@@ -511,11 +519,91 @@ def test_pending_deferred_invalidations_are_never_skipped_early(apps):
 def test_early_hits_false_installs_no_early_behaviour(apps):
     _, _, plain, counts = apps
     names = [name for name, _ in plain.registry.queryUtility(ITweens).implicit()]
-    assert TWEEN in names  # installed, but its factory gave the handler itself back
+    assert TWEEN not in names
     assert plain.registry[TABLE_KEY].disabled == "examcache.early_hits = false"
     app = TestApp(plain)
     assert [app.get("/items/1").headers["X-Cache"] for _ in range(3)] == ["MISS", "HIT", "HIT"]
     assert counts["under_tm"] == 3 and early_hits(plain) == 0
+
+
+@pytest.mark.parametrize("settings,installed", [
+    ({}, True),  # one Redis, tracking and read leases (the defaults): peek_local may answer
+    ({"examcache.tracking_lease_ms": "0"}, False),  # read leases off: it never can
+    ({"examcache.tracking": "false", "examcache.tracking_lease_ms": "0"}, False),
+])
+def test_the_tween_is_installed_only_where_the_backend_can_answer_locally(
+        redis_url, redis_prefix, settings, installed):
+    """With read leases off every early lookup would miss: no tween, so an eligible GET
+    is routed once (by the router), not twice."""
+    counts = Counts()
+    with Configurator(settings={"examcache.redis_url": redis_url,
+                                "examcache.key_prefix": redis_prefix, **settings}) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_examcache")
+        config.add_route("item", "/items/{id}")
+        config.add_view(lambda request: Response(f"load={counts('item')}"), route_name="item",
+                        cache="item:{id}", cache_public=True)
+        wsgi = config.make_wsgi_app()
+    policy = get_policy(wsgi.registry)
+    try:
+        names = [name for name, _ in wsgi.registry.queryUtility(ITweens).implicit()]
+        assert (TWEEN in names) is installed is policy.backend.answers_locally()
+        table = wsgi.registry[TABLE_KEY]
+        if installed:
+            assert table.disabled is None and "item" in table.routes
+            assert names.index(TWEEN) < names.index("pyramid_tm.tm_tween_factory")
+        else:  # (the settings may turn early_hits off for such a backend themselves)
+            assert table.disabled and not table.routes
+        app = TestApp(wsgi)
+        assert [app.get("/items/1").headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"]
+        assert counts["item"] == 1
+    finally:
+        policy.close()
+
+
+def test_a_backend_that_cannot_answer_locally_gets_no_tween_whatever_the_settings(
+        redis_url, redis_prefix):
+    settings = dataclasses.replace(
+        parse_cache_settings({"examcache.redis_url": redis_url,
+                              "examcache.key_prefix": redis_prefix,
+                              "examcache.tracking_lease_ms": "0"}), early_hits=True)
+    backend = make_backend(settings)
+    try:
+        assert not backend.answers_locally()
+        assert "without I/O" in off_reason(settings, backend)
+        assert off_reason(settings, MemoryBackend()) is None
+    finally:
+        backend.close()
+
+
+IMPORTS = """
+import sys
+from pyramid.config import Configurator
+from pyramid.response import Response
+
+def app(flag):
+    settings = {"examcache.redis_url": "memory://", "examcache.early_hits": flag}
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_examcache")
+        config.add_route("item", "/items/{id}")
+        config.add_view(lambda request: Response("x"), route_name="item", cache="item:{id}",
+                        cache_public=True)
+        return config.make_wsgi_app()
+
+app("false")
+print("pyramid_examcache.cache.early" in sys.modules)
+app("true")
+print("pyramid_examcache.cache.early" in sys.modules)
+"""
+
+
+def test_the_early_module_is_imported_only_when_the_tween_is_installed():
+    """A change inside Pyramid that breaks the tween cannot break the start of an
+    application that turned early hits off."""
+    proc = subprocess.run([sys.executable, "-c", IMPORTS], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "True"]
 
 
 def test_an_invalidation_committed_by_a_write_is_seen_by_the_next_early_read(apps):

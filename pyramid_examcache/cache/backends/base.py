@@ -99,6 +99,12 @@ class Backend(abc.ABC):
         (``lookup``/``get``).  ``tags`` as for :meth:`get`."""
         return None
 
+    def answers_locally(self) -> bool:
+        """Can :meth:`peek_local` ever return a value here (known from the
+        configuration)?  False by default; the early-hit tween is installed only
+        where it is True."""
+        return False
+
     @abc.abstractmethod
     def clear(self) -> None:
         """Delete everything this backend stored under its prefix."""

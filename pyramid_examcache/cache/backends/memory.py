@@ -136,6 +136,9 @@ class MemoryBackend(Backend):
         with self._cond:
             return self._valid(key)
 
+    def answers_locally(self) -> bool:
+        return True
+
     def clear(self):
         with self._cond:
             self._values.clear()

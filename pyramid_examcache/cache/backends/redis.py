@@ -349,6 +349,11 @@ class RedisBackend(Backend):
             return self._tracked.get(key, tags)
         return None
 
+    def answers_locally(self) -> bool:
+        """Read leases are on (one Redis, near cache ``lease``): :meth:`peek_local`
+        may answer."""
+        return self._lease is not None
+
     def _switched(self) -> None:
         """A sentinel announced a failover: every thread reconnects before its next call."""
         self._generation += 1
