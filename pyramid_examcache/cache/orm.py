@@ -13,23 +13,16 @@ A session opts in with :func:`register` (as with ``zope.sqlalchemy.register``)::
     zope.sqlalchemy.register(dbsession, transaction_manager=request.tm)
     pyramid_examcache.register(dbsession, request)        # or a CachePolicy in scripts
 
-One path for every way a transaction ends (the cookiecutter's views, which never
-flush, zope.sqlalchemy's flush inside ``tpc_begin``, savepoints, scripts without
-pyramid_tm), keyed to the session's own SQLAlchemy transaction:
-
-* ``before_flush`` / ``after_flush`` -- every insert, update and delete of a
-  declaring model adds its keys (for an update, with the old *and* the new
-  values of changed attributes) to ``session.info``, tagged with the innermost
-  SQLAlchemy transaction (a savepoint, if any); a registered request's
-  transaction is marked dirty, so the request neither reads nor fills the cache
-  afterwards (G2b);
-* ``before_commit`` of the outermost transaction -- one row with all the keys
-  (and the request's explicit ``request.cache.invalidate()`` keys) is written to
-  the durable log in the same transaction (G6, :mod:`.invalidation_log`);
-* ``after_commit`` -- only now, after the database COMMIT, the keys are
-  invalidated (G1), whatever pyramid_tm's ``tm.active`` says;
-* ``after_soft_rollback`` -- a rolled-back savepoint drops the keys it
-  collected; a rolled-back transaction drops them all.
+Flushes (``before_flush``/``after_flush``) collect the keys of every insert, update
+and delete of a declaring model (for an update, old *and* new values) in ``session.info``,
+tagged with the innermost SQLAlchemy transaction, so a rolled-back savepoint drops its
+own (``after_soft_rollback``), and mark the request's transaction dirty (G2b).  At the
+outermost ``before_commit`` one durable log row with the keys (and, when the request's
+transaction is committing, its explicit ``request.cache.invalidate()`` keys) is written
+in the same database transaction (G6, :mod:`.invalidation_log`).  At ``after_commit``
+the keys go to the request transaction's bridge (:mod:`pyramid_examcache.transaction`),
+which applies them after the whole commit; a session that commits by itself (scripts,
+no transaction manager) applies them at once (G1).  Proof: ``docs/design/transactions.md``.
 
 Bulk ``UPDATE``/``DELETE`` statements and ``text()`` DML cannot name their rows: they only
 mark the transaction dirty -- call ``request.cache.invalidate()`` for what they change (it
@@ -43,8 +36,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import signal
 from typing import Any, Iterable
 
 from sqlalchemy import event, inspect
@@ -52,7 +43,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import ObjectDeletedError
 from sqlalchemy.sql.elements import TextClause
 
-from ..trace import trace_of
+from ..transaction import CacheWork, request_bridge
 from .templates import fields as _fields, fill
 
 log = logging.getLogger(__name__)
@@ -70,13 +61,12 @@ _READ_ONLY = ("select", "show", "explain", "values", "pragma")
 class _SessionState:
     """What one registered session owes the cache (kept in ``session.info``)."""
 
-    __slots__ = ("policy", "cache", "pending", "explicit", "row")
+    __slots__ = ("policy", "cache", "pending", "row")
 
     def __init__(self, policy, cache) -> None:
         self.policy = policy
         self.cache = cache  # the request's RequestCache, or None
         self.pending: list[tuple[Any, set[str], set[str]]] = []  # (SessionTransaction, keys, tags)
-        self.explicit: tuple[set[str], set[str]] = (set(), set())
         self.row: tuple[Any, str] | None = None  # (engine, log row id) of this commit
 
     def collected(self) -> tuple[set[str], set[str]]:
@@ -89,8 +79,11 @@ class _SessionState:
 
     def reset(self) -> None:
         self.pending = []
-        self.explicit = (set(), set())
         self.row = None
+
+    def bridge(self, create: bool = False):
+        """The bridge of the request's open transaction, if any."""
+        return None if self.cache is None else request_bridge(self.cache.request, create)
 
 
 class UnregisteredSession(RuntimeError):
@@ -294,14 +287,13 @@ def _before_commit(session: Session) -> None:
     if st is None or session.in_nested_transaction():
         return
     session.flush()  # commit() flushes after this event: collect that flush's keys now
-    if st.cache is not None:
-        txn_state = st.cache._txn_state()
-        if txn_state is not None and (txn_state.keys or txn_state.tags):
-            st.explicit = (set(txn_state.keys), set(txn_state.tags))
     keys, tags = st.collected()
-    keys |= st.explicit[0]
-    tags |= st.explicit[1]
-    journal = st.policy.log
+    bridge = st.bridge()
+    if bridge is not None and bridge.committing:  # this COMMIT is the transaction's
+        work = bridge.work(st.policy)
+        keys |= work.keys
+        tags |= work.tags
+    journal = st.policy.journal
     if journal is not None and (keys or tags):
         conn = session.connection()
         row_id = journal.record(conn, keys, tags)
@@ -314,25 +306,19 @@ def _after_commit(session: Session) -> None:
     if st is None:
         return
     keys, tags = st.collected()
-    explicit_keys, explicit_tags = st.explicit
     row = st.row
     st.reset()
-    if not (keys or tags or explicit_keys or explicit_tags):
+    if not (keys or tags or row):
         return
-    if os.environ.get("EXAMCACHE_FAULT") == "kill-after-commit":  # tests: die before the DEL
-        os.kill(os.getpid(), signal.SIGKILL)
-    if explicit_keys or explicit_tags:
-        txn_state = st.cache._txn_state() if st.cache is not None else None
-        if txn_state is not None:  # applied here: the after-commit hook need not repeat them
-            txn_state.keys -= explicit_keys
-            txn_state.tags -= explicit_tags
-    applied = st.policy.invalidate_now(keys | explicit_keys, tags | explicit_tags)
-    if applied and row is not None:
-        st.policy.log.applied(*row)
-    trace = trace_of(st.cache.request) if st.cache is not None else None
-    if trace is not None:
-        trace.invalidation("applied" if applied else "failed", keys | explicit_keys,
-                           tags | explicit_tags)
+    trace = st.cache.trace if st.cache is not None else None
+    bridge = st.bridge(create=True)
+    if bridge is not None and bridge.committing:
+        # inside the transaction's commit (zope.sqlalchemy's vote): applied when it ends
+        bridge.work(st.policy, trace).add(keys, tags, row)
+        return
+    work = CacheWork(st.policy, trace)  # the session committed by itself: apply now
+    work.add(keys, tags, row)
+    work.apply()
 
 
 def _after_soft_rollback(session: Session, previous_transaction) -> None:

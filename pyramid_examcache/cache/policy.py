@@ -46,7 +46,7 @@ from ..breaker import Breaker, BreakerOpen
 from .deferred import DeferredInvalidations
 from ..trace import trace_of
 from .stats import Stats
-from .transaction import transaction_state
+from ..transaction import request_bridge
 from .variants import RESERVED, key_tag
 
 log = logging.getLogger(__name__)
@@ -405,19 +405,16 @@ class RequestCache:
         self.request = request
         self.trace = trace_of(request)  # the debug toolbar's record, usually None
 
-    def _txn_state(self, create: bool = False):
-        return transaction_state(self.request, self.policy, create=create)
-
     def is_dirty(self) -> bool:
         """Has this request's transaction written (so the cache is bypassed)?"""
-        state = transaction_state(self.request, self.policy)
-        return state is not None and state.dirty
+        bridge = request_bridge(self.request)
+        return bridge is not None and bridge.wrote(self.policy)
 
     def mark_dirty(self) -> None:
         """Declare that the current transaction wrote (done by the ORM hook)."""
-        state = self._txn_state(create=True)
-        if state is not None:
-            state.dirty = True
+        bridge = request_bridge(self.request, create=True)
+        if bridge is not None:
+            bridge.work(self.policy, self.trace).dirty = True
 
     def get_or_set(self, key: str, creator: Callable[[], Any], ttl: int | None = None,
                    tags: Iterable[str] = ()) -> Any:
@@ -462,15 +459,15 @@ class RequestCache:
         active transaction (G1)."""
         keys = [check_key(k) for k in keys]
         tags = _as_tuple(tags)
-        state = self._txn_state(create=True)
-        if state is None:
+        bridge = request_bridge(self.request, create=True)
+        if bridge is None:
             self.policy.invalidate_now(keys, tags)
             if self.trace is not None:
                 self.trace.invalidation("immediate", keys, tags)
             return
-        state.dirty = True
-        state.keys.update(keys)
-        state.tags.update(tags)
+        work = bridge.work(self.policy, self.trace)
+        work.dirty = True
+        work.add(keys, tags)
         if self.trace is not None:
             self.trace.invalidation("queued", keys, tags)
 

@@ -5,7 +5,8 @@ transaction manager itself (``request.tm.get()``), never from pyramid_tm's ``tm.
 flag (removed before the commit, and never set in ``bootstrap()`` scripts or pshell):
 
 * a transaction is open -- the row is written through the request's session and commits
-  or aborts with it; an after-commit hook pushes it (M1);
+  or aborts with it; the transaction's bridge (:mod:`pyramid_examcache.transaction`)
+  pushes it once the transaction has committed, never if it does not (M1);
 * none (no pyramid_tm, or an explicit manager with no ``begin()``) -- the row is written
   and committed at once in a short transaction of its own on the outbox database, then
   pushed, before the job id is returned (M2: never an id without a row).
@@ -19,9 +20,9 @@ from typing import Any, Iterable
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from transaction.interfaces import NoTransaction
 
 from ..trace import trace_of
+from ..transaction import bridge_of, open_transaction
 from .attachments import store, stored_size
 from .compose import is_message, message_arguments
 from .message import (address_list, build_message, check_address, envelope_recipients,
@@ -226,9 +227,11 @@ class Mailer:
         if engine is None:
             return False
         if txn is None:  # committed already
-            _after_commit(True, self.queue, engine, job_id)
-        else:
-            txn.addAfterCommitHook(_after_commit, args=(self.queue, engine, job_id))
+            _push(self.queue, engine, job_id)
+            return True
+        bridge = bridge_of(txn)
+        if bridge is not None:  # (None: the transaction is over; the relay pushes a committed row)
+            bridge.on_commit(_push, self.queue, engine, job_id)
         return True
 
     def send_now(self, to: Any, subject: str | None = None, html: str | None = None,
@@ -283,13 +286,7 @@ class Mailer:
         manager (``transaction.manager``) always has one: writes join it like the
         session's, so commit it (``with request.tm:`` or ``request.tm.commit()``).
         """
-        manager = getattr(self.request, "tm", None)
-        if manager is None:
-            return None
-        try:
-            return manager.get()
-        except NoTransaction:
-            return None
+        return open_transaction(self.request, begin=True)
 
     def _outbox_engine(self) -> Engine:
         """Where the outbox is outside a transaction: the session's database (as inside
@@ -312,9 +309,8 @@ def _mark_changed(session: Any, request: Any) -> None:
     mark_changed(session, transaction_manager=request.tm)
 
 
-def _after_commit(status: bool, queue: MailQueue, engine: Engine, job_id: str) -> None:
-    if not status:
-        return
+def _push(queue: MailQueue, engine: Engine, job_id: str) -> None:
+    """After the commit: hand the committed row to the queue."""
     queue.resources.use_engine(engine)  # the outbox is where the session wrote it
     try:
         push_one(engine, queue.broker, job_id)

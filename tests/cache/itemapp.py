@@ -12,6 +12,10 @@ Routes:
   POST /items/{id}/write-then-read   writes, then reads ``item:{id}:copy`` via get_or_set
   POST /invalidate/{id}        explicit request.cache.invalidate (``fail=1`` aborts)
 
+With the setting ``test.kill_after_commit = true`` the process SIGKILLs itself right after
+the database COMMIT of a session that wrote (SQLAlchemy ``after_commit``), before the
+cache invalidation that follows the commit.
+
 Run standalone (one of the processes of a multi-process test)::
 
   python -m tests.cache.itemapp --port P --db URL --redis URL --prefix PREFIX
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import time
 
 import redis
@@ -28,7 +34,7 @@ import zope.sqlalchemy
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPNotFound
 import pyramid_retry
-from sqlalchemy import Column, Integer, String, create_engine, select, text, update
+from sqlalchemy import Column, Integer, String, create_engine, event, select, text, update
 from sqlalchemy.orm import declarative_base, sessionmaker
 
 from pyramid_examcache import register
@@ -208,6 +214,14 @@ def naive_put(request):
     return {"id": int(request.matchdict["id"]), "version": int(request.params["v"])}
 
 
+def _kill_after_commit(session) -> None:
+    """Die between the COMMIT of a session that wrote and the invalidation after it."""
+    event.listen(session, "after_flush",
+                 lambda s, _ctx: s.info.__setitem__("test.wrote", True))
+    event.listen(session, "after_commit",
+                 lambda s: s.info.get("test.wrote") and os.kill(os.getpid(), signal.SIGKILL))
+
+
 def make_app(db_url: str, **settings):
     settings.setdefault("examcache.redis_url", "memory://")
     settings["sqlalchemy.url"] = db_url
@@ -224,6 +238,8 @@ def make_app(db_url: str, **settings):
             session = factory()
             zope.sqlalchemy.register(session, transaction_manager=request.tm)
             register(session, request)
+            if settings.get("test.kill_after_commit") == "true":
+                _kill_after_commit(session)
             return session
 
         config.add_request_method(dbsession, "dbsession", reify=True)

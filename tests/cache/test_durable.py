@@ -8,7 +8,7 @@ seen for ``relay_after`` = 2 s is re-applied at its next round, every
 * cannot reach Redis (a TCP proxy between A and Redis is cut) and is then
   killed -- its in-memory deferred queue dies with it;
 * is killed between its database COMMIT and its Redis DEL
-  (``EXAMCACHE_FAULT=kill-after-commit``);
+  (``test.kill_after_commit``: the test app kills itself in SQLAlchemy's ``after_commit``);
 * stays alive, partitioned from Redis, while process B reaches it.
 
 Each test first shows that B holds the *old* value (a HIT) right before the
@@ -63,13 +63,14 @@ def db():
 
 
 @contextmanager
-def writer_and_reader(url: str, a_redis: str, b_redis: str, a_env: dict | None = None):
-    """Process A (the writer) and process B (the reader), each with its own
-    Redis URL; yields ``(proc_a, client_a, client_b)``.  Both are stopped at the end."""
+def writer_and_reader(url: str, a_redis: str, b_redis: str, a_settings: dict | None = None):
+    """Process A (the writer, with extra app settings ``a_settings``) and process B (the
+    reader), each with its own Redis URL; yields ``(proc_a, client_a, client_b)``.  Both
+    are stopped at the end."""
     with ExitStack() as stack:
         procs: list = []
         (base_a,) = stack.enter_context(process_servers(
-            1, url, a_redis, PREFIX, env=[a_env or {}], procs_out=procs))
+            1, url, a_redis, PREFIX, settings=a_settings, procs_out=procs))
         (base_b,) = stack.enter_context(process_servers(
             1, url, b_redis, PREFIX, settings=B_SETTINGS))
         a, b = Client(base_a, timeout=10), Client(base_b, timeout=10)
@@ -182,7 +183,7 @@ def test_partitioned_writer_killed_after_its_commit(db, private_redis, record_pr
 def test_writer_killed_between_commit_and_del(db, private_redis, record_property):
     url, engine = db
     with writer_and_reader(url, private_redis.url, private_redis.url,
-                           a_env={"EXAMCACHE_FAULT": "kill-after-commit"}) as (proc_a, a, b):
+                           a_settings={"test.kill_after_commit": "true"}) as (proc_a, a, b):
         assert get(b) == ("MISS", 0)
         assert get(b) == ("HIT", 0)
         assert get(a) == ("HIT", 0)  # A reads fine: the fault fires only after a writing commit
