@@ -40,8 +40,6 @@ The table: add :data:`metadata` to Alembic's ``target_metadata``, or call
 """
 from __future__ import annotations
 
-import atexit
-import datetime as dt
 import logging
 import os
 import threading
@@ -52,6 +50,9 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import JSON, Column, DateTime, Index, MetaData, String, Table, delete, func, select
 from sqlalchemy.engine import Connection, Engine
+
+from ..clock import utcnow
+from .forking import after_fork_in_child, at_exit
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,6 @@ def drop_invalidation_log(op: Any) -> None:
     op.drop_table(TABLE_NAME)
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 class InvalidationLog:
     """One policy's durable log: recording, the queue of applied rows, the relay thread.
 
@@ -127,9 +124,8 @@ class InvalidationLog:
         self._owner = os.getpid()
         self._stop = threading.Event()
         self.stats = {"recorded": 0, "applied_by_writer": 0, "relayed": 0, "relay_errors": 0}
-        me = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _restart(me))
-        atexit.register(_flush_at_exit, me)
+        after_fork_in_child(self._after_fork)
+        at_exit(self._flush_at_exit)
 
     # -- the writer's side --------------------------------------------------------
     def record(self, conn: Connection, keys: Iterable[str], tags: Iterable[str]) -> str | None:
@@ -288,25 +284,59 @@ class InvalidationLog:
             self._own_engine.dispose()
             self._own_engine = None
 
-
-def _flush_at_exit(ref: "weakref.ref[InvalidationLog]") -> None:
-    journal = ref()
-    if journal is not None and journal._owner == os.getpid():
+    def _flush_at_exit(self) -> None:
+        """At a clean exit of the process that applied them: delete the applied rows."""
+        if self._owner != os.getpid():
+            return
         try:
-            journal.flush_applied()
+            self.flush_applied()
         except Exception:  # noqa: BLE001 -- best effort; a relay re-applies and deletes them
             pass
 
+    def _after_fork(self) -> None:
+        """In a forked child (pre-fork servers): threads do not survive a fork."""
+        self._owner = os.getpid()
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._done = {}  # the parent deletes its own
+        self._own_engine = None  # never share the parent's connections
+        if self._thread is not None:
+            self._thread = None
+            self.start()
 
-def _restart(ref: "weakref.ref[InvalidationLog]") -> None:
-    """In a forked child (pre-fork servers): threads do not survive a fork."""
-    journal = ref()
-    if journal is None:
-        return
-    journal._owner = os.getpid()
-    journal._lock = threading.Lock()  # a parent thread may have held it at the fork
-    journal._done = {}  # the parent deletes its own
-    journal._own_engine = None  # never share the parent's connections
-    if journal._thread is not None:
-        journal._thread = None
-        journal.start()
+
+def attach_journal(policy: Any, settings: Any) -> InvalidationLog:
+    """Give ``policy`` its durable log (``policy.journal``, relay thread started): its
+    own invalidation is what the relay re-applies."""
+    policy.journal = InvalidationLog(
+        policy.invalidate_now, policy.usable, scope=settings.key_prefix,
+        url=settings.invalidation_log_url,
+        interval=settings.relay_interval, relay_after=settings.relay_after)
+    policy.journal.start()
+    return policy.journal
+
+
+def start_relay(settings: Any) -> Any:
+    """The relay of the durable log on its own, for a process that serves no cache reads
+    (``examcache-consumer`` runs it as a thread beside the mail consumer).
+
+    Built from what the relay needs and nothing more: the log's database
+    (``examcache.invalidation_log_url``) and a backend that only writes -- no near cache,
+    no tracking connection, no read lease (this process is never a lease holder writers
+    wait for; as a writer it waits for the others' leases like any writer). Returns the
+    writer (``.journal`` is the log; ``close()`` stops both), or ``None`` when there is
+    nothing to relay: the log off, no database URL, or ``memory://`` (one process).
+    """
+    import dataclasses
+
+    from ..topology import parse
+    from .backends import make_backend
+    from .policy import CachePolicy
+
+    if (not settings.invalidation_log or not settings.invalidation_log_url
+            or parse(settings.redis_url).kind == "memory"):
+        return None
+    writer = dataclasses.replace(settings, near_cache="off", near_cache_mb=0.0,
+                                 early_hits=False)
+    policy = CachePolicy(make_backend(writer), writer)
+    attach_journal(policy, writer)
+    return policy

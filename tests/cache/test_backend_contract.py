@@ -220,9 +220,9 @@ def test_near_cache_serves_only_what_redis_holds_now(two_processes):
 
 
 def test_near_cache_is_bounded():
-    from pyramid_examcache.cache.backends.near import NearCache
+    from pyramid_examcache.cache.backends.near import ByteLRU
 
-    near = NearCache(max_bytes=1000)
+    near = ByteLRU(max_bytes=1000)
     for i in range(50):
         near.put(f"k{i}", b"s", b"x" * 100)
     assert len(near) <= 10

@@ -331,14 +331,14 @@ def test_a_tracking_connection_that_stops_answering_is_replaced(private_redis):
     with RespProxy("127.0.0.1", private_redis.port) as proxy:
         from unittest import mock
 
-        from pyramid_examcache.cache.backends import redis as redis_backend
+        from pyramid_examcache.cache.backends import tracked_near
 
-        real = redis_backend.InvalidationStream
+        real = tracked_near.InvalidationStream
 
         def stream(kwargs, prefix, on_keys, on_flush, **kw):
             return real({**kwargs, "port": proxy.port}, prefix, on_keys, on_flush, **kw)
 
-        with mock.patch.object(redis_backend, "InvalidationStream", stream):
+        with mock.patch.object(tracked_near, "InvalidationStream", stream):
             b = backend(private_redis.url, timeout=0.2, lease_ms=400)
         proxy.hold(DOWN)
         assert wait_until(lambda: not b._stream.healthy, timeout=15, message="dropped")

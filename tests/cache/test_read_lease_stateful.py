@@ -34,7 +34,7 @@ import redis
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from pyramid_examcache.cache.backends import redis as redis_backend
+from pyramid_examcache.cache.backends import tracked_near
 from pyramid_examcache.cache.backends.base import Status
 from pyramid_examcache.cache.backends.redis import RedisBackend
 
@@ -67,14 +67,14 @@ class LeaseMachine(RuleBasedStateMachine):
         self.pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="write")
         self.pending: list[concurrent.futures.Future] = []
         self.proxy = RespProxy("127.0.0.1", self.server.port).start()
-        real_stream = redis_backend.InvalidationStream
+        real_stream = tracked_near.InvalidationStream
 
         def stream(kwargs, prefix, on_keys, on_flush, **kw):  # R's tracking connection
             return real_stream({**kwargs, "port": self.proxy.port}, prefix, on_keys, on_flush,
                                reconnect_delay=0.005, **kw)
 
         url = self.server.url
-        with mock.patch.object(redis_backend, "InvalidationStream", stream):
+        with mock.patch.object(tracked_near, "InvalidationStream", stream):
             self.r = RedisBackend(url, prefix=self.prefix, socket_timeout=0.05,
                                   near_cache_bytes=1 << 20, tracking=True, lease_ms=LEASE_MS)
         self.w = RedisBackend(url, prefix=self.prefix, socket_timeout=1.0, lease_ms=LEASE_MS)

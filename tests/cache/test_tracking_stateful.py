@@ -64,7 +64,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pyramid_examcache.cache.backends import redis as redis_backend
+from pyramid_examcache.cache.backends import tracked_near
 from pyramid_examcache.cache.backends.base import Status
 from pyramid_examcache.cache.backends.redis import RedisBackend, glob_escape
 
@@ -134,13 +134,13 @@ class TrackingMachine(RuleBasedStateMachine):
         self._send_hook = None
         url = self.server.url
         self.proxy = RespProxy("127.0.0.1", self.server.port).start()
-        real_stream = redis_backend.InvalidationStream
+        real_stream = tracked_near.InvalidationStream
 
         def stream(kwargs, prefix, on_keys, on_flush, **kw):  # the tracking connection: proxied
             return real_stream({**kwargs, "port": self.proxy.port}, prefix, on_keys, on_flush,
                                reconnect_delay=0.005, **kw)
 
-        with mock.patch.object(redis_backend, "InvalidationStream", stream):
+        with mock.patch.object(tracked_near, "InvalidationStream", stream):
             self.tb = RedisBackend(url, prefix=self.prefix, socket_timeout=1.0,
                                    near_cache_bytes=1 << 20, tracking=True)
         self.other = RedisBackend(url, prefix=self.prefix, socket_timeout=1.0)

@@ -6,56 +6,18 @@ Layout under the key prefix ``P`` (which may not contain braces)::
     P l:{<key>}   the lease
     P t:<tag>     a tag's version
 
-A value and its lease share a hash tag (``{<key>}``: the first ``{`` is ours,
-and whatever ``<key>`` contains, both names read identically from there on), so
-they live in one slot and the two scripts below touch only those two keys, both
-declared in ``KEYS``.  Tag versions hash anywhere: they are read and written
-with plain commands, never inside a script.  That is what a cluster allows, and
-the protocol stays correct because its proof never needed the tag checks to be
-atomic with the lease (G2, re-proved for this layout):
-
-* **Keys.**  ``invalidate`` deletes a key's value *and* lease in one ``DEL`` (one
-  slot: atomic); ``LEASE`` and ``FILL`` are atomic on that slot.  So the
-  single-Redis argument for keys holds verbatim: a fill whose data was read
-  before a commit either lands before that commit's ``DEL`` (and is deleted by
-  it) or after it (and is refused: its lease is gone).
-* **Tags.**  A version is a fresh random string, never reused.  A tag
-  invalidation deletes it; from then on the tag's version is missing or new,
-  never the old one again.  A *hit* requires every tag's current version, read
-  at some instant ``a`` of the read, to equal the version stored with the value.
-  Let W be a write whose invalidation of tag T completed before a read R
-  started.  A value V that predates W's commit was stored with the version of T
-  its filler read at its lookup, before its load -- which read the old data,
-  so before W's commit and W's invalidation.  That version was therefore
-  deleted by W's invalidation at the latest (by an earlier one, if any), and a
-  deleted version never comes back.  R reads T's version at ``a`` > W's
-  invalidation: missing or new, never V's -- no hit, whichever node answers
-  first.  The value and the tag versions may be read in
-  any order, on any nodes, concurrently (a pipeline to several nodes): the
-  argument uses only that both reads happen after W's invalidation.  The same
-  holds for a hit answered by ``LEASE`` (the versions it compares were read just
-  before it, after R started).
-* **Fills.**  ``fill`` first lengthens each tag's TTL past the value's
-  (``PEXPIRE … GT``: it never creates a version nor shortens one) and reads its
-  version; a changed or missing version refuses the fill early (an
-  optimisation: a value stored under a dead version could never be hit
-  anyway).  A version deleted between that check and the ``FILL`` script leaves
-  a dead value behind, never a stale hit.  A version a lookup creates lives
-  only as long as the lease (``SET … PX NX GET``), so a miss that stores
-  nothing leaves nothing behind; an expired version is a lost one (below).
-* **Lost metadata** (a node restarted or failed over without the tag key, an
-  eviction): a version read afterwards is new or missing, so values stored
-  under the lost one are invalid, never resurrected (G2b).
-* **G3**: the lease is one key in one slot, exactly as before.
+A value and its lease share a hash tag (``{<key>}``), so they live in one slot and
+the two scripts below touch only those two keys, both declared in ``KEYS``.  Tag
+versions hash anywhere: they are read and written with plain commands, never
+inside a script.  The protocol stays correct because its proof never needed the
+tag checks to be atomic with the lease: G2, re-proved for this layout (keys, tags,
+fills, lost metadata, G3), is in ``docs/design/topologies.md``.
 
 ``MOVED``/``ASK``/``TRYAGAIN`` during a resharding are followed by redis-py's
-:class:`~redis.cluster.RedisCluster` (for scripts too: ``EVALSHA`` is routed by
-its keys, and a node that lacks a script gets it by ``SCRIPT LOAD``, which
-redis-py sends to every primary).  ``clear`` scans every primary.
-
-The near cache needs no per-node bookkeeping: each near hit is validated by
-the value's stamp and tag versions read from whichever node owns them *now*
-(a stamp travels with the value when its slot migrates).
+:class:`~redis.cluster.RedisCluster` (for scripts too).  ``clear`` scans every
+primary.  The near cache (``check`` only) needs no per-node bookkeeping: each near
+hit is validated by the value's stamp and tag versions read from whichever node
+owns them *now*.
 """
 from __future__ import annotations
 
@@ -69,7 +31,7 @@ from redis.retry import Retry
 
 from ...topology import cluster_client, parse as parse_url
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
-from .near import NearCache
+from .near import ByteLRU
 from .redis import OUTLIVE_MS, RELEASE, TAKE_LEASE, glob_escape
 
 # KEYS: value, lease.  ARGV: token, lease_ms, tags, versions (read just before)
@@ -114,7 +76,7 @@ class ClusterBackend(Backend):
         self._lease = self.client.register_script(LEASE)
         self._fill = self.client.register_script(FILL)
         self._release = self.client.register_script(RELEASE)
-        self._near = NearCache(near_cache_bytes) if near_cache_bytes > 0 else None
+        self._near = ByteLRU(near_cache_bytes) if near_cache_bytes > 0 else None
 
     def _v(self, key: str) -> str:
         return f"{self.prefix}v:{{{key}}}"

@@ -1,10 +1,8 @@
 """Failover detection for a Sentinel-managed primary: the cache's *epoch*.
 
 Redis replicates asynchronously: the primary acknowledges a ``DEL`` before any
-replica has it.  If the primary dies (or is failed over) right then, the
-promoted replica still holds the value -- an acknowledged invalidation is lost
-and an invalidated value comes back.  No client-side retry can repair that: the
-client does not know which of its acknowledged writes the new primary lacks.
+replica has it, so a failover right then can lose an acknowledged invalidation
+and bring an invalidated value back.  No client-side retry can repair that.
 
 What we do: every key the cache writes on a Sentinel topology carries an
 **epoch**, the primary's replication ID (``master_replid``, 16 hex digits), read
@@ -12,40 +10,16 @@ by ``INFO replication`` each time a connection is (re)established::
 
     <prefix><epoch>:v:<key>   <prefix><epoch>:l:<key>   <prefix><epoch>:t:<tag>
 
-Redis gives a primary a fresh random replication ID when it starts and when a
-replica is promoted (the old one survives only as ``master_replid2``, for partial
-resyncs); a replica reports its primary's ID.  So:
+and every batch of commands ends with ``ROLE`` (:func:`check_role`): its replies
+count only if the node still answers ``master``.  After a failover nothing that
+predates it is served; the price is one cold cache per failover.
+:class:`SwitchWatch` listens for the sentinels' ``+switch-master`` and makes every
+connection reconnect at once.  Used by :class:`~.sentinel.SentinelBackend`.
 
-1. *Every key of epoch E was written on the one node that generated E, during
-   its current mastership.*  A connection only adopts E after reading it from a
-   node that says ``role:master``; every batch of commands ends with ``ROLE``
-   and its replies are used only if that node still answers ``master``
-   (:func:`check_role`; a write on a demoted node fails anyway with
-   ``READONLY``).  A promoted replica has a new ID, never E.
-2. *So within one epoch nothing acknowledged is lost*: all of E's reads and
-   writes went to the node that holds E's whole history, and the single-Redis
-   proof of G2 (``policy.py``) applies unchanged.
-3. *After a failover nothing that predates it is served*: clients reconnect
-   (their connection to the old primary breaks, or ``ROLE`` says ``slave``),
-   read the new primary's ID E' and use E' keys only.  Every E' value was filled
-   on the new primary after its promotion, under a lease granted there after the
-   promotion, so its load started after the promotion -- after every write
-   whose invalidation went to the old primary had committed.  The old epoch's
-   keys, including a value whose ``DEL`` was lost, are unreachable and expire
-   with their TTL (memory: at most one TTL's worth of dead keys per failover).
-
-The price is one cold cache per failover (every key misses once, under G3's
-single load per key) and a ``ROLE`` per batch (a few bytes; see bench/RESULTS.md).
-
-Residual window (split brain): a *writer* still connected to the old primary
-after the sentinels promoted another and before the old one is demoted sends
-its ``DEL`` to the old epoch, where readers of the new one do not look.  Redis's
-own remedy bounds it: ``min-replicas-to-write 1`` and ``min-replicas-max-lag``
-on the primary make the isolated old primary refuse the ``DEL``; a refused
-invalidation is deferred and kept in the durable log (G4, G6), which re-applies
-it to the new primary within G6's bound.  :class:`SwitchWatch` narrows the
-window further: it listens for the sentinels' ``+switch-master`` and drops every
-connection at once.
+The proof (why every key of an epoch was written on one node during one
+mastership, why nothing acknowledged is lost within an epoch) and the residual
+split-brain window with its remedy (``min-replicas-to-write``, the durable log):
+``docs/design/topologies.md``.
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ class MemoryBackend(Backend):
             now = self._clock()
             self._leases[key] = (now + lease_ttl, token)
             versions = []
-            for tag in tags:  # a version created here lives as long as the lease (issue 18)
+            for tag in tags:  # a version created here lives as long as the lease
                 item = self._live(self._tags, tag)
                 if item is None:
                     item = (now + lease_ttl, uuid.uuid4().hex)

@@ -1,130 +1,26 @@
 """Read leases: the tracked near cache served with no barrier at all, G2 kept by the writers.
 
-:mod:`.tracking` makes a held value safe to serve after an ordering barrier: one ``PING``
-on the tracking connection that every request in flight shares. Under load that is still a
-wait per request (a thread switch, a wake-up, a round trip's latency). A *read lease*
-(Gray and Cheriton, "Leases: an efficient fault-tolerant mechanism for distributed file
-cache consistency", SOSP 1989) moves the wait to the writers, which are rare: while a
-process holds a valid lease it serves held values with no command, no lock and no wait;
-a write does not return until every process holding a lease has acknowledged having
+:mod:`.tracking` makes a held value safe to serve after an ordering barrier. A *read
+lease* (Gray and Cheriton, SOSP 1989) moves the wait to the writers, which are rare:
+while a process holds a valid lease it serves held values with no command, no lock and no
+wait; a write does not return until every process holding a lease has acknowledged having
 applied its invalidation, or until every such lease has run out.
 
-Hand-written because no library does it: redis-py's client-side cache (redis-py >= 5,
-RESP3, Redis >= 7.4) has no ordering guarantee and no writer side at all.
+Keys under the prefix ``P``: ``P x:fence`` (a counter), ``P x:readers`` (reader id ->
+lease expiry), ``P x:acks`` (reader id -> the fence it has caught up with) and
+``P x:wiped`` (the wipe marker). A reader's tracking connection is named
+``ecr-<hash of P>-<id>``.
 
-The protocol
-------------
-Keys under the prefix ``P`` (never a cache key: those are ``P v:``, ``P l:``, ``P t:``):
-``P x:fence`` (a counter), ``P x:readers`` (hash: reader id -> lease expiry, ms of Redis's
-clock), ``P x:acks`` (hash: reader id -> the fence value it has caught up with) and
-``P x:wiped`` (a marker that lives for a lease after the fence was found absent). Each
-process with a tracking stream is a reader; its tracking connection is named
-``ecr-<hash of P>-<id>`` (``CLIENT LIST`` finds readers whose registration was wiped).
+* :class:`ReadLease` -- the reader side: a keeper thread runs the cycles (``RENEW``, a
+  barrier, ``ACK``) every ``L/4``; :meth:`ReadLease.valid` is the hot path (a clock read).
+* :class:`LeaseWriter` -- the writer side: after a write, ``FENCE`` and wait for the
+  pending readers' acks, at most ``L(1 + e) + m``.
 
-A reader's *cycle* (every ``L/4``, and at once when it sees ``P x:fence`` change or a
-flush): ``t0 = now()``; ``RENEW``: atomically ``readers[id] = TIME + L`` and read the fence
-``f`` (created if absent -- then the *wipe marker* ``P x:wiped`` is set too, see below);
-then a barrier on its tracking stream (a ``PING`` sent after ``RENEW`` returned); then
-``ACK``: ``acks[id] = f``, *only if* ``readers[id]`` still holds the expiry this ``RENEW``
-wrote (no wipe, expiry or older snapshot in between); only then is its lease usable, until
-``t0 + L(1 - e) - m`` on its own monotonic clock. It serves without a barrier only while
-that deadline has not passed *and* its stream is healthy; a loss, a reconnection or a flush
-message revokes the lease at once; two barriers in a row unanswered on a connection that
-reports no error make it reconnect the stream.
-
-A writer, after its ``DEL``/version changes were acknowledged (at ``started``, on its own
-clock): ``FENCE`` atomically does ``n = INCR fence`` and lists the registered readers whose
-expiry has not passed and whose ack is below ``n`` (expired ones are removed); while the
-wipe marker exists it also asks ``CLIENT LIST`` for the readers of ``P`` (by connection
-name) and waits for their acks; its own process is crossed off by a barrier on its own
-stream. It polls until nobody is pending, and returns at the latest at
-``started + L(1 + e) + m``, whatever Redis says.
-
-Why a read never sees older data than a write whose response returned (G2)
---------------------------------------------------------------------------
-Let W's write change key ``k`` at time ``T_k`` (before W's ``started``), then W's ``FENCE``
-run at ``T_f > T_k`` giving ``n``, and let a request R in process P start after W returned
-and serve P's held entry for ``k`` without a barrier: P held a lease from some cycle C
-(``t0``, ``RENEW`` executed at ``T_r > t0``, barrier and ``ACK`` after it). Cases:
-
-1. ``T_r > T_k``: C's barrier was a PING sent after ``T_r`` on P's tracking connection, so
-   (:mod:`.tracking`, claims 1-3) ``k``'s invalidation message was applied before C made
-   the lease usable, i.e. before R started. The entry was dropped; anything held now was
-   filled from a read that the tracked near cache's tokens prove newer
-   (:mod:`.tracked_near`).
-2. ``T_r < T_k`` and W returned because P's ack reached ``a >= n``: the ack was written by a
-   cycle whose ``RENEW`` read ``a`` -- after ``INCR`` made ``n``, after ``T_k`` -- and whose
-   barrier, sent after that, came back before the ack; so ``k``'s message was applied
-   before W returned. (An ack of a fence read before a wipe is refused by ``ACK``'s check,
-   so after a wipe ``a >= n`` still means a read of the fence after ``n`` was made.)
-3. ``T_r < T_k`` and W returned without P's ack:
-
-   * W gave up at ``started + L(1+e) + m``; ``t0 < T_r < T_k < started``, so C's lease,
-     ending at ``t0 + L(1-e) - m`` by P's clock, had ended (clock rates within ``e``);
-   * or W saw P's registration expired (by Redis's clock): the registration it read is P's
-     latest, at least as late as C's, and C's lease ends before its Redis expiry ``T_r + L``
-     (rates within ``e``, offsets within ``m``);
-   * or P was not registered at ``T_f``, and not expired: its registration was wiped. Every
-     wipe is followed, at the first re-creation of the fence (by any ``RENEW`` or ``FENCE``,
-     at the latest W's own), by the wipe marker, which lives ``L(1+e) + m`` -- longer than
-     any lease granted before the wipe. So W asked ``CLIENT LIST``, found P (its tracking
-     connection is open) and waited for its ack (case 2) or gave up (the first bullet).
-
-   In every case P held no usable lease from C when R started -- a contradiction.
-
-So the entry was never served stale. The assumption is the one every lease makes: clocks
-advance at rates within ``e`` (1 %) of each other and Redis's ``TIME`` does not jump by
-more than ``m`` (50 ms). A process paused for longer than its lease (a stop-the-world GC, a
-``SIGSTOP``) checks the deadline when it resumes, before serving. A forked child (a pre-fork
-server that built the app in its master) starts its own stream, lease and reader id and
-never uses the parent's.
-
-The one fault this does not cover: a wipe while a reader is partitioned *and* Redis has
-already closed that reader's connection -- it is then neither registered nor listed, and
-may serve for the rest of its lease (at most ``L``). ``examcache.tracking_lease_ms = 0``
-turns leases off (a barrier per read, :mod:`.tracking`).
-
-Only readers hold leases: a process registers when a read first asks for a lease
-(:meth:`ReadLease.valid`; until its first cycle it reads with a barrier, the path of
-:mod:`.tracking`), and unregisters once nothing has asked for a whole lease (its deadline
-is reset before its registration is deleted), at a clean exit (``atexit``) and on
-``close()``. The mail consumer, scripts and idle workers hold none: writes never wait for
-them. Unregistering is a wipe of one registration, which the proof already allows for: a
-process without a usable lease serves nothing without a barrier. Such a process still
-reads its stream, and acknowledges each fence change at once (``IDLE_ACK``, run by the
-keeper between cycles), so a writer that found it by connection name after a wipe does not
-wait for it either: its next lease needs a ``RENEW`` after that ack (case 1). A process
-killed by a signal Python does not handle (``SIGTERM`` to a bare waitress) runs no
-``atexit``: its lease runs out (one write waits, at most ``L(1 + e) + m``); gunicorn's
-workers and ``SIGINT`` exit cleanly.
-
-What eviction may take: the registry (``x:fence``, ``x:readers``, ``x:acks``, ``x:wiped``)
-has no TTL, so no ``volatile-*`` policy evicts it (the wipe marker holds its own end, in
-ms of Redis's clock, instead of a TTL); ``x:readers`` keeps a placeholder field, so a
-registry found absent is an eviction (or a wipe) and sets the marker like a missing fence.
-Under ``maxmemory-policy allkeys-*`` any key may go, so leases are off (one warning; the
-policy is read with ``INFO`` at start and every 2 s; a writer whose own process has seen it
-for longer than that plus a lease skips the wait: no process can still hold a lease).
-
-Faults on the writer's side (``RedisBackend._delete``): a failed ``DEL`` is retried at
-once on a fresh connection (an idle connection closed by Redis, a proxy or a NAT is not a
-fault), and with leases on, again until ``L(1 + e) + m`` has passed since the first try,
-so a stall shorter than that is waited out and the proof above applies once it lands. A
-writer that still cannot reach Redis returns with its invalidation deferred (G4): reads
-elsewhere may serve the old value until it is applied -- by the writer's retry once Redis
-answers, or by any process's relay of the durable log within ``relay_after + 2 x
-relay_interval`` (G6).
-
-Changes that are not the application's writes -- an operator's ``FLUSHALL``, an eviction, an
-expiry set by hand -- have no writer waiting for them: a reader applies them when their
-message lands (usually well under a millisecond). What it served meanwhile was not stale
-(the data it stands for did not change), only not yet evicted.
-
-Costs: a held value is served with one clock read and a dict lookup. A reader spends
-three small commands per ``L/4`` and per burst of writes; a write waits for the slowest
-reader's acknowledgement (about three round trips), at most ``L(1 + e) + m`` when a reader
-stopped answering -- a process killed without closing its backend delays writes once, by
-up to ``L``.
+The protocol, the proof of G2, who holds a lease, the faults covered (eviction,
+``allkeys-*``, wipes, stalls, forks) and the costs: ``docs/design/read-leases.md``.
+The assumption is the one every lease makes: clocks advance at rates within ``e``
+(:data:`DRIFT`) of each other and Redis's ``TIME`` does not jump by more than ``m``
+(:data:`MARGIN`). ``examcache.near_cache = barrier`` turns leases off.
 """
 from __future__ import annotations
 

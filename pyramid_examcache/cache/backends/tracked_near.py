@@ -1,4 +1,4 @@
-"""A near cache kept exact by Redis's invalidation messages (issue 11's second block).
+"""A near cache kept exact by Redis's invalidation messages (the ``barrier`` and ``lease`` variants).
 
 An entry is the value bytes of one cache key plus the Redis keys it depends on: its value
 key and the version key of each of its tags. :class:`~.tracking.InvalidationStream` calls
@@ -12,7 +12,12 @@ whose message is processed before the insert). :meth:`put` checks the stream's t
 inserts under one lock, and :meth:`on_keys` drops under the same lock *after* the stream
 recorded the keys as changed, so either the check sees the change (no insert) or the
 drop runs after the insert (the entry goes). Memory is bounded by the wrapped
-:class:`~.near.NearCache` (LRU by bytes).
+:class:`~.near.ByteLRU` (LRU by bytes).
+
+The backend's variants (:class:`~.near.NearCache`'s interface): :class:`BarrierNearCache`
+(``barrier``: a held value is served after a barrier) and :class:`LeasedNearCache`
+(``lease``: with no barrier while this process holds a read lease, :mod:`.read_lease`).
+Each owns its stream, lease and writer, and starts new ones in a forked child.
 """
 from __future__ import annotations
 
@@ -20,14 +25,20 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from .near import NearCache
+import redis
+
+from ..forking import after_fork_in_child
+from .near import ByteLRU, NearCache
+from .read_lease import LeaseWriter, ReadLease, new_reader_id, reader_tag
 from .tracking import InvalidationStream
 
 
 class TrackedNearCache:
+    """The entries, their dependencies and deadlines (no I/O of its own)."""
+
     def __init__(self, max_bytes: int, value_key: Callable[[str], str],
                  tag_key: Callable[[str], str]) -> None:
-        self.near = NearCache(max_bytes)
+        self.near = ByteLRU(max_bytes)
         self.value_key, self.tag_key = value_key, tag_key
         self._lock = threading.Lock()
         self._deps: dict[str, set[str]] = {}  # Redis key -> cache keys depending on it
@@ -100,3 +111,149 @@ class TrackedNearCache:
     @property
     def nbytes(self) -> int:
         return self.near.nbytes
+
+
+class BarrierNearCache(NearCache):
+    """``barrier``: a held value is served after a barrier on the tracking stream (no
+    command of its own); a value not held, or a barrier that fails, takes the validating
+    read, whose value is inserted only if none of its keys changed meanwhile.
+
+    ``fetch_expiring(key, tags, conn)``: ``(data, stamp, pttl)`` of ``key``'s value
+    (``data`` None unless valid under exactly ``tags``), one round trip."""
+
+    mode = "barrier"
+
+    def __init__(self, client: redis.Redis, prefix: str, max_bytes: int,
+                 barrier_timeout: float, fetch_expiring: Callable, lease_ms: int = 0) -> None:
+        super().__init__(None)
+        self.client, self.prefix, self.max_bytes = client, prefix, max_bytes
+        self.barrier_timeout, self.lease_ms = barrier_timeout, lease_ms
+        self._fetch_expiring = fetch_expiring
+        self._incr: Callable[[str], None] | None = None
+        self.tracked: TrackedNearCache | None = None
+        self.stream: InvalidationStream | None = None
+        self.lease: ReadLease | None = None
+        self._start()
+        after_fork_in_child(self._after_fork)
+
+    def _start(self) -> None:
+        """A new tracked store and stream."""
+        self.tracked = self._new_store()
+        self.stream = self._new_stream({})
+        self.stream.start()
+
+    def _new_store(self) -> TrackedNearCache:
+        prefix = self.prefix
+        return TrackedNearCache(self.max_bytes, lambda k: f"{prefix}v:{k}",
+                                lambda t: f"{prefix}t:{t}")
+
+    def _new_stream(self, extra: dict) -> InvalidationStream:
+        pool = self.client.connection_pool
+        return InvalidationStream({**pool.connection_kwargs, **extra}, self.prefix,
+                                  self._on_keys, self._on_flush,
+                                  connection_class=pool.connection_class)
+
+    def _on_keys(self, redis_keys: list[str]) -> None:
+        self.tracked.on_keys(redis_keys)
+
+    def _on_flush(self) -> None:
+        self.tracked.on_flush()
+
+    def get(self, key, tags, conn):
+        tracked = self.tracked
+        if tracked.get(key, tags) is not None and self.stream.barrier(self.barrier_timeout):
+            data = tracked.get(key, tags)  # every invalidation before the barrier is applied
+            if data is not None:
+                return data
+        return self._read(key, tags, conn)
+
+    def _read(self, key, tags, conn) -> bytes | None:
+        """The validating read, inserting what it read unless one of its keys changed
+        since the mark (:class:`TrackedNearCache`)."""
+        stream = self.stream
+        token = stream.mark()
+        data, stamp, ttl_ms = self._fetch_expiring(key, tags, conn)
+        if data is not None and stamp:
+            self.tracked.put(key, tags, stamp, data, stream, token, ttl_ms)
+        return data
+
+    def drop(self, keys, tags):  # at once here; the DELs' messages do it everywhere
+        prefix = self.prefix
+        self.tracked.on_keys([f"{prefix}v:{k}" for k in keys] + [f"{prefix}t:{t}" for t in tags])
+
+    def clear(self):
+        self.tracked.on_flush()
+
+    def attach_stats(self, incr):
+        self._incr = incr
+        super().attach_stats(incr)
+
+    @property
+    def nbytes(self) -> int:
+        return self.tracked.nbytes
+
+    def close(self):
+        self.stream.stop()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's socket, barrier numbers, held values (and lease)
+        are the parent's.  Keep them untouched (closing would close the parent's
+        connection) and start this process's own."""
+        self._forked_from = (self.stream, self.lease, self.tracked)
+        self._start()
+
+
+class LeasedNearCache(BarrierNearCache):
+    """``lease``: a held value is served with no barrier at all while this process holds a
+    read lease (:mod:`.read_lease`); writes wait instead (:attr:`writer`)."""
+
+    mode = "lease"
+
+    def _start(self) -> None:
+        """A new tracked store, stream, reader id, read lease and writer."""
+        self.reader_id = reader_id = new_reader_id()
+        self.tracked = self._new_store()
+        self.stream = self._new_stream({"client_name": reader_tag(self.prefix) + reader_id})
+        self.lease = ReadLease(self.client, self.stream, self.prefix, reader_id,
+                               self.lease_ms, self.barrier_timeout)
+        self.stream.start()
+        self.lease.start()
+        self.writer = LeaseWriter(self.client, self.prefix, self.lease_ms,
+                                  own=self._own_caught_up, own_id=reader_id,
+                                  off=self.lease.settled_off)
+        self.writer.incr = self._incr
+
+    def _on_keys(self, redis_keys):
+        self.tracked.on_keys(redis_keys)
+        self.lease.notice(redis_keys)
+
+    def _on_flush(self):
+        self.lease.revoke()
+        self.tracked.on_flush()
+
+    def get(self, key, tags, conn):
+        if self.lease.valid():  # no barrier: the writers waited (G2)
+            data = self.tracked.get(key, tags)
+            if data is not None:
+                return data
+            return self._read(key, tags, conn)
+        return super().get(key, tags, conn)
+
+    def peek_local(self, key, tags=()):
+        if self.lease.valid():
+            return self.tracked.get(key, tags)
+        return None
+
+    def lease_held(self) -> bool:
+        return self.lease.held()
+
+    def _own_caught_up(self) -> bool:
+        """After a write's fence: has this process applied every message before it? (Or
+        can it not serve without a barrier anyway: its stream is down, and a reconnection
+        flushes and revokes.)"""
+        stream = self.stream
+        return stream.barrier(self.barrier_timeout) or not stream.healthy
+
+    def close(self):
+        self.lease.stop()
+        super().close()

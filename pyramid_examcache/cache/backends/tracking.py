@@ -1,76 +1,29 @@
 """Server-assisted invalidation for the near cache: ``CLIENT TRACKING`` plus an ordering barrier.
 
-Issue 11's building block, wired into :class:`~.redis.RedisBackend` by ``examcache.tracking``:
-it tells a process which keys under its prefix changed, and lets a request wait -- usually
-together with every other request in flight -- until every change Redis made before the
-request started has been seen. With read leases (:mod:`.read_lease`) only the lease keeper
-and the writers use the barrier; requests do not.
+Wired into :class:`~.redis.RedisBackend` by ``examcache.near_cache`` = ``barrier`` or
+``lease`` (:mod:`.tracked_near`): it tells a process which keys under its
+prefix changed, and lets a request wait -- usually together with every other request in
+flight -- until every change Redis made before the request started has been seen. With
+read leases (:mod:`.read_lease`) only the lease keeper and the writers use the barrier.
 
-The connection
---------------
-One dedicated RESP2 connection per process (whatever the pool's protocol, and with
-redis-py's maintenance notifications off: they need RESP3, and redis-py >= 8 refuses them on
-its pure-Python RESP2 parser, i.e. without hiredis) does it all: ``CLIENT ID``, then
-``CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>``, then
-``SUBSCRIBE __redis__:invalidate``. In BCAST mode Redis sends a message for *every*
-modified key matching the prefix (values, leases, tag versions), whether or not this
-process read it; ``FLUSHALL``/``FLUSHDB`` send a message without keys. Redirecting to
-itself matters: when the tracking client is another connection and that one dies, Redis
-stops producing messages *silently*; here the connection that receives the messages is the
-one whose loss stops them, so the reader thread sees the error and the stream is marked
-unhealthy at once (measured with redis-server 7.0: after the tracking connection was
-killed, writes produced no message, while the listener stayed connected).
+One dedicated RESP2 connection per process does it all: ``CLIENT ID``, then ``CLIENT
+TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>``, then ``SUBSCRIBE
+__redis__:invalidate``; a reader thread hands each message to ``on_keys`` (or
+``on_flush``). :meth:`InvalidationStream.barrier` waits for the reply to a ``PING``
+sent after it began (group commit: one PING in flight serves every barrier that began
+before it was sent); :meth:`InvalidationStream.mark` and
+:meth:`InvalidationStream.unchanged` let a fill insert only what no message has
+invalidated since its read.
 
-The barrier, and why a hit served after it is never stale (G2)
---------------------------------------------------------------
-Claim: if a request calls :meth:`InvalidationStream.barrier` at time ``t`` and it returns
-``True``, every invalidation message for a write that Redis executed before ``t`` has
-been handed to ``on_keys`` (or ``on_flush``) before ``barrier`` returned.
-
-1. Redis emits the invalidation message for a write while executing the write, into the
-   output buffer of the tracking connection, before it replies to the writer. A write
-   acknowledged before ``t`` was executed before ``t``.
-2. ``barrier`` waits for the reply to a ``PING <n>`` that was *sent* on this connection
-   after ``t`` (its own, or one another request sent after ``t`` -- group commit). Redis
-   executes commands of one connection in order and executes that PING after it arrives,
-   i.e. after ``t``, hence after the write; its reply is appended to the same output buffer
-   after the write's invalidation message.
-3. One reader thread consumes that buffer in order and calls ``on_keys`` for each message
-   before it records the pong; ``barrier`` returns only once the pong is recorded.
-
-So a near-cache entry still present after a successful barrier was not invalidated by any
-write acknowledged before the request started: serving it satisfies G2 ("a read that
-starts after a write's response returned never sees older data"). Across processes the
-same holds: the argument only uses Redis's order, not who wrote.
-
-A Redis that refuses it for good (``CLIENT`` renamed or denied by an ACL, no ``CLIENT
-TRACKING`` before Redis 6), or a redis-py that cannot build the connection, is logged once
-(:attr:`InvalidationStream.unavailable`) and never retried: the stream stays unhealthy.
-
-If the stream is (or becomes) unhealthy -- never connected, connection lost, Redis
-restarted -- ``barrier`` returns ``False`` and the caller must use the ordinary path
-(one round trip that validates the stamp and tag versions), exactly as without tracking.
-On every (re)connection and on every loss, ``on_flush`` is called: nothing cached while
-messages could have been missed survives.
-
-Filling without a stale insert
-------------------------------
-A fill reads a value from Redis and then inserts it into the near cache. If a write lands
-between the two and its message is processed before the insert, the insert would put a
-stale value back *after* its invalidation. :meth:`InvalidationStream.mark` returns a
-token taken before the read; :meth:`InvalidationStream.unchanged` says, at insert time,
-whether any of the entry's keys (its value key, its tags) was invalidated since -- or the
-stream reconnected, or the record was trimmed -- in which case the caller must not insert.
-
-Costs: a hit after a barrier costs no Redis command of its own; under load one PING
-serves every request that started before it was sent, and a lone request pays one small
-round trip on this connection (as today's validation does).
+Why a hit served after a barrier is never stale (G2), why the connection redirects to
+itself, what happens when Redis refuses tracking or the connection is lost, and the
+costs: ``docs/design/tracking.md``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import socket
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -120,14 +73,13 @@ class InvalidationStream:
             # ("auto" under RESP3) into every connection's kwargs. They are RESP3 push
             # messages, which this RESP2 connection never receives; and redis-py's
             # pure-Python RESP2 parser (no hiredis) refuses them at construction -- every
-            # attempt raised, twice a second, and the near cache never served (issue 18).
+            # attempt raised, twice a second, and the near cache never served.
             self.kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         self.connection_class = connection_class
         self.prefix = prefix
         self.on_keys, self.on_flush = on_keys, on_flush
         self.reconnect_delay = reconnect_delay
         self._conn: redis.Connection | None = None
-        self._sock: Any = None  # the connected socket: PINGs are written to it directly
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._healthy = False
@@ -174,11 +126,11 @@ class InvalidationStream:
         """Break the current connection (the reader sees the error, flushes and reconnects):
         for a connection that stopped answering without an error."""
         with self._send_lock:
-            sock = self._sock
-            if sock is not None:
+            conn = self._conn
+            if conn is not None:
                 try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
+                    conn.disconnect()  # shuts the socket down: the blocked read fails
+                except Exception:  # noqa: BLE001
                     pass
 
     def wait_healthy(self, timeout: float) -> bool:
@@ -200,8 +152,8 @@ class InvalidationStream:
                 self._lose()
                 log.warning("cache tracking for %r unavailable, not retried: %s. The near "
                             "cache serves nothing and every read validates against Redis; set "
-                            "examcache.tracking = false to use the validated near cache "
-                            "instead", self.prefix, exc)
+                            "examcache.near_cache = check (formerly examcache.tracking = "
+                            "false) to use the validated near cache instead", self.prefix, exc)
                 return
             except (redis.RedisError, OSError, ValueError) as exc:
                 # ValueError: redis-py reading a socket that stop() or drop() closed
@@ -224,7 +176,7 @@ class InvalidationStream:
 
     def _connect(self) -> redis.Connection:
         try:
-            conn = self.connection_class(**self.kwargs)
+            conn = _connecting_once(self.connection_class)(**self.kwargs)
         except Exception as exc:  # noqa: BLE001 -- no I/O yet: the same arguments fail again
             raise TrackingUnavailable(f"redis-py cannot build the tracking connection "
                                       f"({type(exc).__name__}: {exc})") from exc
@@ -251,7 +203,6 @@ class InvalidationStream:
             raise
         with self._cond:
             self._conn = conn
-            self._sock = conn._sock  # redis-py's socket: written to by _send only
             self._epoch += 1
             self._recent.clear()
             self._floor = self._messages
@@ -267,7 +218,7 @@ class InvalidationStream:
             was = self._healthy
             self._healthy = False
             self._epoch += 1
-            conn, self._conn, self._sock = self._conn, None, None
+            conn, self._conn = self._conn, None
             self._in_flight = self._next = None
             self._cond.notify_all()  # barrier waiters give up
         if conn is not None:
@@ -354,21 +305,20 @@ class InvalidationStream:
             return bool(ok) and self._acked >= mine and self._epoch == epoch
 
     def _send(self, number: int) -> None:
-        """Write ``PING <number>`` to the current socket. Never through redis-py's
-        ``send_command``: on a connection the reader dropped it would connect a new one
-        (a stray connection whose PONG nobody reads, opened under the send lock with no
-        timeout). A failure is the reader's to notice (the connection is gone)."""
+        """Send ``PING <number>`` on the current connection, from the caller's thread (the
+        reader thread is blocked reading it). A connection that was lost is never reopened
+        by this (:func:`_connecting_once`): a failure is the reader's to notice."""
         arg = str(number).encode()
         packed = b"*2\r\n$4\r\nPING\r\n$%d\r\n%s\r\n" % (len(arg), arg)
         with self._send_lock:
-            sock = self._sock
-            if sock is None:
+            conn = self._conn
+            if conn is None:
                 return
             try:
-                sock.sendall(packed)
+                conn.send_packed_command([packed], check_health=False)
                 self.pings_sent += 1
-            except OSError:
-                pass
+            except (redis.RedisError, OSError, AttributeError):
+                pass  # (AttributeError: the reader dropped the socket meanwhile)
 
     # -- safe fills ---------------------------------------------------------------------------
 
@@ -387,3 +337,28 @@ class InvalidationStream:
             if not self._healthy or self._epoch != epoch or self._floor > seen:
                 return False
             return all(self._recent.get(key, 0) <= seen for key in keys)
+
+
+class _ConnectOnce:
+    """Mixed into the tracking connection's class: it connects once.  redis-py reconnects a
+    connection on a send after a disconnect; here that would open a stray connection
+    (tracking off, no reader, no timeout) from a request thread, under the send lock."""
+
+    connected_once = False
+
+    def connect(self, *args, **kwargs):
+        if self.connected_once:
+            raise redis.ConnectionError("the tracking connection was lost: not reopened")
+        super().connect(*args, **kwargs)
+        self.connected_once = True
+
+    def connect_check_health(self, *args, **kwargs):  # redis-py >= 6 reconnects through it
+        if self.connected_once:
+            raise redis.ConnectionError("the tracking connection was lost: not reopened")
+        return super().connect_check_health(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _connecting_once(connection_class: type) -> type:
+    """``connection_class`` with :class:`_ConnectOnce` mixed in."""
+    return type(f"Once{connection_class.__name__}", (_ConnectOnce, connection_class), {})
