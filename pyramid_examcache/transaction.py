@@ -182,7 +182,7 @@ class Bridge:
     def savepoint(self) -> "_Savepoint":
         return _Savepoint(self)
 
-    def _after_commit(self, status: bool) -> None:
+    def after_commit(self, status: bool) -> None:
         """The after-commit hook of a bridge created while the transaction committed."""
         self._end(status)
 
@@ -242,7 +242,7 @@ def bridge_of(txn: Any, create: bool = True) -> Bridge | None:
         txn.join(bridge)
     except ValueError:  # committing (zope.sqlalchemy's flush), or in an after-commit hook
         bridge.state = _VOTING
-        txn.addAfterCommitHook(bridge._after_commit)
+        txn.addAfterCommitHook(bridge.after_commit)
     except TransactionFailedError:
         return None
     txn.set_data(_KEY, bridge)

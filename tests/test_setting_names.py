@@ -19,9 +19,12 @@ from pyramid.config import Configurator
 from pyramid.csrf import CookieCSRFStoragePolicy
 from pyramid.exceptions import ConfigurationError
 
+from pyramid_examcache.cache import get_policy
 from pyramid_examcache.scripts.consumer import read_settings
 from pyramid_examcache.settings import (CACHE_SETTINGS, MAIL_SETTINGS, PYRAMID_MAILER_SETTINGS,
                                         cache_setting, parse_cache_settings, parse_mail_settings)
+
+from .conftest import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "pyramid_examcache.settings"
@@ -33,13 +36,14 @@ def base_settings(tmp_path: Path) -> dict[str, str]:
             "mail.file_dir": str(tmp_path / "mail")}
 
 
-def include(settings: dict[str, str]) -> None:
+def include(settings: dict[str, str]) -> Configurator:
     """``config.include('pyramid_examcache')`` and commit, as an application does."""
     config = Configurator(settings=settings)
     config.set_csrf_storage_policy(CookieCSRFStoragePolicy())  # the admin page's forms
     config.include("pyramid_tm")
     config.include("pyramid_examcache")
     config.commit()
+    return config
 
 
 def name_warnings(caplog) -> list[str]:
@@ -96,15 +100,17 @@ def test_the_names_accepted_as_pyramid_mailers_are_read_by_the_installed_pyramid
         assert f"'{short}'" in source or f"prefix+'{short}'" in source, name
 
 
-def test_a_full_set_of_valid_names_is_accepted_without_warning(tmp_path, caplog):
-    """Every name of the table, with a valid value, through the real includeme."""
+def test_a_full_set_of_valid_names_is_accepted_without_warning(tmp_path, caplog,
+                                                               redis_prefix):
+    """Every name of the table, with a valid value, through the real includeme (on one
+    Redis: the near cache's settings all take effect only there)."""
     values = {
-        "examcache.redis_url": "memory://", "examcache.key_prefix": "names-test:",
+        "examcache.redis_url": REDIS_URL, "examcache.key_prefix": redis_prefix,
         "examcache.default_ttl": "60", "examcache.socket_timeout": "0.5",
         "examcache.lock_timeout": "2", "examcache.wait_timeout": "2",
         "examcache.breaker_threshold": "3", "examcache.breaker_reset": "1",
-        "examcache.near_cache_mb": "1", "examcache.tracking": "true",
-        "examcache.tracking_lease_ms": "1000", "examcache.early_hits": "true",
+        "examcache.near_cache": "lease", "examcache.near_cache_mb": "1",
+        "examcache.lease_ms": "1000", "examcache.early_hits": "true",
         "examcache.enabled": "true", "examcache.max_value_bytes": "1000",
         "examcache.require_registration": "false", "examcache.invalidation_log": "false",
         "examcache.invalidation_log_url": f"sqlite:///{tmp_path}/log.sqlite",
@@ -126,7 +132,8 @@ def test_a_full_set_of_valid_names_is_accepted_without_warning(tmp_path, caplog)
     }
     assert set(values) == CACHE_SETTINGS | MAIL_SETTINGS  # the whole table, nothing else
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        include(values)
+        config = include(values)
+    get_policy(config.registry).close()
     assert name_warnings(caplog) == []
     assert parse_cache_settings(values).require_registration is False
 

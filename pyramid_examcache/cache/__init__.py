@@ -8,7 +8,8 @@ from zope.interface import Interface
 
 from ..settings import CacheSettings, parse_cache_settings
 from .backends import make_backend
-from .invalidation_log import InvalidationLog
+from ..topology import parse as parse_url
+from .invalidation_log import attach_journal
 from .orm import install, register
 from .policy import CachePolicy, RequestCache
 from .csrf import watch_csrf_tokens
@@ -29,14 +30,11 @@ def get_policy(registry) -> CachePolicy:
 def build_policy(settings: CacheSettings) -> CachePolicy:
     """The policy for validated settings: its backend and, for a Redis backend
     with ``examcache.invalidation_log`` on, the durable log and its relay thread.
-    Used by ``includeme`` and by ``examcache-consumer``."""
+    Used by ``includeme``; ``examcache-consumer`` runs the relay alone
+    (:func:`.invalidation_log.start_relay`)."""
     policy = CachePolicy(make_backend(settings), settings)
-    if settings.invalidation_log and not settings.redis_url.startswith("memory://"):
-        policy.log = InvalidationLog(
-            policy.invalidate_now, policy.usable, scope=settings.key_prefix,
-            url=settings.invalidation_log_url,
-            interval=settings.relay_interval, relay_after=settings.relay_after)
-        policy.log.start()
+    if settings.invalidation_log and parse_url(settings.redis_url).kind != "memory":
+        attach_journal(policy, settings)
     return policy
 
 

@@ -45,8 +45,8 @@ from .backends.base import SEP, Backend, Status
 from ..breaker import Breaker, BreakerOpen
 from .deferred import DeferredInvalidations
 from ..trace import trace_of
+from ..transaction import CacheWork, request_bridge
 from .stats import Stats
-from ..transaction import request_bridge
 from .variants import RESERVED, key_tag
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class CachePolicy:
         self.deferred = DeferredInvalidations()
         self.stats = Stats()
         backend.attach_stats(self.stats.incr)
-        #: the durable invalidation log (G6), when this policy has one (see ``includeme``)
-        self.log = None
+        #: the durable invalidation log, when this policy has one (see ``includeme``)
+        self.journal = None
         self._clock = clock
         self._apply_lock = threading.Lock()
         self._retry_lock = threading.Lock()
@@ -105,7 +105,7 @@ class CachePolicy:
     # -- every backend call goes through the breaker ------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` through the breaker; ``_FAILED`` when the backend is open,
-        failing or slow (never raises for those: fail open, G4)."""
+        failing or slow (never raises for those: fail open)."""
         try:
             return self.breaker.call(fn, *args)
         except BreakerOpen:
@@ -325,7 +325,8 @@ class CachePolicy:
         hold raises :class:`~.codec.NotJSONValue` (a ``TypeError`` naming the key)
         on every call, stored or not, and releases the lease at once (no waiter
         waits for it).  ``creator`` runs at most once per cold key across threads
-        and processes (G3); a backend failure never raises (G4).
+        and processes, and a backend failure never raises (G3, G4 in
+        docs/design/cache-policy.md).
         """
         check_key(key)
         _as_tuple(tags)
@@ -390,8 +391,8 @@ class CachePolicy:
         with self._retry_lock:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
-        if self.log is not None:
-            self.log.close()
+        if self.journal is not None:
+            self.journal.close()
         self.backend.close()
 
 
@@ -405,6 +406,12 @@ class RequestCache:
         self.request = request
         self.trace = trace_of(request)  # the debug toolbar's record, usually None
 
+    def _work(self) -> CacheWork | None:
+        """What the request's open transaction owes this policy (joined on first use);
+        None when there is no transaction to wait for."""
+        bridge = request_bridge(self.request, create=True)
+        return None if bridge is None else bridge.work(self.policy, self.trace)
+
     def is_dirty(self) -> bool:
         """Has this request's transaction written (so the cache is bypassed)?"""
         bridge = request_bridge(self.request)
@@ -412,9 +419,9 @@ class RequestCache:
 
     def mark_dirty(self) -> None:
         """Declare that the current transaction wrote (done by the ORM hook)."""
-        bridge = request_bridge(self.request, create=True)
-        if bridge is not None:
-            bridge.work(self.policy, self.trace).dirty = True
+        work = self._work()
+        if work is not None:
+            work.dirty = True
 
     def get_or_set(self, key: str, creator: Callable[[], Any], ttl: int | None = None,
                    tags: Iterable[str] = ()) -> Any:
@@ -456,16 +463,15 @@ class RequestCache:
     def invalidate(self, *keys: str, tags: Iterable[str] = ()) -> None:
         """Invalidate ``keys`` and ``tags`` after the request's transaction
         commits (nothing on abort or failed commit); at once when there is no
-        active transaction (G1)."""
+        active transaction (G1, docs/design/transactions.md)."""
         keys = [check_key(k) for k in keys]
         tags = _as_tuple(tags)
-        bridge = request_bridge(self.request, create=True)
-        if bridge is None:
+        work = self._work()
+        if work is None:
             self.policy.invalidate_now(keys, tags)
             if self.trace is not None:
                 self.trace.invalidation("immediate", keys, tags)
             return
-        work = bridge.work(self.policy, self.trace)
         work.dirty = True
         work.add(keys, tags)
         if self.trace is not None:

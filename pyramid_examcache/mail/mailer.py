@@ -30,8 +30,7 @@ from .message import (address_list, build_message, check_address, envelope_recip
 from .outbox import (CANCELLED_REASON, FAILED, cancel_statement, new_row, outbox_table,
                      retry_values, utcnow)
 from .queue import MailQueue
-from .relay import push_one
-from .status import _JOB_ID, job_status
+from .status import is_job_id, job_status
 from .transports import MailError
 
 #: headers that only the mailer writes (addresses are arguments, ids and dates are ours)
@@ -184,7 +183,7 @@ class Mailer:
         committed at once) and is pushed after the commit. Returns ``False`` (and changes
         nothing) when the job is unknown (or was purged) or is not ``failed``.
         """
-        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        if not is_job_id(job_id):
             return False
         t = outbox_table
         stmt = update(t).where(t.c.id == job_id, t.c.state == FAILED).values(
@@ -200,7 +199,7 @@ class Mailer:
         when the job is unknown, already ``active`` (an attempt is running: it is not
         interrupted) or finished.
         """
-        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        if not is_job_id(job_id):
             return False
         stmt = cancel_statement(job_id, utcnow(), reason)
         return self._write(stmt, self._transaction()) is not None
@@ -313,6 +312,6 @@ def _push(queue: MailQueue, engine: Engine, job_id: str) -> None:
     """After the commit: hand the committed row to the queue."""
     queue.resources.use_engine(engine)  # the outbox is where the session wrote it
     try:
-        push_one(engine, queue.broker, job_id)
+        queue.push(engine, job_id)
     except Exception:  # noqa: BLE001 -- never fail a committed request; the relay catches up
         log.exception("mail %s: after-commit push failed; the relay will retry", job_id)

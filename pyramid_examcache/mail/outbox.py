@@ -41,6 +41,8 @@ from sqlalchemy import (JSON, Column, DateTime, Index, Integer, MetaData, String
                         and_, or_, select, update)
 from sqlalchemy.engine import Connection, Row
 
+from ..clock import as_utc, utcnow  # noqa: F401 -- outbox.utcnow: the rows' clock
+
 TABLE_NAME = "examcache_mail_outbox"
 
 WAITING = "waiting"
@@ -141,17 +143,6 @@ def drop_outbox(op: Any) -> None:
     for name, _cols in _INDEXES:
         op.drop_index(name, table_name=TABLE_NAME)
     op.drop_table(TABLE_NAME)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """Datetimes come back naive from SQLite: read them as UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
 
 
 def new_row(job_id: str, message_id: str, sender: str, recipients: list[str] | dict,

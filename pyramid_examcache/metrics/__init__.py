@@ -27,32 +27,20 @@ Metric names (all prefixed ``examcache_``):
 """
 from __future__ import annotations
 
-from typing import Any
-
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
-from ..settings import cache_setting
+from ..settings import cache_setting, parse_metrics_settings
 
 __all__ = ["includeme"]
 
-#: the setting read here (checked against pyramid_examcache.settings.CACHE_SETTINGS)
+#: the setting of the metrics route (parsed by pyramid_examcache.settings)
 PATH_SETTING = cache_setting("examcache.metrics_path")
-
-
-def _path(settings: Any) -> str | None:
-    path = str(settings.get(PATH_SETTING) or "").strip()
-    if not path:
-        return None
-    if not path.startswith("/") or any(c.isspace() or c in "?#{}" for c in path):
-        raise ConfigurationError(f"Invalid setting {PATH_SETTING}={path!r}: must be a "
-                                 f"path such as /metrics")
-    return path
 
 
 def includeme(config: Configurator) -> None:
     """Expose ``examcache.metrics_path`` (when set) and feed the cache's counters."""
-    path = _path(config.get_settings())
+    path = parse_metrics_settings(config.get_settings()).path
     if path is None:
         return
     try:

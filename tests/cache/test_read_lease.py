@@ -214,9 +214,11 @@ def test_a_bad_lease_setting_names_itself(value):
 
 
 def test_lease_settings():
+    one = {"examcache.redis_url": "redis://127.0.0.1:6379/0"}  # leases need one Redis
     assert parse_cache_settings({}).tracking_lease_ms == 1000
     assert parse_cache_settings({"examcache.tracking_lease_ms": "0"}).tracking_lease_ms == 0
-    assert parse_cache_settings({"examcache.tracking_lease_ms": "250"}).tracking_lease_ms == 250
+    assert parse_cache_settings({**one, "examcache.tracking_lease_ms": "250"}
+                                ).tracking_lease_ms == 250
 
 
 # -- wipes, forks and silent connections (found by a review of the proof) -------------------
