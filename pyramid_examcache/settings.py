@@ -519,6 +519,8 @@ def _map_deprecated(settings: Mapping[str, Any], values: dict[str, Any],
         leases_off = old_ms == 0
         if not leases_off:
             values["lease_ms"], given["lease_ms"] = old_ms, _c("tracking_lease_ms")
+            if not is_given(settings, _c("near_cache")):  # what it meant: leases on
+                values["near_cache"], given["near_cache"] = "lease", _c("tracking_lease_ms")
     if is_given(settings, _c("tracking")):
         if read(settings, _c("tracking")):
             mode = "barrier" if leases_off else "lease"
@@ -528,14 +530,16 @@ def _map_deprecated(settings: Mapping[str, Any], values: dict[str, Any],
     return leases_off
 
 
-def _default_mode(kind: str, size_mb: float, leases_off: bool) -> str:
-    """What each topology did with the defaults: memory:// has no near cache; Sentinel and
-    Cluster validate each hit; a single Redis tracks, with read leases unless turned off."""
+def _default_mode(kind: str, size_mb: float) -> str:
+    """The default mode per topology: memory:// has no near cache; Sentinel and Cluster
+    validate each hit; a single Redis tracks with a barrier per read. Read leases (``lease``)
+    are opt-in: they make hits free but every write waits for every lease holder, which
+    missed the write goals as processes multiply (bench/RESULTS.md, "Write scaling")."""
     if kind == "memory" or size_mb <= 0:
         return "off"
     if kind != "single":
         return "check"
-    return "barrier" if leases_off else "lease"
+    return "barrier"
 
 
 def _check_topology(settings: Mapping[str, Any], given: dict[str, str], kind: str,
@@ -592,7 +596,7 @@ def resolve_near_cache(settings: Mapping[str, Any], values: Mapping[str, Any]) -
     leases_off = _map_deprecated(settings, values, given, kind)
     size_mb = values["near_cache_mb"]
     mode = (values["near_cache"] if "near_cache" in given
-            else _default_mode(kind, size_mb, leases_off))
+            else _default_mode(kind, size_mb))
     _check_topology(settings, given, kind, mode)
     _check_mode(settings, given, kind, mode, size_mb, leases_off)
     early = values["early_hits"] if "early_hits" in given else (mode == "lease"
@@ -615,7 +619,7 @@ class CacheSettings:
     breaker_threshold: int = 3
     breaker_reset: float = 2.0
     #: ``off``, ``check``, ``barrier`` or ``lease`` (:data:`NEAR_CACHE_MODES`)
-    near_cache: str = "lease"
+    near_cache: str = "barrier"
     #: the near cache's size (0.0 when ``near_cache`` is ``off``)
     near_cache_mb: float = 32.0
     #: read leases (:mod:`.cache.backends.read_lease`): held by ``lease`` processes, waited

@@ -40,7 +40,7 @@ def refused(settings: dict[str, str], *names: str) -> str:
 
 
 @pytest.mark.parametrize("url, expected", [
-    (ONE, ("lease", 32.0, 1000, True)),        # tracked near cache with read leases
+    (ONE, ("barrier", 32.0, 0, False)),       # tracked near cache, a barrier per read
     (SENTINEL, ("check", 32.0, 1000, False)),  # validated near cache (no tracking there)
     (CLUSTER, ("check", 32.0, 1000, False)),
     (MEMORY, ("off", 0.0, 1000, True)),        # no near cache; memory:// hits early
@@ -63,12 +63,17 @@ def test_each_mode_on_one_redis(mode, lease_ms, early):
 
 
 def test_lease_ms_and_early_hits_given():
-    assert near({"examcache.redis_url": ONE, "examcache.lease_ms": "250"}) == (
-        "lease", 32.0, 250, True)
+    assert near({"examcache.redis_url": ONE, "examcache.near_cache": "lease",
+                 "examcache.lease_ms": "250"}) == ("lease", 32.0, 250, True)
+    # read leases are opt-in: a lease length alone would change nothing (the default mode
+    # has none), so it is refused naming the mode
+    refused({"examcache.redis_url": ONE, "examcache.lease_ms": "250"},
+            "examcache.lease_ms", "examcache.near_cache")
     # a process without leases of its own still waits for the others' (the writer side)
     assert near({"examcache.redis_url": ONE, "examcache.near_cache": "check",
                  "examcache.lease_ms": "5000"})[2] == 5000
-    assert near({"examcache.redis_url": ONE, "examcache.early_hits": "false"})[3] is False
+    assert near({"examcache.redis_url": ONE, "examcache.near_cache": "lease",
+                 "examcache.early_hits": "false"})[3] is False
     assert near({"examcache.redis_url": MEMORY, "examcache.early_hits": "true"})[3] is True
 
 
@@ -117,10 +122,11 @@ def test_an_explicit_value_that_cannot_take_effect_names_both_settings(settings,
 # -- the old names -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("old, new", [
-    ({"examcache.tracking": "true"}, {}),
+    ({"examcache.tracking": "true"}, {"examcache.near_cache": "lease"}),  # what it meant
     ({"examcache.tracking": "false"}, {"examcache.near_cache": "check"}),
     ({"examcache.tracking_lease_ms": "0"}, {"examcache.near_cache": "barrier"}),
-    ({"examcache.tracking_lease_ms": "300"}, {"examcache.lease_ms": "300"}),
+    ({"examcache.tracking_lease_ms": "300"},
+     {"examcache.near_cache": "lease", "examcache.lease_ms": "300"}),
     ({"examcache.tracking": "false", "examcache.tracking_lease_ms": "2000"},
      {"examcache.near_cache": "check", "examcache.lease_ms": "2000"}),
     ({"examcache.tracking": "true", "examcache.near_cache_mb": "0"}, None),

@@ -6,9 +6,9 @@ exam's questions and note which N they saw.  A read is *stale* when N is older
 than the newest version whose PUT response had returned before the read was
 sent (the race of ``tests/cache/servers.py``).  Ours: the demo's authenticated
 ``PUT /api/exams/1/questions/{id}`` (ORM flush -> invalidation after commit).
-``ours-tracking``: the same with ``examcache.tracking = true`` and no read leases (a
-barrier per read); ``ours-tracking-2p``: the readers on one such process, the writer on
-another. ``ours-lease`` / ``ours-lease-2p``: the same with the defaults (read leases and
+``ours-tracking``: the defaults (``near_cache = barrier``: a barrier per read);
+``ours-tracking-2p``: the readers on one such process, the writer on another.
+``ours-lease`` / ``ours-lease-2p``: the same with ``near_cache = lease`` (read leases and
 early hits: reads take no barrier, writes wait for the readers' acknowledgement).
 Seed: ``PUT /seed/...`` (update, commit, then DEL).  After the writer stops, one
 more read checks the cache is fresh (a stale value left for the TTL).
@@ -33,15 +33,14 @@ TARGETS = (("ours", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q
            ("ours-lease", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q}"),
            ("ours-lease-2p", "ours", "/api/exams/1/questions", "/api/exams/1/questions/{q}"),
            ("seed", "peers", "/seed/exams/1/questions", "/seed/exams/1/questions/{q}"))
-#: ``ours-tracking`` is the demo with ``examcache.tracking = true`` (issue 11's path)
+#: ``ours-tracking`` is the demo on the defaults (a tracked near cache, a barrier per read)
 #: ``ours-tracking-2p``: the readers on a second such process, the writer on the first one
 #: (G2 across processes: the invalidation reaches the readers' process through Redis only)
-SETTINGS = {"ours": {"examcache.tracking": "false", "examcache.early_hits": "false"},
-            "ours-tracking": {"examcache.tracking": "true", "examcache.tracking_lease_ms": "0",
-                              "examcache.early_hits": "false"},
-            "ours-tracking-2p": {"examcache.tracking": "true", "examcache.tracking_lease_ms": "0",
-                                 "examcache.early_hits": "false"},
-            "ours-lease": {}, "ours-lease-2p": {}}  # the defaults
+SETTINGS = {"ours": {"examcache.near_cache": "check", "examcache.early_hits": "false"},
+            "ours-tracking": {},  # the defaults: near_cache = barrier
+            "ours-tracking-2p": {},
+            "ours-lease": {"examcache.near_cache": "lease"},
+            "ours-lease-2p": {"examcache.near_cache": "lease"}}
 WRITER = {"ours-tracking-2p": "ours-tracking", "ours-lease-2p": "ours-lease"}
 OURS = ("ours", "ours-tracking", "ours-tracking-2p", "ours-lease", "ours-lease-2p")
 

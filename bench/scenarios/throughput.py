@@ -4,14 +4,13 @@ Every target is its own waitress process (same thread count), warmed, then
 loaded one at a time; the rounds alternate between targets (A B C D E F, A B
 …) and the medians of the rounds are reported.
 
-Ours runs four times, the same demo with the same tweens, settings differing only in
-issue 11's switches: ``ours`` (``examcache.tracking = false``, ``early_hits = false``: the
-path before issue 11, every hit does one validating round trip, ``HMGET`` + the tag
-``GET``s), ``ours-tracking`` (tracking with ``tracking_lease_ms = 0``: a held value is
-served after the shared ``PING`` barrier), ``ours-lease`` (tracking with read leases: no
-barrier, no command; ``early_hits = false``) and ``ours-early``, the demo as shipped (the
-defaults: read leases, and hits answered by the early-hit tween before pyramid_tm and the
-router).  Redis commands are counted per target and round (``CONFIG RESETSTAT`` before
+Ours runs four times, the same demo with the same tweens, settings differing only in the
+near-cache mode: ``ours`` (``examcache.near_cache = check``, ``early_hits = false``: every hit
+does one validating round trip, ``HMGET`` + the tag ``GET``s), ``ours-tracking`` (the
+defaults, ``near_cache = barrier``: a held value is served after the shared ``PING``
+barrier), ``ours-lease`` (``near_cache = lease``, ``early_hits = false``: no barrier, no
+command) and ``ours-early`` (``near_cache = lease`` with its early hits answered by the tween
+before pyramid_tm and the router).  Redis commands are counted per target and round (``CONFIG RESETSTAT`` before
 each run, ``INFO commandstats`` after it).
 """
 from __future__ import annotations
@@ -32,15 +31,15 @@ WRK_THREADS = 2
 #: (name, app, path, label)
 TARGETS = (
     ("ours", "ours", "/api/exams/1/questions",
-     "ours before issue 11: `examcache.tracking = false`, `early_hits = false` (one validating "
+     "ours, `examcache.near_cache = check`, `early_hits = false` (one validating "
      "round trip per hit)"),
     ("ours-tracking", "ours", "/api/exams/1/questions",
-     "ours, tracking with `tracking_lease_ms = 0`, `early_hits = false` (shared PING barrier, "
-     "no command per hit)"),
+     "**ours as shipped** (the defaults: `near_cache = barrier`, a shared PING barrier per "
+     "read, no command per hit)"),
     ("ours-lease", "ours", "/api/exams/1/questions",
-     "ours, tracking + read leases, `early_hits = false` (no barrier, no command per hit)"),
+     "ours, `near_cache = lease`, `early_hits = false` (no barrier, no command per hit)"),
     ("ours-early", "ours", "/api/exams/1/questions",
-     "**ours as shipped** (the defaults: read leases + early hits before pyramid_tm/router)"),
+     "ours, `near_cache = lease` (read leases + early hits before pyramid_tm/router)"),
     ("seed", "peers", "/seed/exams/1/questions", "seed cache-aside (GET, json.loads, json.dumps)"),
     ("dogpile", "peers", "/dogpile/exams/1/questions", "dogpile.cache region, Redis backend"),
     ("raw", "peers", "/raw/exams/1/questions", "raw Redis GET returning the bytes (floor)"),
@@ -51,11 +50,10 @@ TARGETS = (
 #: the targets that are ours, and the settings each adds to the bench's .ini
 OURS = ("ours", "ours-tracking", "ours-lease", "ours-early")
 SETTINGS = {
-    "ours": {"examcache.tracking": "false", "examcache.early_hits": "false"},
-    "ours-tracking": {"examcache.tracking": "true", "examcache.tracking_lease_ms": "0",
-                      "examcache.early_hits": "false"},
-    "ours-lease": {"examcache.tracking": "true", "examcache.early_hits": "false"},
-    "ours-early": {},  # the defaults
+    "ours": {"examcache.near_cache": "check", "examcache.early_hits": "false"},
+    "ours-tracking": {},  # the defaults: near_cache = barrier
+    "ours-lease": {"examcache.near_cache": "lease", "examcache.early_hits": "false"},
+    "ours-early": {"examcache.near_cache": "lease"},  # early hits follow
 }
 #: issue 11's goals: ours ÷ peer (req/s) at least
 GOALS = (("fixed", 0.9), ("raw", 1.5), ("seed", 2.0), ("dogpile", 2.0))

@@ -20,7 +20,8 @@ LOAD_DELAY = 0.005  # widens the load window equally for both caches
 #: the G2/G3 tests run twice: anonymous readers, and logged-in readers of the
 #: view declared ``cache_public=True`` (they read and fill the shared key, H1)
 #: ... and on each Redis topology (Sentinel, Cluster: tests/topologies.py), anonymous readers
-#: ... and with the near cache kept exact by CLIENT TRACKING (issue 11), logged-in and public
+#: (the defaults on one Redis: a tracked near cache, a barrier per read) ... and with read
+#: leases (``near_cache = lease``, the "tracking" variant), logged-in and public
 VARIANTS = [(False, "redis"), (True, "redis"), (False, "sentinel"), (False, "cluster"),
             (True, "tracking")]
 VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster", "tracking"]
@@ -55,7 +56,7 @@ def topology_url(request, name: str) -> str:
 
 
 def topology_settings(name: str) -> dict:
-    return {"examcache.tracking": "true"} if name == "tracking" else {}
+    return {"examcache.near_cache": "lease"} if name == "tracking" else {}
 
 
 @pytest.fixture
@@ -183,14 +184,15 @@ def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_p
 
 @pytest.mark.slow
 def test_no_stale_reads_when_one_process_has_a_slow_link(db, private_redis, redis_prefix):
-    """G2 with read leases and early hits (the defaults), the way it is hardest: the readers'
-    process reaches Redis over a slow link (every reply and invalidation message 20 ms
+    """G2 with read leases and early hits (``near_cache = lease``), the way it is hardest:
+    the readers' process reaches Redis over a slow link (every reply and invalidation message 20 ms
     late) while the writer's process does not. Held values are served with no Redis
     command, so only the writers' wait for the readers' acknowledgement keeps them fresh."""
     with RespProxy("127.0.0.1", private_redis.port) as proxy:
         proxy.delay[DOWN] = 0.02
         urls = [private_redis.url, f"redis://127.0.0.1:{proxy.port}/0"]
-        with process_servers(2, db, urls, redis_prefix, load_delay=LOAD_DELAY) as bases:
+        with process_servers(2, db, urls, redis_prefix, load_delay=LOAD_DELAY,
+                             settings={"examcache.near_cache": "lease"}) as bases:
             caches: list = []
             # paced, so that between two writes the slow process fills and holds the value
             stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=60,

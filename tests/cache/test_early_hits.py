@@ -527,9 +527,9 @@ def test_early_hits_false_installs_no_early_behaviour(apps):
 
 
 @pytest.mark.parametrize("settings,installed", [
-    ({}, True),  # one Redis, tracking and read leases (the defaults): peek_local may answer
-    ({"examcache.tracking_lease_ms": "0"}, False),  # read leases off: it never can
-    ({"examcache.tracking": "false", "examcache.tracking_lease_ms": "0"}, False),
+    ({"examcache.near_cache": "lease"}, True),  # read leases: peek_local may answer
+    ({}, False),  # one Redis's default (a barrier per read): it never can
+    ({"examcache.near_cache": "check"}, False),
 ])
 def test_the_tween_is_installed_only_where_the_backend_can_answer_locally(
         redis_url, redis_prefix, settings, installed):

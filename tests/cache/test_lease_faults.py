@@ -42,7 +42,7 @@ from .proxy import DOWN, UP, RespProxy
 from .servers import ROOT, Client
 
 PREFIX = "lf:"
-LEASE = 1.0  # the default examcache.tracking_lease_ms, in seconds
+LEASE = 1.0  # the default examcache.lease_ms, in seconds
 LIMIT = LEASE * 1.01 + 0.05  # the lease limit: a write waits at most this for a reader
 BREAKER_RESET = 2.0  # the default examcache.breaker_reset
 G6_BOUND = 2.0 + 2 * 1.0  # relay_after + 2 x relay_interval (the defaults)
@@ -132,7 +132,8 @@ def apps(db: str, urls: list[str], tmp_path, names: list[str] | None = None,
     """One faultapp process per Redis URL (a worker of a deployment on the defaults)."""
     procs: list[subprocess.Popen] = []
     out: list[App] = []
-    extra = [arg for k, v in (settings or {}).items() for arg in ("--setting", f"{k}={v}")]
+    settings = {"examcache.near_cache": "lease", **(settings or {})}  # leases are opt-in
+    extra = [arg for k, v in settings.items() for arg in ("--setting", f"{k}={v}")]
     try:
         for i, url in enumerate(urls):
             name = (names or [])[i] if names else f"app{i}"
@@ -761,7 +762,8 @@ def test_the_consumer_holds_no_lease_and_stopping_or_killing_it_costs_writes_not
     ini = tmp_path / "consumer.ini"
     ini.write_text(CONSUMER_INI.format(settings="\n".join(f"{k} = {v}" for k, v in {
         "sqlalchemy.url": db, "examcache.redis_url": server.url,
-        "examcache.key_prefix": PREFIX, "mail.queue_url": f"sqlite:///{tmp_path}/q.sqlite",
+        "examcache.key_prefix": PREFIX, "examcache.near_cache": "lease",
+        "mail.queue_url": f"sqlite:///{tmp_path}/q.sqlite",
         "mail.relay_interval": "1"}.items())))
     log_path = str(tmp_path / "consumer.log")
     consumer = consumer_process(str(ini), log_path)

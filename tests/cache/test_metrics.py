@@ -112,6 +112,7 @@ def test_read_leases_and_a_reader_that_stops_acknowledging_are_visible(db, priva
 
     app = itemapp.make_app(db, **{"examcache.redis_url": private_redis.url,
                                   "examcache.key_prefix": redis_prefix,
+                                  "examcache.near_cache": "lease",
                                   "examcache.metrics_path": "/metrics"})
     other = RedisBackend(private_redis.url, prefix=redis_prefix, near_cache_bytes=1 << 20,
                          tracking=True, lease_ms=1000)  # another process's worth
