@@ -14,7 +14,15 @@ key with the next version. Hypothesis interleaves, in any order:
   warm-ups (reads until the value is held);
 * R's tracking connection: its frames held (messages and PONGs delayed: R can neither see
   invalidations nor renew), released (all, or the first one or two), cut and restored, or
-  killed by Redis; ``FLUSHALL`` (the lease registry is wiped with everything else).
+  killed by Redis; ``FLUSHALL`` (the lease registry is wiped with everything else);
+* Redis faults on the write path: W's connection closed by Redis just before a write
+  (``CLIENT KILL``, as an idle ``timeout`` does: the ``DEL`` is retried at once on a fresh
+  connection); a stall (``DEBUG SLEEP``, ``CLIENT PAUSE WRITE``, shorter than the lease
+  limit) that a write with short timeouts (writer WS) runs into before its ``DEL`` or its
+  fence, while reads go on in a thread; the lease registry (``x:readers``, ``x:acks``,
+  ``x:fence``, ``x:wiped``) partly deleted, as an eviction would, also just before a write
+  that a second reader R1 re-registers for (a registry re-created without the wipe marker
+  would let W skip R).
 
 Checked on every read (G2): a read of R that starts after W's write of a key *returned*
 never sees a version of that key older than the write; and every write returns (within
@@ -24,22 +32,26 @@ blocked by a partitioned R costs at most ~0.25 s.
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import threading
 import time
 import uuid
 from collections import Counter
 from unittest import mock
 
+import pytest
 import redis
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from pyramid_examcache.cache.backends import tracked_near
 from pyramid_examcache.cache.backends.base import Status
+from pyramid_examcache.cache.backends.read_lease import LeaseKeys
 from pyramid_examcache.cache.backends.redis import RedisBackend
 
+from ..polling import wait_until
 from .proxy import DOWN, RespProxy
-from .stateful import KEYS, MODE, derandomized, targets
+from .stateful import KEYS, MODE, DebugRedis, Stall, derandomized, targets
 
 KEY = st.sampled_from(sorted(KEYS))
 LEASE_MS = 200
@@ -47,6 +59,16 @@ WRITE_BOUND = 10.0  # a write that has not returned after this long is a failure
 ERRORS = RedisBackend.errors
 
 SETTINGS = derandomized("EXAMCACHE_LEASE_EXAMPLES", 40, 30)
+W_NAME = "ecw-machine"  # W's connections, for CLIENT KILL
+#: a stall shorter than the lease limit (0.252 s): a write caught in it is waited out, with
+#: room to spare for a busy machine; longer than WS's socket timeout, so WS's commands fail
+STALL_MS = 120
+#: what the machine deletes of the lease registry together (an eviction: none can take it,
+#: it has no TTL, but a lost ``x:readers`` or ``x:fence`` sets the wipe marker). Left out,
+#: as the protocol does not survive them: the fence without its acks (new fence numbers
+#: below the old acks), the marker alone (a wipe's marker cut short)
+LOSSES = [("readers",), ("acks",), ("readers", "acks"), ("readers", "wiped"),
+          ("fence", "acks"), ("readers", "acks", "wiped"), ("fence", "readers", "acks", "wiped")]
 
 
 def version_of(value: bytes | None) -> int | None:
@@ -73,11 +95,21 @@ class LeaseMachine(RuleBasedStateMachine):
             return real_stream({**kwargs, "port": self.proxy.port}, prefix, on_keys, on_flush,
                                reconnect_delay=0.005, **kw)
 
+        def direct(kwargs, prefix, on_keys, on_flush, **kw):  # R1's: straight to Redis
+            return real_stream(kwargs, prefix, on_keys, on_flush, reconnect_delay=0.005, **kw)
+
         url = self.server.url
         with mock.patch.object(tracked_near, "InvalidationStream", stream):
             self.r = RedisBackend(url, prefix=self.prefix, socket_timeout=0.05,
                                   near_cache_bytes=1 << 20, tracking=True, lease_ms=LEASE_MS)
-        self.w = RedisBackend(url, prefix=self.prefix, socket_timeout=1.0, lease_ms=LEASE_MS)
+        with mock.patch.object(tracked_near, "InvalidationStream", direct):  # a 2nd reader
+            self.r1 = RedisBackend(url, prefix=self.prefix, socket_timeout=0.25,
+                                   near_cache_bytes=1 << 20, tracking=True, lease_ms=LEASE_MS)
+        self.w = RedisBackend(f"{url}?client_name={W_NAME}", prefix=self.prefix,
+                              socket_timeout=1.0, lease_ms=LEASE_MS)
+        #: a writer with short timeouts: its commands fail in a stall
+        self.ws = RedisBackend(url, prefix=self.prefix, socket_timeout=0.05, lease_ms=LEASE_MS)
+        self.keys = LeaseKeys(self.prefix)
         self.raw = redis.Redis(port=self.server.port)
         assert self.r._stream.wait_healthy(5)
         deadline = time.monotonic() + 5
@@ -95,15 +127,20 @@ class LeaseMachine(RuleBasedStateMachine):
                 current = self.committed[key]
             self.w.fill(key, token, f"{key}:{current}".encode(), 600, KEYS[key], found.versions)
 
-    def _write(self, key: str, mode: str, version: int) -> None:
+    def _write(self, key: str, mode: str, version: int, writer=None) -> None:
         keys, tags = targets(key, mode)
-        self.w.invalidate(keys, tags)  # returns once no lease can serve the old value
+        try:  # returns once no lease can serve the old value
+            (writer or self.w).invalidate(keys, tags)
+        except ERRORS as exc:
+            raise AssertionError(
+                f"W's invalidation of {key} failed ({exc!r}): the policy would defer it, and "
+                f"reads may be stale until it lands") from exc
         with self.lock:
             self.returned[key] = max(self.returned[key], version)
         self._load_and_fill(key)
 
     @rule(key=KEY, mode=MODE, background=st.booleans())
-    def write(self, key, mode="key", background=False):
+    def write(self, key, mode="key", background=False, writer=None):
         self.version += 1
         with self.lock:
             self.committed[key] = self.version  # the commit, then the invalidation
@@ -112,7 +149,7 @@ class LeaseMachine(RuleBasedStateMachine):
             self.counts["background_write"] += 1
         else:
             started = time.monotonic()
-            self._write(key, mode, self.version)
+            self._write(key, mode, self.version, writer)
             assert time.monotonic() - started < WRITE_BOUND
 
     @rule()
@@ -162,6 +199,16 @@ class LeaseMachine(RuleBasedStateMachine):
             if self.r._tracked.get(key, KEYS[key]) is not None:
                 self.counts["held"] += 1
                 return
+
+    def _leased(self, key: str) -> None:
+        """R holds ``key`` and a valid lease (a process that just asked may still be
+        waiting for its first cycle; none while its tracking connection is held or cut)."""
+        self.proxy.restore()
+        self.proxy.release(DOWN)
+        self.warm(key)
+        wait_until(lambda: self.r._lease.valid() or (self.warm(key), False)[1], timeout=10,
+                   interval=0.001, message="R holding a lease")
+        self.counts["leased"] += 1
 
     @rule(key=KEY, mode=MODE, release_first=st.booleans())
     def write_while_partitioned(self, key, mode="key", release_first=False):
@@ -215,6 +262,94 @@ class LeaseMachine(RuleBasedStateMachine):
         self.raw.flushall()
         self.counts["flushall"] += 1
 
+    # -- Redis faults on the write path --------------------------------------------------
+    @rule(key=KEY, mode=MODE, fault=st.sampled_from(["closed", "stall", "evicted"]),
+          kind=st.sampled_from(["sleep", "pause"]), at=st.sampled_from(["del", "fence"]),
+          partitioned=st.booleans(), acks=st.booleans())
+    def write_under_fault(self, key, mode="key", fault="closed", kind="pause", at="del",
+                          partitioned=False, acks=False):
+        """A write to a key R holds, under one fault (one rule: each costs up to a lease
+        limit, so together they get a rule's share of the steps)."""
+        if fault == "closed":
+            self.write_on_closed_connection(key, mode)
+        elif fault == "stall":
+            self.write_during_stall(key, mode, kind, at, partitioned)
+        else:
+            self.write_after_eviction(key, mode, acks)
+
+    def write_on_closed_connection(self, key, mode="key"):
+        """Redis closes W's connection (``CLIENT KILL``; an idle ``timeout``, a proxy or a
+        NAT does the same) just before a write to a key R holds: the write is applied and
+        waited for, the read after it is fresh."""
+        self.warm(key)
+        conn = self.w._conns.get().conn  # the connection W's DEL goes out on
+        conn.send_command("CLIENT", "ID")
+        ids = {int(conn.read_response())}
+        if not self.pending:  # and W's pooled ones (a background write may be on its own)
+            ids |= {int(c["id"]) for c in self.raw.client_list() if c.get("name") == W_NAME}
+        for cid in ids:
+            self.raw.client_kill_filter(_id=cid)
+        wait_until(lambda: not ids & {int(c["id"]) for c in self.raw.client_list()},
+                   timeout=10, interval=0.001, message="W's connections closed")
+        self.counts["closed"] += 1
+        self.write(key, mode)
+        self._read(key)
+
+    def write_during_stall(self, key, mode="key", kind="pause", at="del", partitioned=False):
+        """Redis stalls while WS (short timeouts) writes a key R holds -- before its ``DEL``
+        or between the ``DEL`` and the fence -- while R reads on in a thread (and R's
+        tracking connection is held, or not): WS retries and waits the leases out; every
+        read that started after the write returned is fresh."""
+        self._leased(key)
+        if partitioned:
+            self.proxy.hold(DOWN)
+            self.counts["hold"] += 1
+        reads = Reads(self, key)
+        reads.start()
+        stall = Stall(self.server.port, kind, STALL_MS)
+        writer = self.ws._writer
+        if at == "fence":
+            real = writer.wait
+            writer.wait = lambda: (stall.start(), real())
+        else:
+            stall.start()
+        try:
+            self.write(key, mode, writer=self.ws)
+        finally:
+            writer.__dict__.pop("wait", None)
+            stall.join()
+        self._read(key)
+        reads.stop()
+        self.counts[f"stall_{kind}"] += 1
+
+    @rule(lost=st.sampled_from(LOSSES))
+    def evict_registry(self, lost):
+        """Part of the lease registry is gone, as an eviction would take it (see
+        :data:`LOSSES`); not while a background write waits: a registry lost while a writer
+        waits for a partitioned reader makes it stop waiting, a gap of the protocol."""
+        if self.pending:
+            return
+        self.raw.delete(*(getattr(self.keys, name) for name in lost))
+        self.counts["evict"] += 1
+
+    def write_after_eviction(self, key, mode="key", acks=False):
+        """R holds a key under a lease, its tracking connection goes silent, ``x:readers``
+        and ``x:wiped`` (and ``x:acks``) are evicted, R1 re-registers first, then W writes:
+        W must still wait for R (the re-created registry sets the wipe marker: W asks
+        ``CLIENT LIST``)."""
+        self._leased(key)
+        self.proxy.hold(DOWN)
+        self.counts["hold"] += 1
+        lost = [self.keys.readers, self.keys.wiped, *([self.keys.acks] if acks else [])]
+        self.raw.delete(*lost)  # (an earlier wipe's marker too: only this loss's counts)
+        lease = self.r1._lease
+        lease.revoke()  # R1 renews now (R at its next cycle) ...
+        wait_until(lambda: self.raw.hexists(self.keys.readers, lease.id) or lease.valid(),
+                   timeout=10, interval=0.0005, message="R1 registered again")  # ... asked to
+        self.counts["evict_write"] += 1
+        self.write(key, mode)
+        self._read(key)
+
     def teardown(self) -> None:
         try:
             self.proxy.restore()
@@ -224,17 +359,56 @@ class LeaseMachine(RuleBasedStateMachine):
         finally:
             self.pool.shutdown(wait=True)
             self.r.close()
+            self.r1.close()
             self.w.close()
+            self.ws.close()
             self.proxy.stop()
             self.raw.close()
 
 
-def test_read_lease_interleavings(private_redis, quiet_tracking_log):
+class Reads(threading.Thread):
+    """R reads ``key`` over and over (the machine's checked read) until stopped; a stale
+    read is raised by :meth:`stop`."""
+
+    def __init__(self, machine: LeaseMachine, key: str) -> None:
+        super().__init__(daemon=True)
+        self.machine, self.key = machine, key
+        self.halt = threading.Event()
+        self.failure: AssertionError | None = None
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.machine._read(self.key)
+            except AssertionError as exc:
+                self.failure = exc
+                return
+            self.machine.counts["stall_read"] += 1
+            self.halt.wait(0.005)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(WRITE_BOUND)
+        assert not self.is_alive(), "a read during a stall never returned"
+        if self.failure is not None:
+            raise self.failure
+
+
+@pytest.fixture
+def debug_redis():
+    server = DebugRedis()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def test_read_lease_interleavings(debug_redis, quiet_tracking_log):
     counts: Counter = Counter()
-    machine = type("Machine", (LeaseMachine,), {"server": private_redis, "counts": counts})
+    machine = type("Machine", (LeaseMachine,), {"server": debug_redis, "counts": counts})
     run_state_machine_as_test(machine, settings=SETTINGS)
     # the interleavings that matter happened (derandomized: the same every run)
     for event in ("background_write", "hold", "read_while_partitioned", "lease_hit_candidate",
-                  "early_hit",
-                  "cut", "kill", "flushall", "held"):
+                  "early_hit", "cut", "kill", "flushall", "held", "closed", "stall_sleep",
+                  "stall_pause", "stall_read", "evict", "evict_write"):
         assert counts[event] > 0, (event, counts)
