@@ -318,6 +318,8 @@ MAIL_TABLE: tuple[Setting, ...] = (
     _num(_m("max_age"), 86400.0, "seconds before a mail expires", allow_zero=False),
     _bool(_m("smtputf8"), False, "allow non-ASCII addresses"),
     _bool(_m("allow_plaintext_auth"), False, "AUTH without TLS"),
+    _int(_m("smtp_max_messages_per_connection"), 100,
+         "messages per SMTP connection (0: no limit)"),
     _int(_m("keep_completed"), 3600, "seconds completed jobs are kept"),
     _int(_m("keep_failed"), 604800, "seconds failed jobs are kept"),
     _int(_m("workers"), 2, "consumer threads", minimum=1),
@@ -670,6 +672,7 @@ class MailSettings:
     max_age: float = 86400.0
     smtputf8: bool = False
     allow_plaintext_auth: bool = False
+    smtp_max_messages_per_connection: int = 100
     keep_completed: int = 3600
     keep_failed: int = 604800
     workers: int = 2

@@ -79,7 +79,9 @@ def includeme(config: Configurator) -> None:
     def register() -> None:
         factory = config.registry.queryUtility(IMailQueueFactory)
         settings = parse_mail_settings(config.registry.settings, in_process=factory is not None)
-        config.registry.registerUtility((factory or MailQueue)(settings), IMailQueue)
+        queue = (factory or MailQueue)(settings)
+        queue.resources.notify = config.registry.notify  # MailDelivered/MailFailed (.events)
+        config.registry.registerUtility(queue, IMailQueue)
 
     config.action(("pyramid_examcache.mail", "queue"), register)
     config.add_request_method(get_mailer, attr, reify=True)

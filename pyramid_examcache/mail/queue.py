@@ -110,6 +110,8 @@ class Resources:
         self._owns_engine = False
         self._transport = transport
         self._lock = threading.Lock()
+        #: ``notify(event)`` for :mod:`.events` (a registry's ``notify``); None: no events
+        self.notify: Callable[[Any], None] | None = None
 
     @property
     def engine(self) -> Engine:

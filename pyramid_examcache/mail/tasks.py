@@ -26,6 +26,7 @@ from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 
 from . import outbox
+from .events import MailDelivered, MailFailed, MailJobInfo
 from .outbox import COMPLETED, DELAYED, FAILED
 from .message import build_message, check_address, envelope_recipients
 from .relay import Broker, push_one, relay
@@ -78,6 +79,18 @@ def _quiet(outcome: str, row: Any, reason: str | None) -> None:
     pass
 
 
+def notify(resources: Any, event: Any) -> None:
+    """Hand ``event`` to ``resources.notify`` (the registry's ``notify``) when there is one;
+    a subscriber's exception is logged, never raised: the row is already final."""
+    send = getattr(resources, "notify", None)
+    if send is None:
+        return
+    try:
+        send(event)
+    except Exception:  # noqa: BLE001 -- the outcome is recorded; a hook cannot undo it
+        log.exception("mail %s: a subscriber of %s failed", event.job.id, type(event).__name__)
+
+
 def deliver_job(settings: Any, resources: Resources, job_id: str,
                 observer: Observer = _quiet) -> str:
     """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a fast retry).
@@ -105,8 +118,10 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
         if row.failed_reason:
             reason = f"{reason}: {row.failed_reason}"
         with engine.begin() as conn:
-            outbox.mark_failed(conn, job_id, attempt, reason, outbox.utcnow())
+            done = outbox.mark_failed(conn, job_id, attempt, reason, outbox.utcnow())
         observer(FAILED, row, reason)
+        if done:
+            notify(resources, MailFailed(MailJobInfo.from_row(row), reason, expired=True))
         return FAILED
     refused: dict[str, str] = {}
     try:
@@ -119,11 +134,13 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
     except Exception as exc:  # noqa: BLE001 -- classified by _attempt_failed
         return _attempt_failed(settings, resources, job_id, row, deadline, exc, observer)
     with engine.begin() as conn:
-        outbox.mark_completed(conn, job_id, attempt, outbox.utcnow(), refused)
+        done = outbox.mark_completed(conn, job_id, attempt, outbox.utcnow(), refused)
     if refused:
         log.warning("mail %s delivered, but refused for %s", job_id, ", ".join(refused))
     log.info("mail %s delivered (attempt %d, %s)", job_id, attempt, row.message_id)
     observer(COMPLETED, row, None)
+    if done:
+        notify(resources, MailDelivered(MailJobInfo.from_row(row), dict(refused)))
     return COMPLETED
 
 
@@ -155,9 +172,12 @@ def _attempt_failed(settings: Any, resources: Resources, job_id: str, row: Any,
         reason = str(error)
     log.error("mail %s failed on attempt %d: %s", job_id, attempt, reason)
     with engine.begin() as conn:
-        outbox.mark_failed(conn, job_id, attempt, reason, now,
-                           getattr(error, "refused", None))
+        done = outbox.mark_failed(conn, job_id, attempt, reason, now,
+                                  getattr(error, "refused", None))
     observer(FAILED, row, reason)
+    if done:
+        notify(resources, MailFailed(MailJobInfo.from_row(row), reason, expired=error.transient,
+                                     refused=dict(error.refused)))
     return FAILED
 
 

@@ -11,6 +11,7 @@ docs/design/mail.md):
 """
 from __future__ import annotations
 
+import logging
 import os
 import smtplib
 import ssl
@@ -21,6 +22,8 @@ from email.message import EmailMessage
 from typing import Protocol
 
 from .message import InvalidAddress
+
+log = logging.getLogger(__name__)
 
 
 class MailError(Exception):
@@ -98,31 +101,83 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class _Tracked:
+    """Mixed into smtplib's classes: notes when ``DATA`` started (smtplib's public ``data``)."""
+
+    data_started = False
+
+    def data(self, msg):  # type: ignore[no-untyped-def]
+        self.data_started = True
+        return super().data(msg)  # type: ignore[misc]
+
+
+class _SMTP(_Tracked, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_Tracked, smtplib.SMTP_SSL):
+    pass
+
+
+class _Session:
+    """One thread's connection: how many messages it carried, when it was last used."""
+
+    __slots__ = ("conn", "messages", "last_used", "owner")
+
+    def __init__(self) -> None:
+        self.owner = threading.current_thread()
+        self.conn: smtplib.SMTP | None = None
+        self.messages = 0
+        self.last_used = 0.0
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Did ``exc`` come from a connection the server dropped (not from a reply to the mail)?"""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421  # "service not available, closing channel"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, (smtplib.SMTPException, ssl.SSLCertVerificationError)):
+        return False
+    return isinstance(exc, OSError)  # reset, broken pipe, timeout
+
+
 class SMTPTransport:
     """smtplib with STARTTLS (``tls``) or implicit TLS (``ssl``) and optional login.
 
-    One connection per thread (a Huey worker), reused across messages while the
-    server keeps it open; a connection that failed is dropped, never reused.
+    One connection per thread (a Huey worker), kept open across messages: it is checked
+    with ``NOOP`` only after ``noop_after_idle`` seconds unused, closed (``QUIT``) after
+    ``max_messages`` messages (0: no limit; 1: a connection per message), dropped after
+    any failure, and :meth:`close` closes every thread's connection. When a *reused*
+    connection turns out dead before ``DATA`` (the server closed it, 421, reset), the
+    same message is sent once more on a fresh connection within the same call: the server
+    had not accepted it. A failure once ``DATA`` started is never resent here (the server
+    may have accepted it); it is raised like any other failure.
     """
 
     def __init__(self, host: str, port: int, *, username: str | None = None,
                  password: str | None = None, tls: bool = False, use_ssl: bool = False,
                  timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
-                 allow_plaintext_auth: bool = False) -> None:
+                 allow_plaintext_auth: bool = False, max_messages: int = 0,
+                 noop_after_idle: float = 5.0) -> None:
         self.allow_plaintext_auth = allow_plaintext_auth
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.tls, self.use_ssl, self.timeout = tls, use_ssl, timeout
         self.ssl_context = ssl_context
+        self.max_messages = max_messages
+        self.noop_after_idle = noop_after_idle
         self._local = threading.local()
+        self._sessions: set[_Session] = set()
+        self._lock = threading.Lock()
 
     def _connect(self) -> smtplib.SMTP:
         context = self.ssl_context or ssl.create_default_context()
         if self.use_ssl:
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                                  context=context)
+            conn: smtplib.SMTP = _SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                           context=context)
         else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            conn = _SMTP(self.host, self.port, timeout=self.timeout)
         try:
             conn.ehlo()
             if self.tls:
@@ -135,17 +190,34 @@ class SMTPTransport:
             raise
         return conn
 
-    def _connection(self) -> smtplib.SMTP:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+    def _session(self) -> _Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = _Session()
+            with self._lock:  # connections of threads that ended are closed now
+                ended = {s for s in self._sessions if not s.owner.is_alive()}
+                self._sessions -= ended
+                self._sessions.add(session)
+            for old in ended:
+                _drop(old)
+        return session
+
+    def _ready(self, session: _Session) -> tuple[smtplib.SMTP, bool]:
+        """The connection of ``session``, opened if needed, and whether it is reused."""
+        conn = session.conn
+        if conn is not None and time.monotonic() - session.last_used > self.noop_after_idle:
             try:
-                if conn.noop()[0] == 250:
-                    return conn
+                alive = conn.noop()[0] == 250
             except (smtplib.SMTPException, OSError):
-                pass
-            _quietly_close(conn)
-        conn = self._local.conn = self._connect()
-        return conn
+                alive = False
+            if not alive:
+                _drop(session)
+        conn = session.conn
+        if conn is not None:
+            return conn, True
+        conn = session.conn = self._connect()
+        session.messages = 0
+        return conn, False
 
     def send(self, message: EmailMessage, sender: str,
              recipients: list[str]) -> dict[str, str]:
@@ -154,21 +226,47 @@ class SMTPTransport:
         Non-ASCII addresses make smtplib ask for ``SMTPUTF8`` (a server without it is a
         permanent failure); they are only queued with ``mail.smtputf8 = true``.
         """
-        try:
-            conn = self._connection()
-            refused = conn.send_message(message, from_addr=sender, to_addrs=recipients)
-        except BaseException as exc:
-            self.close()
-            if isinstance(exc, Exception):
+        session = self._session()
+        fresh_retry = False
+        while True:
+            conn, reused = None, False
+            try:
+                conn, reused = self._ready(session)
+                conn.data_started = False  # type: ignore[attr-defined]
+                refused = conn.send_message(message, from_addr=sender, to_addrs=recipients)
+            except BaseException as exc:
+                started = getattr(conn, "data_started", False)
+                _drop(session)
+                if not isinstance(exc, Exception):
+                    raise
+                if reused and not started and not fresh_retry and _connection_lost(exc):
+                    log.info("reused SMTP connection lost before DATA (%s); sending again on "
+                             "a new one", exc)
+                    fresh_retry = True
+                    continue
                 raise classify(exc) from exc
-            raise
-        return refused_replies(refused or {})
+            self._sent(session)
+            return refused_replies(refused or {})
+
+    def _sent(self, session: _Session) -> None:
+        session.messages += 1
+        session.last_used = time.monotonic()
+        if self.max_messages and session.messages >= self.max_messages:
+            _drop(session)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            _quietly_close(conn)
+        """Close every thread's connection (the consumer stopping); a later send reconnects."""
+        with self._lock:
+            sessions = list(self._sessions)
+            self._sessions = {s for s in sessions if s.owner.is_alive()}
+        for session in sessions:
+            _drop(session)
+
+
+def _drop(session: _Session) -> None:
+    conn, session.conn, session.messages = session.conn, None, 0
+    if conn is not None:
+        _quietly_close(conn)
 
 
 def _quietly_close(conn: smtplib.SMTP) -> None:
@@ -258,7 +356,8 @@ def make_transport(settings) -> Transport:
         return SMTPTransport(settings.host, settings.port, username=settings.username,
                              password=settings.password, tls=settings.tls, use_ssl=settings.ssl,
                              timeout=settings.timeout,
-                             allow_plaintext_auth=settings.allow_plaintext_auth)
+                             allow_plaintext_auth=settings.allow_plaintext_auth,
+                             max_messages=settings.smtp_max_messages_per_connection)
     if settings.transport == "file":
         return FileTransport(settings.file_dir)
     return MemoryTransport()

@@ -16,6 +16,10 @@ runs the relay of the durable invalidation log (G6) on ``examcache.invalidation_
 process is running: :func:`~pyramid_examcache.cache.invalidation_log.start_relay`, a thread
 with the log's database and a write-only Redis backend (no cache, no read lease).
 
+``--app`` also loads the web application (``pyramid.paster.bootstrap``) so that the
+subscribers it registers for :class:`~pyramid_examcache.mail.events.MailDelivered` and
+:class:`~pyramid_examcache.mail.events.MailFailed` are called after each outcome.
+
 SIGTERM and SIGINT stop it gracefully: workers finish the mail in hand (up to
 ``mail.shutdown_timeout`` seconds); a mail still in flight after that is handed back
 to the outbox and re-queued.
@@ -109,6 +113,15 @@ def serve_metrics(addr: str, port: int, queue: MailQueue, cache_relay: Any) -> N
     log.info("metrics on http://%s:%d/metrics", addr, port)
 
 
+def load_app(config_uri: str, queue: MailQueue) -> dict[str, Any]:
+    """Bootstrap the web application; its registry receives the outcome events."""
+    from pyramid.paster import bootstrap
+
+    env = bootstrap(config_uri)
+    queue.resources.notify = env["registry"].notify
+    return env
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="examcache-consumer",
@@ -120,6 +133,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("config_uri", help="the .ini file, e.g. development.ini (or file.ini#name)")
     parser.add_argument("-w", "--workers", type=int, default=None,
                         help="worker threads (default: mail.workers)")
+    parser.add_argument("--app", action="store_true",
+                        help=("load the web application too (pyramid.paster.bootstrap), so "
+                              "that its subscribers of MailDelivered / MailFailed are called"))
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port (needs the metrics extra)")
     parser.add_argument("--metrics-addr", default="127.0.0.1",
@@ -151,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("start-up relay: %d mail(s) pushed to the queue", pushed)
     except Exception:  # noqa: BLE001 -- the periodic relay retries
         log.exception("start-up relay failed; the periodic relay will retry")
+    app_env = load_app(config_uri, queue) if args.app else None
     cache_relay = start_relay(cache_settings)
     if cache_relay is not None:
         log.info("relaying the cache invalidation log every %ss", cache_settings.relay_interval)
@@ -166,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         queue.close()
         if cache_relay is not None:
             cache_relay.close()
+        if app_env is not None:
+            app_env["closer"]()
     return 0
 
 
