@@ -33,8 +33,12 @@ def make_config(settings: dict) -> Configurator:
     config = Configurator(settings=settings)
     config.registry["demo.settings"] = demo
 
-    from .security import (BearerTokenSecurityPolicy, HashSlots, SignedCSRFStoragePolicy,
-                           make_password_hasher)
+    from .security import (
+        BearerTokenSecurityPolicy,
+        HashSlots,
+        SignedCSRFStoragePolicy,
+        make_password_hasher,
+    )
 
     config.registry["demo.password_hasher"] = make_password_hasher(demo)
     config.registry["demo.hash_slots"] = HashSlots(demo.hash_slots, demo.hash_wait)

@@ -27,8 +27,9 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher

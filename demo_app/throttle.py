@@ -149,7 +149,7 @@ class Throttle:
         key = f"{self.prefix}{name}:{_digest(subject)}:{index}"
         try:
             count = self.store.incr(key, window)
-        except Exception as exc:  # Redis down or slow: fail open
+        except Exception as exc:  # noqa: BLE001 Redis down or slow: fail open
             log.warning("throttle %s unavailable, allowing (%s: %s)", name,
                         type(exc).__name__, exc)
             return None
@@ -161,7 +161,7 @@ class Throttle:
         """True for the first caller for ``subject`` in ``ttl`` seconds."""
         try:
             return self.store.claim(f"{self.prefix}{name}:{_digest(subject)}", ttl)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 Redis down or slow: fail open
             log.warning("throttle %s unavailable, allowing (%s: %s)", name,
                         type(exc).__name__, exc)
             return True
@@ -170,7 +170,7 @@ class Throttle:
         """Seconds ``subject`` must still wait (a :meth:`fail` backoff), or None."""
         try:
             left = self.store.remaining(f"{self.prefix}{name}:wait:{_digest(subject)}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 Redis down or slow: fail open
             log.warning("throttle %s unavailable, allowing (%s: %s)", name,
                         type(exc).__name__, exc)
             return None
@@ -188,7 +188,7 @@ class Throttle:
             delay = min(cap, 2 ** min(count - free - 1, 30))
             self.store.lock(f"{self.prefix}{name}:wait:{digest}", delay)
             return delay
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 Redis down or slow: fail open
             log.warning("throttle %s unavailable, allowing (%s: %s)", name,
                         type(exc).__name__, exc)
             return 0
@@ -199,7 +199,7 @@ class Throttle:
         try:
             self.store.delete(f"{self.prefix}{name}:fails:{digest}",
                               f"{self.prefix}{name}:wait:{digest}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 Redis down or slow: logged
             log.warning("throttle %s unavailable (%s: %s)", name, type(exc).__name__, exc)
 
     def close(self) -> None:

@@ -6,11 +6,11 @@ import datetime as dt
 
 def utcnow() -> dt.datetime:
     """Now, as an aware datetime in UTC."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """A datetime read back from the database, as UTC (SQLite returns them naive)."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
     return value

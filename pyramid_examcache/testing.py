@@ -110,7 +110,8 @@ def _registry_of(obj: Any) -> Any:
 
 
 def get_mail_capture(obj: Any) -> MemoryTransport:
-    """The capture (``.outbox``, ``.last``, ``.clear()``) of an app using ``mail.transport = memory``."""
+    """The capture (``.outbox``, ``.last``, ``.clear()``) of an app using
+    ``mail.transport = memory``."""
     queue = get_mail_queue(_registry_of(obj))
     transport = queue.transport
     if not isinstance(transport, MemoryTransport):

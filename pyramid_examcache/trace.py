@@ -10,14 +10,15 @@ one dictionary lookup per ``request.cache`` and a context variable read per coun
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 ENVIRON_KEY = "pyramid_examcache.trace"
 
 #: the operation being traced in this thread / task (events are added to it)
-_CURRENT: ContextVar["Operation | None"] = ContextVar("examcache_operation", default=None)
+_CURRENT: ContextVar[Operation | None] = ContextVar("examcache_operation", default=None)
 
 
 #: (counted events, the word shown), in the order shown

@@ -19,7 +19,8 @@ never the thread-global one, and never decided from ``environ['tm.active']`` alo
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from transaction.interfaces import NoTransaction, TransactionFailedError
 
@@ -179,7 +180,7 @@ class Bridge:
     def tpc_abort(self, txn: Any) -> None:
         self._end(False)
 
-    def savepoint(self) -> "_Savepoint":
+    def savepoint(self) -> _Savepoint:
         return _Savepoint(self)
 
     def after_commit(self, status: bool) -> None:

@@ -106,5 +106,5 @@ def markdown(s: dict) -> list[str]:
         calls = node["calls"]
         lines.append(f"| :{port} | {calls.get('get', 0):,} | {calls.get('hmget', 0):,} | "
                      f"{calls.get('evalsha', 0):,} | {node['cpu_us_per_req']} |")
-    lines += ["", f"(last round; `INFO commandstats` of each node after `CONFIG RESETSTAT`.)", ""]
+    lines += ["", "(last round; `INFO commandstats` of each node after `CONFIG RESETSTAT`.)", ""]
     return lines

@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 
 from ..stats import median, ratio
 from .throughput import CONNECTIONS, WRK_THREADS, _process_cpu, parse_wrk, wait_quiet

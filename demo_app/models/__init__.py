@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import zope.sqlalchemy
-from pyramid_examcache import register as register_cache
 from sqlalchemy import engine_from_config
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import configure_mappers, sessionmaker
+
+from pyramid_examcache import register as register_cache
 
 from .exam import Exam, Question
 from .meta import Base

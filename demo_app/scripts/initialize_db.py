@@ -20,8 +20,8 @@ from alembic.config import Config
 from pyramid.paster import bootstrap, setup_logging
 from sqlalchemy.orm import Session
 
-from pyramid_examcache.cache import get_policy
 from pyramid_examcache import register
+from pyramid_examcache.cache import get_policy
 
 from ..sample import TEACHER_EMAIL, load_sample_data
 from ..security import hash_password

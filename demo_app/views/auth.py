@@ -16,12 +16,16 @@ name and link (the older link stops working), so whoever controls the mailbox de
 from __future__ import annotations
 
 import datetime as dt
-import html
 import logging
 from urllib.parse import urlencode
 
-from pyramid.httpexceptions import (HTTPConflict, HTTPForbidden, HTTPGone, HTTPTooManyRequests,
-                                    HTTPUnauthorized)
+from pyramid.httpexceptions import (
+    HTTPConflict,
+    HTTPForbidden,
+    HTTPGone,
+    HTTPTooManyRequests,
+    HTTPUnauthorized,
+)
 from pyramid.renderers import render
 from pyramid.view import exception_view_config, view_config
 from sqlalchemy import select, update
@@ -30,8 +34,13 @@ from sqlalchemy.exc import IntegrityError
 from pyramid_examcache.clock import as_utc, utcnow
 
 from ..models import User
-from ..security import (bounded_check, bounded_hash, hash_verification_token, login_token_for,
-                        new_verification_token)
+from ..security import (
+    bounded_check,
+    bounded_hash,
+    hash_verification_token,
+    login_token_for,
+    new_verification_token,
+)
 from ..settings import get_demo_settings
 from ..throttle import get_throttle
 from ..validation import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN, Fields, ValidationFailed, json_object
@@ -178,7 +187,8 @@ def verify(request):
     link scanners and previews send -- answers the same status but changes nothing."""
     token = request.GET.get("token", "")
     if not token.strip():
-        raise ValidationFailed("invalid verification request", {"token": "this parameter is required"})
+        raise ValidationFailed("invalid verification request",
+                               {"token": "this parameter is required"})
     if len(token) > 200:
         raise ValidationFailed("invalid or already used verification link")
     user = request.dbsession.scalar(

@@ -21,7 +21,8 @@ The page only reads the add-on's public parts: the outbox table
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError

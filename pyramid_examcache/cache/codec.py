@@ -1,4 +1,4 @@
-"""What the policy stores: JSON values and HTTP entities, never pickle (G5, docs/design/per-user.md).
+"""What the policy stores: JSON values and HTTP entities, never pickle (G5, design/per-user.md).
 
 A stored value is one of
 

@@ -15,7 +15,7 @@ docs/design/guarantees.md).
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class DeferredInvalidations:

@@ -63,7 +63,7 @@ def early_hits_tween_factory(handler, registry):
             return handler(request)
         try:
             info = mapper(request)
-        except Exception:  # (an undecodable path): the router raises it again, under excview
+        except Exception:  # noqa: BLE001 (an undecodable path): the router raises it again
             return handler(request)
         route = info["route"]
         entry = None if route is None else routes.get(route.name)
@@ -84,7 +84,7 @@ def _server(policy, notify):
         spec = entry.spec
         try:
             found = locate(spec, request, match)
-        except Exception:  # (an undecodable query): the deriver's business
+        except Exception:  # noqa: BLE001 (an undecodable query): the deriver's business
             return None
         if isinstance(found, str):  # a bypass: the deriver counts it
             return None
@@ -101,7 +101,7 @@ def _server(policy, notify):
         if notify is not None:
             try:
                 notify(NewRequest(request))
-            except Exception:  # what the excview tween (below us) does with it
+            except Exception:  # noqa: BLE001 what the excview tween (below us) does with it
                 # (the entry read was counted as a hit: the ordinary path would not have
                 # reached the cache -- the one place the counters differ)
                 return request.invoke_exception_view(reraise=True)

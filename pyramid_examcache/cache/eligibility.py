@@ -22,8 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyramid.events import BeforeTraversal, ContextFound, NewRequest
-from pyramid.interfaces import (IDefaultCSRFOptions, IDefaultPermission, IRootFactory,
-                                IRouteRequest, IRoutesMapper, ISecurityPolicy)
+from pyramid.interfaces import (
+    IDefaultCSRFOptions,
+    IDefaultPermission,
+    IRootFactory,
+    IRouteRequest,
+    IRoutesMapper,
+    ISecurityPolicy,
+)
 from pyramid.predicates import RequestMethodPredicate
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.traversal import DefaultRootFactory

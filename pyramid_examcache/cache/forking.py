@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 
 def _weak_call(method: Callable[[], object]) -> Callable[[], None]:

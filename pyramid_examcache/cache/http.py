@@ -134,7 +134,8 @@ def add_vary(response, names) -> None:
     """Merge ``names`` into the response's ``Vary`` (kept as the view wrote it, appended)."""
     if not names:
         return
-    current = [v.strip() for v in response.headers.getall("Vary") for v in v.split(",") if v.strip()]
+    current = [v.strip() for header in response.headers.getall("Vary")
+               for v in header.split(",") if v.strip()]
     if "*" in current:
         return
     seen = {v.lower() for v in current}

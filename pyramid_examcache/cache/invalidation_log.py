@@ -46,7 +46,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, MetaData, String, Table, delete, func, select
 from sqlalchemy.engine import Connection, Engine

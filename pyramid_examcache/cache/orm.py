@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
@@ -44,7 +45,8 @@ from sqlalchemy.orm.exc import ObjectDeletedError
 from sqlalchemy.sql.elements import TextClause
 
 from ..transaction import CacheWork, request_bridge
-from .templates import fields as _fields, fill
+from .templates import fields as _fields
+from .templates import fill
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ def _values(obj: Any, name: str, include_old: bool, load: bool) -> list[Any]:
         current = None
         mapper = state.mapper
         if state.identity is not None:
-            for column, value in zip(mapper.primary_key, state.identity):
+            for column, value in zip(mapper.primary_key, state.identity, strict=True):
                 prop = mapper.get_property_by_column(column)
                 if prop.key == name:
                     current = value
@@ -174,7 +176,7 @@ def keys_for(obj: Any, *, include_old: bool = True, load: bool = True) -> tuple[
         for tpl in templates:
             fields = _fields(tpl)
             for combo in itertools.product(*(choices[n] for n in fields)):
-                values = dict(zip(fields, combo))
+                values = dict(zip(fields, combo, strict=True))
                 if any(v is None for v in values.values()):
                     continue
                 out.add(fill(tpl, values))

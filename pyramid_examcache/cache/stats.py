@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..trace import note
 
@@ -14,7 +14,7 @@ FIELDS = (
     "wait_timeouts",  # waits that gave up and loaded without storing
     "stores",         # values stored
     "stale_rejected", # fills refused because the key/tag was invalidated meanwhile
-    "bypasses",       # creator calls without the cache (dirty transaction, breaker open, uncacheable)
+    "bypasses",       # creator calls past the cache (dirty transaction, breaker open, uncacheable)
     "errors",         # backend errors (timeouts, connection failures)
     "invalidations",  # keys + tags invalidated
     "deferred",       # invalidations kept for retry because the backend failed

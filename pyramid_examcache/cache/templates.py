@@ -6,9 +6,10 @@ another key, and the ORM and the views build the same key from the same id.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from string import Formatter
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 

@@ -41,8 +41,9 @@ and one extra name in the same ``DEL``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from .templates import escape
 
@@ -80,7 +81,7 @@ def query_part(declared: frozenset[str], query) -> str | None:
 
 def vary_part(names: Iterable[str], values: Iterable[Any]) -> str:
     """The vary part for ``values`` (stable identifiers, :mod:`.vary`) of ``names``."""
-    return "".join(f"|{name}={digest(value)}" for name, value in zip(names, values))
+    return "".join(f"|{name}={digest(value)}" for name, value in zip(names, values, strict=True))
 
 
 @lru_cache(maxsize=256)

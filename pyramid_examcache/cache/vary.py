@@ -30,7 +30,8 @@ Names whose value can never be an identifier (``session``, ``GET``, ...) are a
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from pyramid.exceptions import ConfigurationError

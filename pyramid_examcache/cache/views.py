@@ -39,20 +39,21 @@ early-hit tween (:mod:`.early`, rules in :mod:`.eligibility` and
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from pyramid.exceptions import ConfigurationError
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.util import takes_one_arg
 
-from . import codec, http, vary as vary_rules
+from . import codec, http
+from . import vary as vary_rules
 from .eligibility import note_view
 from .policy import MAX_KEY_LENGTH, check_key
 from .templates import fields, fill
-from .variants import (DELIMITERS, RESERVED, entity_key, key_tag, origin_part, query_part,
-                       vary_part)
+from .variants import DELIMITERS, RESERVED, entity_key, key_tag, origin_part, query_part, vary_part
 from .vary import UnkeyableVary
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class CacheSpec:
         """The matchdict names the key and tag templates use."""
         return self._names
 
-    def bind(self, registry) -> "CacheSpec":
+    def bind(self, registry) -> CacheSpec:
         """Resolve the vary names against ``registry``'s ``config.add_cache_vary``
         names (once: the deriver at configuration time, ``@cached`` at its first
         request).  ConfigurationError for a name that is never an identifier, or a
@@ -170,7 +171,7 @@ class CacheSpec:
             log.log(level, "cached view %r: %s", self.key, reason)
 
     def _resolve(self, values: tuple[str, ...]) -> tuple[str, tuple[str, ...], str | None]:
-        matchdict = dict(zip(self._names, values))
+        matchdict = dict(zip(self._names, values, strict=True))
         base = fill(self.key, matchdict)
         tags = (*(fill(t, matchdict) for t in self.tags), key_tag(base))
         try:
@@ -201,7 +202,7 @@ def _authenticated(request) -> bool:
         return True
     try:
         return request.authenticated_userid is not None
-    except Exception:  # a security policy that cannot answer counts as authenticated
+    except Exception:  # noqa: BLE001 a security policy that cannot answer: authenticated
         return True
 
 
@@ -291,8 +292,13 @@ def serve_entity(request, data: bytes, stats) -> Response | None:
 
 def _served(response, request, spec: CacheSpec, stats, counter: str):
     stats.incr(counter)
-    response.headers["X-Cache"] = "MISS"
+    response.headers["X-Cache"] = _x_cache_miss(request)
     return response
+
+
+def _x_cache_miss(request) -> str:
+    """``MISS``, or ``BYPASS`` while the cache is disabled (``examcache.enabled = false``)."""
+    return "MISS" if request.cache.policy.settings.enabled else "BYPASS"
 
 
 #: reasons a response is not stored that need no warning (they are per request)
@@ -349,7 +355,7 @@ def serve_cached(spec: CacheSpec, view, context, request):
     if fill.made and http.matches(request, fill.made[-1]):  # a miss with the client's entity
         stats.incr("not_modified")
         response = http.not_modified(response.headerlist)
-    response.headers["X-Cache"] = "MISS"
+    response.headers["X-Cache"] = _x_cache_miss(request)
     fill.out.append(response)
     return response
 

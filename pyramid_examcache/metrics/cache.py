@@ -29,7 +29,7 @@ READ_LEASES = Gauge("examcache_cache_read_leases", "1 while this process holds a
 #: seconds between two refreshes of the per-process gauges
 REFRESH_EVERY = 1.0
 
-_policies: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_policies: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 import abc
 import enum
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 
 class Status(enum.IntEnum):
@@ -109,7 +109,7 @@ class Backend(abc.ABC):
     def clear(self) -> None:
         """Delete everything this backend stored under its prefix."""
 
-    def ping(self) -> None:
+    def ping(self) -> None:  # noqa: B027 (a default: nothing to check)
         """Raise one of ``errors`` if the store is unreachable."""
 
     def wait(self, key: str, timeout: float) -> None:
@@ -125,8 +125,8 @@ class Backend(abc.ABC):
         """Does this process hold a valid read lease (held values served with no I/O)?"""
         return False
 
-    def attach_stats(self, incr) -> None:
+    def attach_stats(self, incr) -> None:  # noqa: B027 (a default: nothing to count)
         """``incr(name)`` counts the backend's own events (a :class:`..stats.Stats`'s)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a default: nothing to release)
         """Release connections."""

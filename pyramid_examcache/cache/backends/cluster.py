@@ -22,14 +22,15 @@ owns them *now*.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from ...topology import cluster_client, parse as parse_url
+from ...topology import cluster_client
+from ...topology import parse as parse_url
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
 from .near import ByteLRU
 from .redis import OUTLIVE_MS, RELEASE, TAKE_LEASE, glob_escape

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable
 
 from .base import BYPASS_MS, Backend, Lookup, Status
 
@@ -52,7 +52,7 @@ class MemoryBackend(Backend):
         if item is None:
             return None
         _, value, tags, versions = item
-        for tag, version in zip(tags, versions):
+        for tag, version in zip(tags, versions, strict=True):
             if self._tag_version(tag) != version:
                 del self._values[key]
                 return None
@@ -98,7 +98,7 @@ class MemoryBackend(Backend):
                     return False
                 del self._leases[key]
                 now = self._clock()
-                for tag, version in zip(tags, versions):
+                for tag, version in zip(tags, versions, strict=True):
                     item = self._live(self._tags, tag)
                     if item is None or item[1] != version:
                         return False

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import redis
 
-from ...topology import parse as parse_url, primary_pool, sentinel_manager
+from ...topology import parse as parse_url
+from ...topology import primary_pool, sentinel_manager
 from . import failover
 from .redis import RedisBackend, client_options
 from .resp import ThreadConnection

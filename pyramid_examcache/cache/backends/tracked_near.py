@@ -1,4 +1,4 @@
-"""A near cache kept exact by Redis's invalidation messages (the ``barrier`` and ``lease`` variants).
+"""A near cache kept exact by Redis's invalidation messages (``barrier`` and ``lease`` variants).
 
 An entry is the value bytes of one cache key plus the Redis keys it depends on: its value
 key and the version key of each of its tags. :class:`~.tracking.InvalidationStream` calls
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 

@@ -26,7 +26,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -102,7 +103,7 @@ class InvalidationStream:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def start(self) -> "InvalidationStream":
+    def start(self) -> InvalidationStream:
         self._thread = threading.Thread(target=self._run, name="examcache-tracking", daemon=True)
         self._thread.start()
         return self
@@ -358,7 +359,7 @@ class _ConnectOnce:
         return super().connect_check_health(*args, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _connecting_once(connection_class: type) -> type:
     """``connection_class`` with :class:`_ConnectOnce` mixed in."""
     return type(f"Once{connection_class.__name__}", (_ConnectOnce, connection_class), {})
