@@ -1,9 +1,14 @@
 """Sphinx configuration: narrative pages in Markdown (MyST, partly included from the
 README so the two never disagree) and the API reference from the docstrings."""
+import pathlib
+import sys
+
 project = "pyramid_examcache"
 author = "the pyramid_examcache developers"
 copyright = "2026, " + author
-extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+# docs/_ext/examcache_settings.py: the configuration reference, from the settings tables
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "_ext"))
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode", "examcache_settings"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 myst_heading_anchors = 3

@@ -21,3 +21,12 @@ def test_sphinx_builds_with_warnings_as_errors(tmp_path):
     assert 'id="pyramid_examcache.mail.mailer.Mailer.send_queued"' in api
     assert 'id="pyramid_examcache.cache.orm.register"' in api
     assert "Coming from pyramid_mailer" in (tmp_path / "html" / "mailer.html").read_text()
+    # the configuration reference is generated from the parser's tables: every setting is on it
+    from pyramid_examcache.settings import CACHE_TABLE, DEPRECATED_TABLE, MAIL_TABLE
+
+    reference = (tmp_path / "html" / "configuration.html").read_text()
+    missing = [s.name for s in (*CACHE_TABLE, *MAIL_TABLE, *DEPRECATED_TABLE)
+               if f'<span class="pre">{s.name}</span>' not in reference]
+    assert missing == []
+    quickstart = (tmp_path / "html" / "quickstart.html").read_text()
+    assert "second terminal" in quickstart and "examcache-consumer" in quickstart
