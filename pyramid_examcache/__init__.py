@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from pyramid.config import Configurator
 
+from .cache.decorators import cache_on_arguments
 from .cache.orm import register
 
-__all__ = ["includeme", "register"]
+__all__ = ["cache_on_arguments", "includeme", "register"]
 
 
 def includeme(config: Configurator) -> None:

@@ -12,6 +12,7 @@ from ..topology import parse as parse_url
 from .invalidation_log import attach_journal
 from .orm import install, register
 from .policy import CachePolicy, RequestCache
+from .decorators import NotJSONArgument, cache_on_arguments
 from .csrf import watch_csrf_tokens
 from .eligibility import NOTES_KEY, TABLE_KEY, EarlyTable, off_reason
 from .vary import add_cache_vary
@@ -83,5 +84,5 @@ def _decide_early_hits(registry) -> None:
         registry[TABLE_KEY] = EarlyTable({}, {}, reason)
 
 
-__all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "build_policy", "get_policy", "cached",
-           "includeme", "register"]
+__all__ = ["CachePolicy", "RequestCache", "ICachePolicy", "NotJSONArgument", "build_policy",
+           "cache_on_arguments", "get_policy", "cached", "includeme", "register"]

@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..settings import CacheSettings
 from . import codec
@@ -68,6 +68,13 @@ def check_key(key: str, what: str = "key", internal: bool = False) -> str:
         raise ValueError(f"cache {what} {key[:80]!r}: names starting with {RESERVED!r} are "
                          f"reserved for cached views' entries")
     return key
+
+
+def check_ttl(ttl: Any) -> int:
+    """``ttl`` if it is a positive int (seconds); ValueError else."""
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        raise ValueError(f"cache ttl must be a positive int (seconds), got {ttl!r}")
+    return ttl
 
 
 def _as_tuple(tags: Iterable[str] | str, internal: bool = False) -> tuple[str, ...]:
@@ -343,6 +350,78 @@ class CachePolicy:
             return codec.decode_json(codec.encode_json(
                 creator() if value is None else value, key))
 
+    # -- get / set / delete (docs/cache.md, "Direct access") -----------------------------
+    def get(self, key: str, default: Any = None, *, bypass: bool = False) -> Any:
+        """The JSON value stored under ``key``, else ``default`` (a miss, the cache
+        disabled or failing, a value that is not JSON).  A read: no lease is taken,
+        and the near cache answers where its mode makes that safe."""
+        data = self.peek(check_key(key), bypass=bypass)
+        if data is None:
+            return default
+        try:
+            return codec.decode_json(data)
+        except ValueError:  # a view's entry cannot be here (reserved keys); another version's
+            return default
+
+    def get_many(self, keys: Iterable[str], *, bypass: bool = False) -> dict[str, Any]:
+        """``{key: value}`` of the ``keys`` that hit (one read per key, as :meth:`get`)."""
+        found = {}
+        for key in keys:
+            value = self.get(key, _FAILED, bypass=bypass)
+            if value is not _FAILED:
+                found[key] = value
+        return found
+
+    def set(self, key: str, value: Any, ttl: int | None = None,
+            tags: Iterable[str] = ()) -> bool:
+        """Store ``value`` (JSON) under ``key``: :meth:`set_many` of one key."""
+        return self.set_many({key: value}, ttl, tags)
+
+    def set_many(self, mapping: Mapping[str, Any], ttl: int | None = None,
+                 tags: Iterable[str] = ()) -> bool:
+        """Store each value (JSON, else :class:`~.codec.NotJSONValue`) under its key,
+        for ``ttl`` seconds, under ``tags``.  A write: the keys are invalidated first,
+        on the path of :meth:`invalidate_now` (other processes' near caches drop them;
+        with read leases this waits for their holders, as every write does), then
+        each value is filled under a fresh lease, so no load that read before this
+        call can store over it (G2, docs/design/cache-policy.md).  True when every
+        value was stored; False when one was not: the cache disabled or failing (the
+        invalidation is then deferred, as always), a value over ``max_value_bytes``,
+        or a load that began after the invalidation holds the key (its value stands)."""
+        items = [(check_key(k), codec.encode_json(v, k)) for k, v in mapping.items()]
+        checked = _as_tuple(tags)
+        ttl = self.settings.default_ttl if ttl is None else check_ttl(ttl)
+        if not items:
+            return True
+        if not self.invalidate_now([k for k, _ in items]) or not self._ready():
+            return False
+        return all([self._store(k, data, ttl, checked) for k, data in items])
+
+    def _store(self, key: str, data: bytes, ttl: int, tags: tuple[str, ...]) -> bool:
+        """Fill ``key`` under a lease of our own, if the lookup grants one."""
+        if len(data) > self.settings.max_value_bytes:
+            self.stats.incr("too_large")
+            return False
+        token = os.urandom(16).hex()
+        found = self._call("set", self.backend.lookup, key, token, self.settings.lock_timeout,
+                           ttl, tags)
+        if found is _FAILED or found.status is not Status.LEASED:
+            return False
+        stored = self._call("set", self.backend.fill, key, token, data, ttl, tags,
+                            found.versions)
+        if stored is _FAILED:
+            return False
+        self.stats.incr("stores" if stored else "stale_rejected")
+        return bool(stored)
+
+    def delete(self, key: str) -> bool:
+        """Invalidate ``key`` now (:meth:`invalidate_now`)."""
+        return self.invalidate_now([key])
+
+    def delete_many(self, keys: Iterable[str]) -> bool:
+        """Invalidate ``keys`` now (:meth:`invalidate_now`)."""
+        return self.invalidate_now(keys)
+
     # -- invalidation ---------------------------------------------------------------
     def invalidate_now(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> bool:
         """Invalidate at once; True when applied.  On a backend failure what was
@@ -476,6 +555,51 @@ class RequestCache:
         work.add(keys, tags)
         if self.trace is not None:
             self.trace.invalidation("queued", keys, tags)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As :meth:`CachePolicy.get`; ``default`` inside a transaction that has
+        written (the request sees its own writes, not the cache)."""
+        return self.policy.get(key, default, bypass=self.is_dirty())
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """As :meth:`CachePolicy.get_many`; ``{}`` inside a transaction that has written."""
+        return self.policy.get_many(keys, bypass=self.is_dirty())
+
+    def set(self, key: str, value: Any, ttl: int | None = None,
+            tags: Iterable[str] = ()) -> None:
+        """:meth:`set_many` of one key."""
+        self.set_many({key: value}, ttl, tags)
+
+    def set_many(self, mapping: Mapping[str, Any], ttl: int | None = None,
+                 tags: Iterable[str] = ()) -> None:
+        """As :meth:`CachePolicy.set_many` (a write: other processes' near caches learn
+        of it), done when the request's transaction commits -- after its
+        invalidations, never on abort, the transaction then counting as having
+        written -- or at once without one.  Keys, tags, ``ttl`` and the values (JSON)
+        are checked now; the values are copied now."""
+        values = {check_key(k): codec.decode_json(codec.encode_json(v, k))
+                  for k, v in mapping.items()}
+        checked = _as_tuple(tags)
+        if ttl is not None:
+            check_ttl(ttl)
+        bridge = request_bridge(self.request, create=True)
+        if bridge is None:
+            self.policy.set_many(values, ttl, checked)
+            return
+        bridge.work(self.policy, self.trace).dirty = True
+
+        def store() -> None:
+            self.policy.set_many(values, ttl, checked)
+
+        bridge.on_commit(store)
+
+    def delete(self, key: str) -> None:
+        """:meth:`invalidate` ``key``: after the commit, or at once without a transaction."""
+        self.invalidate(key)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """:meth:`invalidate` ``keys``."""
+        self.invalidate(*keys)
 
     def stats(self) -> dict[str, int]:
         """This process's counters (hits, misses, loads, lock_waits, errors, …)."""

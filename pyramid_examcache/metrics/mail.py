@@ -1,5 +1,6 @@
 """The mailer's metrics: jobs by state from the outbox (the truth, read at scrape time) and,
-in the consumer, deliveries, retries, failures and the delivery latency."""
+in the consumer, deliveries, retries, failures and the delivery latency (a web process
+exposes them unmoved: their help says so)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,14 +11,19 @@ from sqlalchemy import func, select
 
 from ..mail import outbox
 
-DELIVERIES = Counter("examcache_mail_deliveries", "Mails delivered (accepted by the SMTP server)")
+#: in the help of every metric only the consumer moves (a web process exposes it, unmoved)
+_BY_CONSUMER = " (counted by the examcache-consumer process, which delivers)"
+
+DELIVERIES = Counter("examcache_mail_deliveries", "Mails delivered (accepted by the SMTP server)"
+                     + _BY_CONSUMER)
 RETRIES = Counter("examcache_mail_retries", "Delivery attempts that failed transiently and "
-                  "will be retried")
+                  "will be retried" + _BY_CONSUMER)
 FAILURES = Counter("examcache_mail_failures", "Mails that failed for good, by reason "
-                   "(permanent: a 5xx or a bad message; expired: mail.max_age reached)",
+                   "(permanent: a 5xx or a bad message; expired: mail.max_age reached)"
+                   + _BY_CONSUMER,
                    ["reason"])
 LATENCY = Histogram("examcache_mail_delivery_latency_seconds", "Seconds from queueing (or a "
-                    "retry by hand) to delivery",
+                    "retry by hand) to delivery" + _BY_CONSUMER,
                     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400))
 for _reason in ("permanent", "expired"):
     FAILURES.labels(_reason)
