@@ -88,7 +88,9 @@ class Breaker:
 
     def _refusing(self) -> bool:
         """Open and refusing calls: within ``reset_after``, or a probe is out (lock held)."""
-        return self._probing or self._clock() - self._opened_at < self.reset_after
+        opened = self._opened_at
+        return self._probing or (opened is not None
+                                 and self._clock() - opened < self.reset_after)
 
     def _success(self) -> None:
         if self._failures or self._opened_at is not None:

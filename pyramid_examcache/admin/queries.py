@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Text, cast, func, or_, select
+from sqlalchemy import ColumnElement, Text, cast, func, or_, select
 from sqlalchemy.engine import Row
 
 from ..mail.outbox import STATES, as_utc, outbox_table
@@ -107,7 +107,7 @@ def _addresses_text() -> Any:
     """The recipients' JSON as text without its keys: ``{"to": [...], "cc": ...}`` -> ``{:
     [...], : ...}`` (a search for "to" or "cc" must not match every row). An address is never
     exactly ``to``, ``cc`` or ``bcc`` (it has an ``@``), so only the keys are removed."""
-    text = cast(outbox_table.c.recipients, Text)
+    text: ColumnElement[str] = cast(outbox_table.c.recipients, Text)
     for key in ("to", "cc", "bcc"):
         text = func.replace(text, f'"{key}"', "")
     return text

@@ -139,7 +139,11 @@ def add_vary(response, names) -> None:
     if "*" in current:
         return
     seen = {v.lower() for v in current}
-    added = [n for n in names if n.lower() not in seen and not seen.add(n.lower())]
+    added = []
+    for name in names:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            added.append(name)
     if added:
         if "Vary" in response.headers:
             del response.headers["Vary"]  # every Vary line; one merged line replaces them
@@ -147,7 +151,7 @@ def add_vary(response, names) -> None:
 
 
 def is_strong(etag: str | None) -> bool:
-    return bool(etag) and len(etag) >= 2 and etag[0] == '"' and etag[-1] == '"' \
+    return etag is not None and len(etag) >= 2 and etag[0] == '"' and etag[-1] == '"' \
         and '"' not in etag[1:-1]
 
 
@@ -194,8 +198,8 @@ def entity_head(data: bytes) -> tuple[str, tuple[tuple[str, str], ...], int]:
     if end and data[:1] == codec.ENTITY:
         etag, headers = _memo_head(bytes(data[:end]))  # (bytes: a memo key must be hashable)
         return etag, headers, end
-    etag, headers, offset = codec.decode_head(data)  # a long head, or not an entity
-    return etag, _replayed(headers), offset
+    etag, listed, offset = codec.decode_head(data)  # a long head, or not an entity
+    return etag, _replayed(listed), offset
 
 
 def replay(headers, body: bytes, x_cache: str) -> Response:

@@ -253,7 +253,7 @@ class InvalidationLog:
             with engine.connect() as conn:
                 if self._table_exists(conn):
                     total += conn.execute(select(func.count()).select_from(log_table)
-                                          .where(log_table.c.scope == self.scope)).scalar()
+                                          .where(log_table.c.scope == self.scope)).scalar_one()
         return total
 
     def flush_applied(self) -> None:

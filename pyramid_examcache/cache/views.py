@@ -239,7 +239,7 @@ def request_vary(spec: CacheSpec, request) -> str | None:
         return ""
     if spec.varies is None:  # @cached: bound at its first request
         spec.bind(request.registry)
-    values = vary_rules.values(spec.varies, request, lambda: _authenticated(request))
+    values = vary_rules.values(spec.varies or (), request, lambda: _authenticated(request))
     return None if values is None else vary_part(spec.vary, values)
 
 
@@ -416,6 +416,7 @@ class _Fill:
 
         def finished(_request) -> None:
             final = sent[-1] if sent else None  # what went out (a wrapper's, a tween's)
+            reason: str | None
             if final is None or not self.out or getattr(request, "exception", None) is not None:
                 reason = "the request ended in an error"
             else:
@@ -538,8 +539,9 @@ def cached_view(view, info):
     return wrapper
 
 
-cached_view.options = ("cache", "cache_ttl", "cache_tags", "cache_vary", "cache_public",
-                       "cache_params")
+# a view deriver's options (pyramid reads the attribute)
+cached_view.options = (  # type: ignore[attr-defined]
+    "cache", "cache_ttl", "cache_tags", "cache_vary", "cache_public", "cache_params")
 
 
 def cached(key: str, ttl: int | None = None, tags: Iterable[str] = (), vary: Iterable[str] = (),

@@ -96,6 +96,10 @@ class ClusterBackend(Backend):
             pipe.get(self._t(tag))
         return pipe.execute()
 
+    def _forget(self, key: str) -> None:
+        if self._near is not None:
+            self._near.discard(key)
+
     def _read(self, key: str, tags: Sequence[str]) -> bytes | None:
         """A valid value of ``key`` or None: the value and the versions of the
         caller's tags in one pipeline (to as many nodes as they live on); when
@@ -113,7 +117,7 @@ class ClusterBackend(Backend):
             data, stamp, stored_tags, stored_versions = replies[0]
         if stamp is None or (near is not None and stamp != near[0]):
             if near is not None:
-                self._near.discard(key)
+                self._forget(key)
                 return self._read(key, tags) if stamp is not None else None
             return None
         stored = stored_tags.decode().split(SEP) if stored_tags else []
@@ -121,7 +125,7 @@ class ClusterBackend(Backend):
         expected = SEP.encode().join(v if v is not None else b"\x00" for v in current)
         if (stored_versions or b"") != expected:
             if near is not None:
-                self._near.discard(key)
+                self._forget(key)
             return None
         if self._near is not None and near is None:
             self._near.put(key, stamp, data)

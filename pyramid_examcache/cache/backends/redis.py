@@ -218,7 +218,7 @@ class RedisBackend(Backend):
         self._near = self._create_near_cache(near_cache_bytes, tracking,
                                              lease_ms if self.single else 0, socket_timeout)
         # the hit path without I/O: the near cache's own method, no layer in between
-        self.peek_local = self._near.peek_local
+        self.peek_local = self._near.peek_local  # type: ignore[method-assign]
 
     def _create_client(self, url: str, socket_timeout: float) -> redis.Redis:
         return make_client(url, socket_timeout)

@@ -125,13 +125,13 @@ class BarrierNearCache(NearCache):
 
     def __init__(self, client: redis.Redis, prefix: str, max_bytes: int,
                  barrier_timeout: float, fetch_expiring: Callable, lease_ms: int = 0) -> None:
-        super().__init__(None)
+        super().__init__(None)  # type: ignore[arg-type]  # get is overridden: no plain fetch
         self.client, self.prefix, self.max_bytes = client, prefix, max_bytes
         self.barrier_timeout, self.lease_ms = barrier_timeout, lease_ms
         self._fetch_expiring = fetch_expiring
         self._incr: Callable[[str], None] | None = None
-        self.tracked: TrackedNearCache | None = None
-        self.stream: InvalidationStream | None = None
+        self.tracked: TrackedNearCache  # both set by _start
+        self.stream: InvalidationStream
         self.lease: ReadLease | None = None
         self._start()
         after_fork_in_child(self._after_fork)
@@ -208,6 +208,7 @@ class LeasedNearCache(BarrierNearCache):
     read lease (:mod:`.read_lease`); writes wait instead (:attr:`writer`)."""
 
     mode = "lease"
+    lease: ReadLease  # set by _start
 
     def _start(self) -> None:
         """A new tracked store, stream, reader id, read lease and writer."""

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -340,7 +340,13 @@ class InvalidationStream:
             return all(self._recent.get(key, 0) <= seen for key in keys)
 
 
-class _ConnectOnce:
+if TYPE_CHECKING:  # a mixin over redis-py's connection classes
+    from redis.connection import AbstractConnection as _ConnectionBase
+else:
+    _ConnectionBase = object
+
+
+class _ConnectOnce(_ConnectionBase):
     """Mixed into the tracking connection's class: it connects once.  redis-py reconnects a
     connection on a send after a disconnect; here that would open a stray connection
     (tracking off, no reader, no timeout) from a request thread, under the send lock."""
