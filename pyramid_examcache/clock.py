@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import overload
 
 
 def utcnow() -> dt.datetime:
     """Now, as an aware datetime in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+@overload
+def as_utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -29,8 +29,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from pyramid.exceptions import ConfigurationError
@@ -82,7 +83,7 @@ class Setting:
     """One setting: ``convert(self, raw)`` turns a given value (never None) into its type;
     an absent one is ``default``."""
     name: str
-    convert: Callable[["Setting", Any], Any]
+    convert: Callable[[Setting, Any], Any]
     default: Any
     help: str
     minimum: float = 0.0
@@ -100,7 +101,7 @@ def _blank(raw: Any) -> bool:
     return raw is None or (isinstance(raw, str) and not raw.strip())
 
 
-def _number(spec: Setting, raw: Any) -> float | int:
+def _number(spec: Setting, raw: Any) -> float | int | None:
     """A number >= ``minimum`` (<= ``maximum``), an int when ``integer``; blank: the default."""
     if _blank(raw):
         if spec.default is None:
@@ -152,10 +153,10 @@ def _lease_ms(spec: Setting, raw: Any) -> int:
     value = _number(replace(spec, minimum=0.0, maximum=None), raw)
     if spec.allow_zero and value == 0:
         return 0
-    if not 200 <= value <= 60000:
+    if value is None or not 200 <= value <= 60000:  # (None: never, the specs have a default)
         allowed = "0 (off) or between" if spec.allow_zero else "between"
         raise _error(spec.name, value, f"must be {allowed} 200 and 60000 (milliseconds)")
-    return value
+    return int(value)  # (an int already: the specs say integer)
 
 
 def _key_prefix(spec: Setting, raw: Any) -> str:
@@ -234,11 +235,11 @@ def _metrics_path(spec: Setting, raw: Any) -> str | None:
     return path or None
 
 
-def _num(name: str, default: float, help: str, **kw: Any) -> Setting:
+def _num(name: str, default: float | None, help: str, **kw: Any) -> Setting:
     return Setting(name, _number, default, help, **kw)
 
 
-def _int(name: str, default: int, help: str, **kw: Any) -> Setting:
+def _int(name: str, default: int | None, help: str, **kw: Any) -> Setting:
     return Setting(name, _number, default, help, integer=True, **kw)
 
 

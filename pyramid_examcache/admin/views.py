@@ -259,6 +259,8 @@ def add_admin_views(config: Configurator, settings: AdminSettings) -> None:
     config.add_jinja2_renderer(RENDERER, settings_prefix="examcache.admin.jinja2.")
     config.registry["examcache.admin.settings"] = settings
     prefix, permission = settings.prefix, settings.permission
+    if prefix is None:  # off (includeme adds no views then)
+        return
     routes = (
         (ROOT, prefix, ("GET", "HEAD"), root_redirect, None),
         (JOBS, prefix + "/", ("GET", "HEAD"), jobs_view, "jobs"),

@@ -37,15 +37,16 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from ..settings import CacheSettings
-from . import codec
-from .backends.base import SEP, Backend, Status
 from ..breaker import Breaker, BreakerOpen
-from .deferred import DeferredInvalidations
+from ..settings import CacheSettings
 from ..trace import trace_of
 from ..transaction import CacheWork, request_bridge
+from . import codec
+from .backends.base import SEP, Backend, Status
+from .deferred import DeferredInvalidations
 from .stats import Stats
 from .variants import RESERVED, key_tag
 
@@ -336,7 +337,7 @@ class CachePolicy:
         docs/design/cache-policy.md).
         """
         check_key(key)
-        _as_tuple(tags)
+        tags = _as_tuple(tags)  # (an iterator is read once: fetch gets the tuple)
         value, data = self.fetch(key, creator, ttl, tags,
                                  lambda v: codec.encode_json(v, key), bypass)
         if data is None:  # loaded without storing (bypass, wait timeout, backend down)
@@ -520,7 +521,7 @@ class RequestCache:
             return self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty(),
                                      checked=checked, hold=hold)
         started = self.trace.start("view", key, tags)
-        result = (None, None)
+        result: tuple[Any, bytes | None] = (None, None)
         try:
             result = self.policy.fetch(key, creator, ttl, tags, encode, bypass=self.is_dirty(),
                                        checked=checked, hold=hold)
@@ -543,18 +544,18 @@ class RequestCache:
         """Invalidate ``keys`` and ``tags`` after the request's transaction
         commits (nothing on abort or failed commit); at once when there is no
         active transaction (G1, docs/design/transactions.md)."""
-        keys = [check_key(k) for k in keys]
+        checked = [check_key(k) for k in keys]
         tags = _as_tuple(tags)
         work = self._work()
         if work is None:
-            self.policy.invalidate_now(keys, tags)
+            self.policy.invalidate_now(checked, tags)
             if self.trace is not None:
-                self.trace.invalidation("immediate", keys, tags)
+                self.trace.invalidation("immediate", checked, tags)
             return
         work.dirty = True
-        work.add(keys, tags)
+        work.add(checked, tags)
         if self.trace is not None:
-            self.trace.invalidation("queued", keys, tags)
+            self.trace.invalidation("queued", checked, tags)
 
     def get(self, key: str, default: Any = None) -> Any:
         """As :meth:`CachePolicy.get`; ``default`` inside a transaction that has

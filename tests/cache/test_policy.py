@@ -294,3 +294,18 @@ def test_bad_view_options_fail_at_configuration_time(options, message):
             config.add_view(lambda r: {}, route_name="r", renderer="json", **options)
             config.make_wsgi_app()
     assert message in str(err.value)
+
+
+def test_tags_given_as_an_iterator_are_stored_and_invalidate():
+    # validating the tags must not use up an iterator: the value is stored under them
+    policy = CachePolicy(MemoryBackend())
+    calls = []
+
+    def creator():
+        calls.append(1)
+        return len(calls)
+
+    assert policy.get_or_set("exam:1", creator, tags=(t for t in ["exam-1"])) == 1
+    assert policy.get_or_set("exam:1", creator, tags=("exam-1",)) == 1
+    assert policy.invalidate_now(tags=["exam-1"])
+    assert policy.get_or_set("exam:1", creator, tags=("exam-1",)) == 2
