@@ -348,3 +348,51 @@ def test_a_tracking_connection_that_stops_answering_is_replaced(private_redis):
         proxy.release(DOWN)
         assert wait_until(b._lease.valid, timeout=15, message="a lease on a new connection")
         b.close()
+
+
+@pytest.mark.parametrize("fault", ["readers-evicted", "flushall", "fence-lost"])
+def test_a_registry_lost_while_a_writer_waits_still_makes_it_wait(private_redis, fault):
+    """A reader registered when the write took its fence, partitioned, then gone from the
+    registry while the writer waits (``x:readers`` evicted or ``FLUSHALL``): the writer keeps
+    asking for it by id, so it returns only once the reader's lease has run out. And the
+    fence lost alone (its acks kept) restarts below them: the acks are dropped with it."""
+    import redis
+
+    raw = redis.Redis(port=private_redis.port)
+
+    def marker_left() -> int:  # ms until the first reader's wipe marker runs out
+        end = int(raw.get(PREFIX + "x:wiped") or 0)
+        seconds, micros = raw.time()
+        return end - (seconds * 1000 + micros // 1000)
+
+    with RespProxy("127.0.0.1", private_redis.port) as proxy:
+        reader = backend(f"redis://127.0.0.1:{proxy.port}/0")
+        writer = backend(private_redis.url, tracking=False)
+        try:
+            store(writer, "k", b"old")
+            for _ in range(3):  # earlier writes: the reader's ack is 3
+                writer.invalidate(keys=["z"])
+            assert wait_until(lambda: read(reader, "k") == b"old" and marker_left() <= 0,
+                              timeout=10, message="no recent wipe")  # (reading keeps the lease)
+            hold(reader, "k", b"old")
+            proxy.hold(DOWN)  # the reader's replies stop: it acknowledges nothing more
+            assert reader.peek_local("k") == b"old"
+            if fault == "fence-lost":
+                raw.delete(PREFIX + "x:fence")
+            waits = writer._writer.waits
+            write = threading.Thread(target=writer.invalidate, kwargs={"keys": ["k"]})
+            write.start()
+            if fault != "fence-lost":
+                assert wait_until(lambda: writer._writer.waits > waits, timeout=10,
+                                  message="the writer waiting for the reader")
+                if fault == "flushall":
+                    raw.flushall()
+                else:
+                    raw.delete(PREFIX + "x:readers")
+            write.join(10)
+            assert not write.is_alive()
+            assert reader.peek_local("k") is None  # a read after the write returned: not stale
+        finally:
+            proxy.release(DOWN)
+            reader.close()
+            writer.close()

@@ -43,18 +43,21 @@ MARGIN = 0.05  # m: seconds of clock offset/jump allowed
 FIRST_POLL, MAX_POLL = 0.0005, 0.02
 POLICY_CHECK = 2.0  # seconds between checks of Redis's maxmemory-policy
 
-#: KEYS: readers, fence, wiped; ARGV: id, lease ms, wipe-marker ms. Registers (expiry = TIME
+#: KEYS: readers, fence, wiped, acks; ARGV: id, lease ms, wipe-marker ms. Registers (expiry = TIME
 #: + lease) and returns {fence, expiry}; a fence or a registry found absent (a wipe, an
 #: eviction, or the first reader ever) sets the wipe marker -- a key holding its own end
 #: (ms of Redis's clock) and no TTL, so no eviction policy but ``allkeys-*`` can remove it --
-#: for longer than any lease granted before it
+#: for longer than any lease granted before it; a fence re-created drops the old acks
 RENEW = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = now + tonumber(ARGV[2])
 local wiped = redis.call('EXISTS', KEYS[1]) == 0  -- the registry itself is gone (evicted)
 redis.call('HSET', KEYS[1], ARGV[1], expiry, '_', 0)  -- '_' keeps the hash when none reads
-if redis.call('SET', KEYS[2], 0, 'NX') then wiped = true end
+if redis.call('SET', KEYS[2], 0, 'NX') then  -- the fence restarts: old acks mean nothing
+  wiped = true
+  redis.call('DEL', KEYS[4])
+end
 if wiped then redis.call('SET', KEYS[3], now + tonumber(ARGV[3])) end
 return {tonumber(redis.call('GET', KEYS[2])), expiry}
 """
@@ -81,11 +84,16 @@ return f
 
 #: KEYS: fence, readers, acks, wiped. ARGV[1] = 1: take a new fence number (INCR); else
 #: ARGV[2] is the fence to check. ARGV[3]: the wipe marker's ms. ARGV[4..]: reader ids that
-#: must ack even if not registered (found by CLIENT LIST).
-#: Returns {n, wiped recently (1/0), readers found expired (and removed), pending ids...}
+#: must ack even if not registered (found by CLIENT LIST, or pending since the write's fence).
+#: A fence found absent drops the acks (numbers restart below them).
+#: Returns {n, wiped recently (1/0), k, the k reader ids found expired (and removed),
+#: pending ids...}
 FENCE = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[3])  -- the fence restarts below the old acks: they mean nothing
+end
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[4], now + tonumber(ARGV[3]))  -- a wipe/eviction (or the first write)
 end
@@ -93,7 +101,7 @@ local n
 if ARGV[1] == '1' then n = redis.call('INCR', KEYS[1]) else n = tonumber(ARGV[2]) end
 local wiped = 0
 if tonumber(redis.call('GET', KEYS[4]) or '0') > now then wiped = 1 end
-local out = {n, wiped, 0}
+local expired, pending = {}, {}
 local seen = {}
 local readers = redis.call('HGETALL', KEYS[2])
 for i = 1, #readers, 2 do
@@ -103,17 +111,20 @@ for i = 1, #readers, 2 do
   elseif expiry <= now then
     redis.call('HDEL', KEYS[2], id)
     redis.call('HDEL', KEYS[3], id)
-    out[3] = out[3] + 1
+    expired[#expired + 1] = id
   elseif tonumber(redis.call('HGET', KEYS[3], id) or '-1') < n then
-    out[#out + 1] = id
+    pending[#pending + 1] = id
   end
 end
 for i = 4, #ARGV do
   local id = ARGV[i]
   if not seen[id] and tonumber(redis.call('HGET', KEYS[3], id) or '-1') < n then
-    out[#out + 1] = id
+    pending[#pending + 1] = id
   end
 end
+local out = {n, wiped, #expired}
+for _, id in ipairs(expired) do out[#out + 1] = id end
+for _, id in ipairs(pending) do out[#out + 1] = id end
 return out
 """
 
@@ -215,7 +226,8 @@ class ReadLease:
         fence read before it would claim writes this process never saw."""
         started = time.monotonic()
         lease_ms = int(self.lease * 1000)
-        fence, expiry = self._renew(keys=(self.keys.readers, self.keys.fence, self.keys.wiped),
+        fence, expiry = self._renew(keys=(self.keys.readers, self.keys.fence, self.keys.wiped,
+                                          self.keys.acks),
                                     args=(self.id, lease_ms, wipe_marker_ms(lease_ms)))
         if not self.stream.barrier(self.barrier_timeout):
             self.timeouts += 1
@@ -375,11 +387,9 @@ class LeaseWriter:
         deadline = started + self.limit
         try:
             keys = (self.keys.fence, self.keys.readers, self.keys.acks, self.keys.wiped)
-            n, wiped, _, *registered = self._fence(keys=keys, args=(1, 0, self.marker_ms))
+            n, wiped, k, *rest = self._fence(keys=keys, args=(1, 0, self.marker_ms))
             # a wipe less than a lease ago (or the first write ever): ask CLIENT LIST too
-            extra = self._listed() if wiped else []
-            pending = self._pending([*registered, *extra])
-            extra = [e for e in extra if e in pending]
+            pending = self._pending([*rest[k:], *(self._listed() if wiped else [])])
             if not pending:
                 return
             self._count("lease_waits")
@@ -396,15 +406,17 @@ class LeaseWriter:
                     return
                 self._sleep(min(delay, deadline - now))
                 delay = min(delay * 2, MAX_POLL)
+                # every reader still pending is asked for by id: one whose registration
+                # vanishes meanwhile (a wipe, an eviction) is waited for all the same
                 _, _, expired, *left = self._fence(keys=keys,
-                                                   args=(0, n, self.marker_ms, *extra))
+                                                   args=(0, n, self.marker_ms, *pending))
                 if expired and not expired_counted:  # a reader never acknowledged: its
                     self._count("lease_timeouts")     # lease ran out
                     log.warning("cache read leases: a reader did not acknowledge a write and "
                                 "its lease ran out (killed without closing, partitioned or "
                                 "stalled)")
                     expired_counted = True
-                pending = self._pending(left)
+                pending = self._pending(left[expired:])
         except (redis.RedisError, OSError) as exc:
             # cannot learn who caught up: wait until every lease granted before the write
             # has run out (safe whatever Redis says)
