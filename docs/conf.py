@@ -10,7 +10,8 @@ copyright = "2026, " + author
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "_ext"))
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode", "examcache_settings"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+# pypi.md is the long description on PyPI (pyproject.toml's readme), not a page of the site
+exclude_patterns = ["_build", "pypi.md"]
 myst_heading_anchors = 3
 # the README links to files of the repository (demo_app/README.md, bench/RESULTS.md)
 suppress_warnings = ["myst.xref_missing", "myst.header",

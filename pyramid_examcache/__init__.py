@@ -12,12 +12,17 @@ option, and ``request.mailer``.
 """
 from __future__ import annotations
 
+from importlib.metadata import version as _distribution_version
+
 from pyramid.config import Configurator
 
 from .cache.decorators import cache_on_arguments
 from .cache.orm import register
 
 __all__ = ["cache_on_arguments", "includeme", "register"]
+
+#: the installed distribution's version (pyproject.toml's, through the package metadata)
+__version__ = _distribution_version("pyramid_examcache")
 
 
 def includeme(config: Configurator) -> None:

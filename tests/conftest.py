@@ -81,6 +81,15 @@ def pg_url():
         yield url
 
 
+@pytest.fixture(scope="session")
+def built_dists(tmp_path_factory):
+    """The sdist and the wheel, built once per session from a copy of the sources
+    (tests/distributions.py): what tests/test_wheel.py checks and the minimal install installs."""
+    from .distributions import build_dists
+
+    return build_dists(tmp_path_factory.mktemp("dists"))
+
+
 @pytest.fixture
 def redis_prefix():
     """A unique key prefix on the shared Redis; its keys are deleted afterwards."""

@@ -1,20 +1,20 @@
 """The tracking and read-lease tests on a minimal install (issue 18): a fresh virtual
-environment with ``pip install .`` (no extras, so no hiredis: redis-py's pure-Python parser)
+environment with the built wheel (no extras, so no hiredis: redis-py's pure-Python parser)
 and the newest redis-py the project allows, plus only pytest and hypothesis. The suite's own
 venv has the test extra (hiredis among it), which hid a stream that dropped twice a second.
+The wheel is the session's ``built_dists`` (tests/distributions.py), also checked by
+tests/test_wheel.py.
 
 Needs PyPI (pip): a missing network fails this test, it never skips."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .distributions import ROOT, clean_env, make_venv, run, wheel_requirement
+
 #: the files run there: everything that drives the tracking connection and read leases
 FILES = ["tests/cache/test_tracking.py", "tests/cache/test_tracking_backend.py",
          "tests/cache/test_read_lease.py", "tests/cache/test_tracking_stateful.py",
@@ -25,33 +25,14 @@ FILES = ["tests/cache/test_tracking.py", "tests/cache/test_tracking_backend.py",
 MAX_LOSSES = 40
 
 
-def run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def test_tracking_and_read_leases_on_a_minimal_install_without_hiredis():
+def test_tracking_and_read_leases_on_a_minimal_install_without_hiredis(built_dists):
     tmp = Path(tempfile.mkdtemp(prefix="examcache-minimal-"))
     try:
-        # the project's sources, so that pip builds outside the working tree (no build/ here)
-        src = tmp / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "setup.cfg", "README.md"):
-            shutil.copy2(ROOT / name, src / name)
-        shutil.copytree(ROOT / "pyramid_examcache", src / "pyramid_examcache",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         venv = tmp / "venv"
-        made = run([sys.executable, "-m", "venv", str(venv)], 120)
-        assert made.returncode == 0, made.stdout + made.stderr
-        py = str(venv / "bin" / "python")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTEST_ADDOPTS")
-               and not k.startswith("PYTEST_")}
-        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        pip = run([py, "-m", "pip", "install", "-q", str(src), "pytest>=7.4",
-                   "hypothesis>=6.100"], 600, env=env)
-        assert pip.returncode == 0, f"pip install . failed (PyPI reachable?):\n{pip.stderr}"
-        checked = run([py, "-m", "pip", "check"], 120, env=env)
-        assert checked.returncode == 0, checked.stdout + checked.stderr  # redis in range
+        # pip check (in make_venv): redis in range
+        py = str(make_venv(venv, wheel_requirement(built_dists.wheel), "pytest>=7.4",
+                           "hypothesis>=6.100"))
+        env = clean_env(venv)
 
         no_hiredis = run([py, "-c", "import hiredis"], 60, env=env)
         assert no_hiredis.returncode != 0 and "No module named 'hiredis'" in no_hiredis.stderr
