@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 from pyramid.config import Configurator
-from pyramid.interfaces import IRequest
 from pyramid.tweens import EXCVIEW, INGRESS
 from zope.interface import Interface
 
 from ..settings import CacheSettings, parse_cache_settings
-from .backends import make_backend
 from ..topology import parse as parse_url
+from .backends import make_backend
+from .csrf import watch_csrf_tokens
+from .decorators import NotJSONArgument, cache_on_arguments
+from .eligibility import NOTES_KEY, TABLE_KEY, EarlyTable, off_reason
 from .invalidation_log import attach_journal
 from .orm import install, register
 from .policy import CachePolicy, RequestCache
-from .decorators import NotJSONArgument, cache_on_arguments
-from .csrf import watch_csrf_tokens
-from .eligibility import NOTES_KEY, TABLE_KEY, EarlyTable, off_reason
 from .vary import add_cache_vary
 from .views import cached, cached_view, check_routes
 

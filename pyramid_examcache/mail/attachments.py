@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Iterable
+from typing import Any
 
 #: content dispositions an attachment may have
 DISPOSITIONS = ("attachment", "inline")

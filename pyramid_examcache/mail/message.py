@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from html.parser import HTMLParser
-from typing import Any, Iterable
+from typing import Any
 
 import idna
 from email_validator import EmailNotValidError, validate_email
 
 from .attachments import attach
+
 
 class InvalidAddress(ValueError):
     """A recipient or sender that is not a usable mail address (a permanent failure)."""
@@ -112,7 +114,8 @@ def address_list(value: Any, field: str, *, smtputf8: bool = False,
 
 def recipients_list(to: str | Iterable[str]) -> list[str]:
     """``to`` as a non-empty list of strings (a comma-separated string is split)."""
-    items = [p.strip() for p in to.split(",")] if isinstance(to, str) else [str(p).strip() for p in to]
+    items = ([p.strip() for p in to.split(",")] if isinstance(to, str)
+             else [str(p).strip() for p in to])
     items = [p for p in items if p]
     if not items:
         raise ValueError("a mail needs at least one recipient")
@@ -151,7 +154,8 @@ def envelope_recipients(recipients: Any) -> list[str]:
 
 
 def make_message_id(job_id: str, sender: str) -> str:
-    """``<job_id@sender-domain>``: the same for every attempt of one job (duplicates are recognisable)."""
+    """``<job_id@sender-domain>``: the same for every attempt of one job (duplicates are
+    recognisable)."""
     _name, addr = parseaddr(sender)
     domain = addr.rpartition("@")[2] if "@" in addr else ""
     domain = domain or "localhost"

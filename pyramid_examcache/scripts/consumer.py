@@ -31,15 +31,16 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import plaster
 from huey.consumer import Consumer, Scheduler
 from pyramid.exceptions import ConfigurationError
 
+from ..cache.invalidation_log import start_relay
 from ..mail.queue import MailQueue
 from ..mail.relay import relay
-from ..cache.invalidation_log import start_relay
 from ..settings import MailSettings, parse_cache_settings, parse_mail_settings
 
 log = logging.getLogger("pyramid_examcache.consumer")

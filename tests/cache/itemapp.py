@@ -28,8 +28,6 @@ import os
 import signal
 import time
 
-import redis
-import transaction
 import zope.sqlalchemy
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPNotFound

@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-import redis
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from pyramid.response import Response
