@@ -323,6 +323,8 @@ MAIL_TABLE: tuple[Setting, ...] = (
          "messages per SMTP connection (0: no limit)"),
     _int(_m("keep_completed"), 3600, "seconds completed jobs are kept"),
     _int(_m("keep_failed"), 604800, "seconds failed jobs are kept"),
+    _num(_m("idempotency_window"), 86400.0, "seconds an idempotency key dedupes",
+         allow_zero=False),
     _int(_m("workers"), 2, "consumer threads", minimum=1),
     _int(_m("relay_interval"), 60, "seconds between outbox relays", minimum=1),
     Setting(_m("session_attr"), _session_attr, "dbsession", "the request's SQLAlchemy session"),
@@ -676,6 +678,7 @@ class MailSettings:
     smtp_max_messages_per_connection: int = 100
     keep_completed: int = 3600
     keep_failed: int = 604800
+    idempotency_window: float = 86400.0
     workers: int = 2
     relay_interval: int = 60
     session_attr: str = "dbsession"

@@ -23,7 +23,7 @@ from pyramid.httpexceptions import (HTTPBadRequest, HTTPConflict, HTTPException,
 from pyramid.interfaces import IDefaultCSRFOptions
 
 from ..mail import get_mailer
-from ..mail.outbox import CANCELLABLE, CANCELLED_REASON, FAILED, STATES
+from ..mail.outbox import CANCELLABLE, CANCELLED_REASON, DELAYED, FAILED, STATES
 from . import AdminSettings
 from .queries import BadParameter, count_by_state, get_job, list_jobs, parse_job_query
 
@@ -37,7 +37,8 @@ JOBS, JOB, RETRY, CANCEL, CACHE, INVALIDATE, ROOT = (
     "examcache_admin", "examcache_admin_job", "examcache_admin_job_retry",
     "examcache_admin_job_cancel", "examcache_admin_cache", "examcache_admin_cache_invalidate",
     "examcache_admin_root")
-ROUTE_NAMES = (JOBS, JOB, RETRY, CANCEL, CACHE, INVALIDATE, ROOT)
+PROMOTE = "examcache_admin_job_promote"
+ROUTE_NAMES = (JOBS, JOB, RETRY, CANCEL, PROMOTE, CACHE, INVALIDATE, ROOT)
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -54,6 +55,8 @@ DONE = {
     "retried": "The job is waiting again; it is pushed to the queue when this request commits.",
     "cancelled": f"The job was cancelled: failed with the reason “{CANCELLED_REASON}”. "
                  "Retry sends it after all.",
+    "promoted": "The job is waiting; it is pushed to the queue when this request commits "
+                "and sent now, not at its scheduled time.",
     "key": "The key was invalidated (applied after the commit, like request.cache.invalidate).",
     "tag": "The tag was invalidated (applied after the commit, like request.cache.invalidate).",
 }
@@ -127,8 +130,10 @@ def job_view(request: Any) -> dict[str, Any]:
     job = _job_or_404(request)
     return _page(request, job=job, can_retry=job["state"] == FAILED,
                  can_cancel=job["state"] in CANCELLABLE,
+                 can_promote=job["state"] == DELAYED,
                  retry_url=request.route_path(RETRY, job_id=job["id"]),
                  cancel_url=request.route_path(CANCEL, job_id=job["id"]),
+                 promote_url=request.route_path(PROMOTE, job_id=job["id"]),
                  back_url=request.route_path(JOBS))
 
 
@@ -151,6 +156,13 @@ def cancel_view(request: Any) -> HTTPSeeOther:
         raise HTTPConflict(f"only a waiting or delayed job can be cancelled; this one is "
                            f"{job['state']}")
     return _after_post(request, JOB, "cancelled", job_id=job["id"])
+
+
+def promote_view(request: Any) -> HTTPSeeOther:
+    job = _job_or_404(request)
+    if not get_mailer(request).promote(job["id"]):
+        raise HTTPConflict(f"only a delayed job can be sent now; this one is {job['state']}")
+    return _after_post(request, JOB, "promoted", job_id=job["id"])
 
 
 # -- cache ---------------------------------------------------------------------------------------
@@ -267,6 +279,7 @@ def add_admin_views(config: Configurator, settings: AdminSettings) -> None:
         (JOB, prefix + "/jobs/{job_id}", ("GET", "HEAD"), job_view, "job"),
         (RETRY, prefix + "/jobs/{job_id}/retry", ("POST",), retry_view, None),
         (CANCEL, prefix + "/jobs/{job_id}/cancel", ("POST",), cancel_view, None),
+        (PROMOTE, prefix + "/jobs/{job_id}/send-now", ("POST",), promote_view, None),
         (CACHE, prefix + "/cache", ("GET", "HEAD"), cache_view, "cache"),
         (INVALIDATE, prefix + "/cache/invalidate", ("POST",), invalidate_view, None),
     )

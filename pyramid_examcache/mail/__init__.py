@@ -15,6 +15,9 @@ and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
                                             #  'nextAttemptAt', 'failedRecipients'}
     request.mailer.retry(job.id)            # a failed job sent again; False if unknown/not failed
     request.mailer.cancel(job.id)           # a waiting/delayed job -> failed ("cancelled by admin")
+    request.mailer.promote(job.id)          # a delayed job (scheduled, or a retry) sent now
+    request.mailer.send_queued(..., idempotency_key="k")  # one job per key (mail.idempotency_window)
+    request.mailer.send_queued(..., send_at=aware_dt)      # or delay=seconds: 'delayed' until then
     request.mailer.send_now(to, subject, html)
 
 The request attribute is ``mail.request_attr`` (default ``mailer``): set it to another name

@@ -13,7 +13,9 @@ flag (removed before the commit, and never set in ``bootstrap()`` scripts or psh
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -27,8 +29,8 @@ from .attachments import store, stored_size
 from .compose import is_message, message_arguments
 from .message import (address_list, build_message, check_address, envelope_recipients,
                       header_name, make_message_id, make_recipients, validate_address)
-from .outbox import (CANCELLED_REASON, FAILED, cancel_statement, new_row, outbox_table,
-                     retry_values, utcnow)
+from .outbox import (CANCELLED_REASON, FAILED, MAX_KEY_LENGTH, cancel_statement, insert_once,
+                     new_row, outbox_table, promote_statement, retry_values, utcnow)
 from .queue import MailQueue
 from .status import is_job_id, job_status
 from .transports import MailError
@@ -60,10 +62,46 @@ def _no_controls(text: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class MailJob:
-    """The handle of a queued mail: ``id`` is the job id (known before the commit)."""
+    """The handle of a queued mail: ``id`` is the job id (known before the commit).
+
+    ``duplicate`` is true when the ``idempotency_key`` was already held by a job within
+    ``mail.idempotency_window``: ``id`` is that job's, and nothing was queued."""
 
     id: str
     message_id: str
+    duplicate: bool = False
+
+
+def _idempotency_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise TypeError("idempotency_key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"idempotency_key is longer than {MAX_KEY_LENGTH} characters")
+    return _no_controls(key, "idempotency_key")
+
+
+def _due_time(send_at: Any, delay: Any, now: dt.datetime) -> dt.datetime | None:
+    """When a mail given ``send_at`` (an aware datetime) or ``delay`` (seconds or a
+    timedelta) is due, in UTC; ``None`` for neither."""
+    if send_at is not None and delay is not None:
+        raise TypeError("give send_at or delay, not both")
+    if delay is not None:
+        if isinstance(delay, dt.timedelta):
+            delay = delay.total_seconds()
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError("delay must be a number of seconds or a timedelta")
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"delay must be a finite number of seconds >= 0, not {delay!r}")
+        return now + dt.timedelta(seconds=delay)
+    if send_at is None:
+        return None
+    if not isinstance(send_at, dt.datetime):
+        raise TypeError("send_at must be a datetime")
+    if send_at.tzinfo is None or send_at.utcoffset() is None:
+        raise ValueError("send_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return send_at.astimezone(dt.timezone.utc)
 
 
 class Mailer:
@@ -127,7 +165,9 @@ class Mailer:
                     text: str | None = None, cc: str | Iterable[str] | None = None,
                     bcc: str | Iterable[str] | None = None,
                     reply_to: str | Iterable[str] | None = None,
-                    attachments: Iterable[Any] | None = None, **headers: str) -> MailJob:
+                    attachments: Iterable[Any] | None = None, *,
+                    idempotency_key: str | None = None, send_at: dt.datetime | None = None,
+                    delay: float | dt.timedelta | None = None, **headers: str) -> MailJob:
         """Queue a mail for delivery once the caller's transaction commits (M1, M2).
 
         ``send_queued(message)`` takes a :class:`~.compose.Message` (pyramid_mailer's names;
@@ -154,13 +194,29 @@ class Mailer:
         ``headers`` become message headers (``x_mailer`` -> ``X-Mailer``), except
         ``sender``, which overrides ``mail.default_sender``. Returns a :class:`MailJob`
         whose ``id`` is the job id.
+
+        ``idempotency_key``: at most one job per key within ``mail.idempotency_window``
+        seconds (a unique index of the outbox decides, also between concurrent requests);
+        a repeated call returns the first job (``duplicate`` true) and queues nothing.
+        ``send_at`` (a timezone-aware datetime) or ``delay`` (seconds, or a timedelta)
+        schedule the mail: it is ``delayed`` with ``nextAttemptAt`` until then, and never
+        sent earlier (a due time already past sends at once).
         """
         draft = self._compose(to, subject, html, text, cc, bcc, reply_to, attachments, headers)
+        key = _idempotency_key(idempotency_key)
+        now = utcnow()
+        due = _due_time(send_at, delay, now)
         job_id = uuid.uuid4().hex
         message_id = make_message_id(job_id, draft.sender)
         values = new_row(job_id, message_id, draft.sender, draft.recipients, draft.subject,
-                         draft.html, draft.text, draft.headers, utcnow(), draft.attachments)
-        self._write_then_push(outbox_table.insert().values(**values), job_id, check=False)
+                         draft.html, draft.text, draft.headers, now, draft.attachments,
+                         idempotency_key=key, send_at=due)
+        if key is None:
+            self._write_then_push(outbox_table.insert().values(**values), job_id, check=False)
+        else:
+            holder = self._insert_once(values, now)
+            if holder is not None:
+                return MailJob(holder.id, holder.message_id, duplicate=True)
         trace = trace_of(self.request)
         if trace is not None:  # the debug toolbar's panel
             trace.mails.append({"job_id": job_id, "message_id": message_id,
@@ -168,9 +224,13 @@ class Mailer:
                                 "attachments": len(draft.attachments)})
         return MailJob(job_id, message_id)
 
-    def send(self, message: Any) -> MailJob:
-        """pyramid_mailer's ``send(message)``: queued, sent after the commit (= :meth:`send_queued`)."""
-        return self.send_queued(message)
+    def send(self, message: Any, *, idempotency_key: str | None = None,
+             send_at: dt.datetime | None = None,
+             delay: float | dt.timedelta | None = None) -> MailJob:
+        """pyramid_mailer's ``send(message)``: queued, sent after the commit (= :meth:`send_queued`,
+        with its ``idempotency_key``, ``send_at`` and ``delay``)."""
+        return self.send_queued(message, idempotency_key=idempotency_key, send_at=send_at,
+                                delay=delay)
 
     send_to_queue = send
 
@@ -189,6 +249,16 @@ class Mailer:
         stmt = update(t).where(t.c.id == job_id, t.c.state == FAILED).values(
             **retry_values(utcnow()))
         return self._write_then_push(stmt, job_id)
+
+    def promote(self, job_id: str) -> bool:
+        """Send a ``delayed`` job now: a scheduled mail before its time, or a retry before
+        its ``nextAttemptAt`` (the admin page's "send now"). The job is ``waiting`` again and
+        pushed after the commit (like :meth:`retry`; its attempts are kept). Returns
+        ``False`` (and changes nothing) when the job is unknown or not ``delayed``.
+        """
+        if not is_job_id(job_id):
+            return False
+        return self._write_then_push(promote_statement(job_id, utcnow()), job_id)
 
     def cancel(self, job_id: str, reason: str = CANCELLED_REASON) -> bool:
         """Cancel a ``waiting`` or ``delayed`` job: ``failed`` with ``reason`` (default
@@ -219,6 +289,26 @@ class Mailer:
             return None
         _mark_changed(session, self.request)
         return _engine_of(session)
+
+    def _insert_once(self, values: dict, now: dt.datetime) -> Any:
+        """Insert a row holding an idempotency key (:func:`.outbox.insert_once`), pushed
+        after the commit; ``None``, or the ``(id, message_id)`` of the job holding the key."""
+        txn, window = self._transaction(), self.settings.idempotency_window
+        if txn is None:  # committed at once, then pushed
+            engine = self._outbox_engine()
+            with engine.begin() as conn:
+                holder = insert_once(conn, values, window, now, dialect=engine.dialect.name)
+            if holder is None:
+                _push(self.queue, engine, values["id"])
+            return holder
+        session = self.session
+        engine = _engine_of(session)
+        holder = insert_once(session, values, window, now, dialect=engine.dialect.name)
+        _mark_changed(session, self.request)
+        bridge = bridge_of(txn)
+        if holder is None and bridge is not None:
+            bridge.on_commit(_push, self.queue, engine, values["id"])
+        return holder
 
     def _write_then_push(self, stmt: Any, job_id: str, *, check: bool = True) -> bool:
         txn = self._transaction()

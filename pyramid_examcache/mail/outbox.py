@@ -28,9 +28,11 @@ are described for operators in ``docs/design/mail.md``.
 rows, is read as ``to``).
 
 Upgrading an existing table: in a new Alembic revision per release call
-:func:`add_new_columns` in ``upgrade()`` (``op.add_column`` of that release's columns,
-skipping those that exist) and :func:`drop_new_columns` in ``downgrade()``: release 1
-added ``failed_recipients`` and ``retried_at``, release 2 ``attachments``.
+:func:`add_new_columns` in ``upgrade()`` (``op.add_column`` of that release's columns and
+``op.create_index`` of its indexes, skipping those that exist) and :func:`drop_new_columns`
+in ``downgrade()``: release 1 added ``failed_recipients`` and ``retried_at``, release 2
+``attachments``, release 3 ``idempotency_key`` (with a unique index) and ``send_at``.
+Idempotent inserts (:func:`insert_once`) and scheduled rows: docs/design/mail.md.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (JSON, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
-                        and_, or_, select, update)
+                        and_, case, exc, or_, select, update)
 from sqlalchemy.engine import Connection, Row
 
 from ..clock import as_utc, utcnow  # noqa: F401 -- outbox.utcnow: the rows' clock
@@ -85,7 +87,12 @@ _ADDED = {
     1: lambda: [Column("failed_recipients", JSON, nullable=True),
                 Column("retried_at", DateTime(timezone=True), nullable=True)],
     2: lambda: [Column("attachments", JSON, nullable=True)],
+    3: lambda: [Column("idempotency_key", String(255), nullable=True),
+                Column("send_at", DateTime(timezone=True), nullable=True)],
 }
+
+#: longest ``idempotency_key`` (the column's length)
+MAX_KEY_LENGTH = 255
 
 
 def _new_columns(release: int | None = None) -> list[Column]:
@@ -97,62 +104,150 @@ def _new_columns(release: int | None = None) -> list[Column]:
 def add_new_columns(op: Any, release: int = 1) -> None:
     """Add the columns of ``release`` to an outbox created earlier (an Alembic ``op``).
 
-    Release 1: ``failed_recipients``, ``retried_at``; release 2: ``attachments``. Call it
-    once per release in its own revision (``add_new_columns(op, 2)``). Idempotent:
-    columns that exist (a table made by a newer :func:`create_outbox`, which has them all)
-    are skipped, so one revision upgrades old and new databases.
+    Release 1: ``failed_recipients``, ``retried_at``; release 2: ``attachments``; release
+    3: ``idempotency_key`` (and its unique index), ``send_at``. Call it once per release in
+    its own revision (``add_new_columns(op, 3)``). Idempotent: columns and indexes that
+    exist (a table made by a newer :func:`create_outbox`, which has them all) are skipped,
+    so one revision upgrades old and new databases.
     """
     from sqlalchemy import inspect
 
     if release not in _ADDED:
         raise ValueError(f"no outbox columns were added in release {release!r}")
-    existing = {c["name"] for c in inspect(op.get_bind()).get_columns(TABLE_NAME)}
+    inspector = inspect(op.get_bind())
+    existing = {c["name"] for c in inspector.get_columns(TABLE_NAME)}
     for column in _new_columns(release):
         if column.name not in existing:
             op.add_column(TABLE_NAME, column)
+    indexes = {i["name"] for i in inspector.get_indexes(TABLE_NAME)}
+    for name, cols, unique in _ADDED_INDEXES.get(release, ()):
+        if name not in indexes:
+            op.create_index(name, TABLE_NAME, list(cols), unique=unique)
 
 
 def drop_new_columns(op: Any, release: int = 1) -> None:
     """The downgrade of :func:`add_new_columns` for ``release``."""
+    for name, _cols, _unique in _ADDED_INDEXES.get(release, ()):
+        op.drop_index(name, table_name=TABLE_NAME)
     for column in reversed(_new_columns(release)):
         op.drop_column(TABLE_NAME, column.name)
 
 
+#: (name, columns, unique) of the indexes added after the first release, by release
+_ADDED_INDEXES = {
+    3: ((f"ux_{TABLE_NAME}_idempotency_key", ("idempotency_key",), True),),
+}
 _INDEXES = (
-    (f"ix_{TABLE_NAME}_state_enqueued", ("state", "enqueued_at")),
-    (f"ix_{TABLE_NAME}_state_finished", ("state", "finished_at")),
+    (f"ix_{TABLE_NAME}_state_enqueued", ("state", "enqueued_at"), False),
+    (f"ix_{TABLE_NAME}_state_finished", ("state", "finished_at"), False),
+    *(index for r in sorted(_ADDED_INDEXES) for index in _ADDED_INDEXES[r]),
 )
 
 #: Add this to your Alembic ``target_metadata`` (or create it with :func:`create_outbox`).
 metadata = MetaData()
 
 outbox_table = Table(TABLE_NAME, metadata, *_columns())
-for _name, _cols in _INDEXES:
-    Index(_name, *(outbox_table.c[c] for c in _cols))
+for _name, _cols, _unique in _INDEXES:
+    Index(_name, *(outbox_table.c[c] for c in _cols), unique=_unique)
 
 
 def create_outbox(op: Any) -> None:
     """Create the outbox table and its indexes from an Alembic migration (``op``)."""
     op.create_table(TABLE_NAME, *_columns())
-    for name, cols in _INDEXES:
-        op.create_index(name, TABLE_NAME, list(cols))
+    for name, cols, unique in _INDEXES:
+        op.create_index(name, TABLE_NAME, list(cols), unique=unique)
 
 
 def drop_outbox(op: Any) -> None:
-    """Drop the outbox table (and its indexes) from an Alembic migration (``op``)."""
-    for name, _cols in _INDEXES:
-        op.drop_index(name, table_name=TABLE_NAME)
+    """Drop the outbox table (and those of its indexes that exist: a later revision's
+    :func:`drop_new_columns` may have dropped some) from an Alembic migration (``op``)."""
+    from sqlalchemy import inspect
+
+    existing = {i["name"] for i in inspect(op.get_bind()).get_indexes(TABLE_NAME)}
+    for name, _cols, _unique in _INDEXES:
+        if name in existing:
+            op.drop_index(name, table_name=TABLE_NAME)
     op.drop_table(TABLE_NAME)
 
 
 def new_row(job_id: str, message_id: str, sender: str, recipients: list[str] | dict,
             subject: str, html: str, text: str | None, headers: dict[str, str],
-            now: dt.datetime, attachments: list[dict] | None = None) -> dict:
-    """The values of a freshly queued (``waiting``, not yet pushed) row."""
+            now: dt.datetime, attachments: list[dict] | None = None, *,
+            idempotency_key: str | None = None, send_at: dt.datetime | None = None) -> dict:
+    """The values of a freshly queued, not yet pushed row: ``waiting``, or -- with a
+    ``send_at`` after ``now`` -- ``delayed`` until then (a *scheduled* row: no attempt yet)."""
+    scheduled = send_at is not None and send_at > now
     return dict(id=job_id, message_id=message_id, sender=sender, recipients=recipients,
-                subject=subject, html=html, text=text, headers=headers or None, state=WAITING,
-                progress=0, attempts=0, created_at=now, updated_at=now,
-                attachments=attachments or None)
+                subject=subject, html=html, text=text, headers=headers or None,
+                state=DELAYED if scheduled else WAITING, progress=0, attempts=0,
+                next_attempt_at=send_at if scheduled else None,
+                send_at=send_at if scheduled else None, created_at=now, updated_at=now,
+                attachments=attachments or None, idempotency_key=idempotency_key)
+
+
+# -- idempotent inserts -----------------------------------------------------------------------
+
+def _insert_or_nothing(executor: Any, values: dict, dialect: str) -> bool:
+    """INSERT the row unless its ``idempotency_key`` is taken; was it inserted?
+
+    The unique index decides, never a read first: PostgreSQL and SQLite use ``INSERT ...
+    ON CONFLICT (idempotency_key) DO NOTHING`` (on PostgreSQL it waits for a concurrent,
+    uncommitted insert of the same key and does nothing if that one commits); other
+    databases insert in a savepoint and roll the savepoint back on the unique violation,
+    so the caller's transaction survives either way."""
+    t = outbox_table
+    if dialect in ("postgresql", "sqlite"):
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = (insert(t).values(**values)
+                .on_conflict_do_nothing(index_elements=[t.c.idempotency_key]).returning(t.c.id))
+        return executor.execute(stmt).first() is not None
+    try:
+        with executor.begin_nested():
+            executor.execute(t.insert().values(**values))
+    except exc.IntegrityError:
+        return False
+    return True
+
+
+def insert_once(executor: Any, values: dict, window: float, now: dt.datetime, *,
+                dialect: str) -> Row | None:
+    """Insert ``values`` (a row with an ``idempotency_key``) unless a job holds its key.
+
+    Returns ``None`` when the row was inserted, else ``(id, message_id)`` of the job that
+    holds the key. A key older than ``window`` seconds is released first (a conditional
+    UPDATE clearing it, racing safely with other callers doing the same), so at most one
+    job per key exists within any ``window`` (docs/design/mail.md). ``executor`` is a
+    Session or Connection in the caller's transaction (READ COMMITTED); ``dialect`` its
+    database's name (``"postgresql"``, ``"sqlite"``; anything else: a savepoint).
+    """
+    t, key = outbox_table, values["idempotency_key"]
+    cutoff = now - dt.timedelta(seconds=window)
+    for _round in range(5):
+        if _insert_or_nothing(executor, values, dialect):
+            return None
+        holder = executor.execute(select(t.c.id, t.c.message_id, t.c.created_at)
+                                  .where(t.c.idempotency_key == key)).first()
+        if holder is None:  # released (or purged) since: insert again
+            continue
+        if as_utc(holder.created_at) >= cutoff:
+            return holder
+        executor.execute(update(t).where(t.c.id == holder.id, t.c.idempotency_key == key,
+                                         t.c.created_at < cutoff)
+                         .values(idempotency_key=None))
+    raise RuntimeError(f"idempotency key {key!r}: no stable holder after 5 rounds")
+
+
+def release_expired_keys(conn: Any, window: float, now: dt.datetime) -> int:
+    """Clear the ``idempotency_key`` of rows created more than ``window`` s ago (the
+    periodic purge): the key may be used again. Returns how many were cleared."""
+    t = outbox_table
+    stmt = (update(t).where(t.c.idempotency_key.is_not(None),
+                            t.c.created_at < now - dt.timedelta(seconds=window))
+            .values(idempotency_key=None))
+    return conn.execute(stmt).rowcount
 
 
 # -- the state machine, one conditional UPDATE per transition ---------------------------------
@@ -163,11 +258,15 @@ def claim(conn: Connection, job_id: str, lease: float, now: dt.datetime) -> Row 
     Returns the row (with ``attempts`` already counting this attempt) or ``None`` when the
     row is unknown, finished, or being worked on by someone else -- the caller then does
     nothing, which is what makes duplicate queue entries harmless.
+    A scheduled row (``delayed`` with no attempt yet) is never claimed before its due time:
+    no slack for it (an early queue entry is skipped; the relay pushes the row when due).
     """
     t = outbox_table
     claimable = or_(
         t.c.state == WAITING,
-        and_(t.c.state == DELAYED,
+        and_(t.c.state == DELAYED, t.c.attempts == 0,
+             or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now)),
+        and_(t.c.state == DELAYED, t.c.attempts > 0,
              or_(t.c.next_attempt_at.is_(None),
                  t.c.next_attempt_at <= now + dt.timedelta(seconds=EARLY_SLACK))),
         and_(t.c.state == ACTIVE, or_(t.c.lease_until.is_(None), t.c.lease_until < now)),
@@ -222,8 +321,24 @@ def retry_values(now: dt.datetime) -> dict:
 
 
 def started_at(row: Row) -> dt.datetime:
-    """Where ``mail.max_age`` counts from: the last :func:`retry`, else the creation."""
-    return as_utc(row.retried_at or row.created_at)
+    """Where ``mail.max_age`` counts from: the last :func:`retry`, else the due time of a
+    scheduled row, else the creation."""
+    if row.retried_at is not None:
+        return as_utc(row.retried_at)
+    send_at = getattr(row, "send_at", None)
+    created = as_utc(row.created_at)
+    return max(created, as_utc(send_at)) if send_at is not None else created
+
+
+def promote_statement(job_id: str, now: dt.datetime) -> Any:
+    """A ``delayed`` row (scheduled, or waiting for a retry) to ``waiting`` and not yet
+    pushed, so it is sent now (the admin page's "send now"); a due time still ahead becomes
+    ``now``. Its attempts are kept; an older queue entry finds it taken and does nothing."""
+    t = outbox_table
+    return (update(t).where(t.c.id == job_id, t.c.state == DELAYED)
+            .values(state=WAITING, progress=0, enqueued_at=None, next_attempt_at=None,
+                    send_at=case((t.c.send_at > now, now), else_=t.c.send_at),
+                    updated_at=now))
 
 
 #: the ``failed_reason`` of a job cancelled from the admin page (:func:`cancel`)

@@ -92,9 +92,13 @@ class HueyBroker:
         self._deliver = deliver
         self.breaker = Breaker(threshold=1, reset_after=PUSH_RETRY_AFTER)
 
-    def push(self, job_id: str) -> None:
+    def push(self, job_id: str, eta: Any = None) -> None:
+        """Enqueue ``deliver(job_id)``; with ``eta`` (an aware datetime), run it then."""
         try:
-            self.breaker.call(self._deliver, job_id)
+            if eta is None:
+                self.breaker.call(self._deliver, job_id)
+            else:
+                self.breaker.call(lambda: self._deliver.schedule(args=(job_id,), eta=eta))
         except BreakerOpen:
             raise QueueUnavailable("the mail queue failed recently; the relay will push this job"
                                    ) from None

@@ -9,8 +9,10 @@ A row is *due* when it was never pushed (``waiting`` with ``enqueued_at IS NULL`
 when its earlier push is presumed lost: an ``active`` attempt whose lease expired
 (consumer killed mid-send), a ``delayed`` retry or a ``waiting`` push older than
 ``mail.requeue_after`` (a broker that lost its data) -- or when it is a slow-phase retry
-(``delayed`` after more than ``mail.retries`` attempts) whose ``next_attempt_at`` has come:
-those waits live only in the outbox row, never in the broker (M3, same page).
+(``delayed`` after more than ``mail.retries`` attempts) or a scheduled row never pushed
+whose ``next_attempt_at`` has come: those waits live only in the outbox row, never in the
+broker (M3, same page). A scheduled row pushed after its commit waits in the queue (the
+task's ``eta``), like a fast-phase retry.
 
 Exactly-once *pushing* per successful enqueue: a row is claimed by a conditional
 ``UPDATE`` (or ``SELECT … FOR UPDATE SKIP LOCKED`` in batches on PostgreSQL) and its
@@ -25,10 +27,10 @@ import datetime as dt
 import logging
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.engine import Engine
 
-from .outbox import ACTIVE, DELAYED, WAITING, outbox_table, utcnow
+from .outbox import ACTIVE, DELAYED, WAITING, as_utc, outbox_table, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +39,36 @@ class Broker(Protocol):
     """What the relay pushes job ids to (:class:`~.queue.HueyBroker`)."""
 
     def push(self, job_id: str) -> None:
-        """Hand the job to the queue now; raise when the queue is unreachable."""
+        """Hand the job to the queue now; raise when the queue is unreachable.
+
+        A broker that takes ``push(job_id, eta=datetime)`` (:class:`~.queue.HueyBroker`)
+        runs the job at ``eta`` (a scheduled row, :func:`push_one`)."""
 
 
 def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | None = None) -> bool:
-    """Push a never-pushed ``waiting`` row to the broker; ``False`` if not pushed (or already)."""
+    """Push a never-pushed ``waiting`` row to the broker; ``False`` if not pushed (or already).
+
+    A never-pushed *scheduled* row (``delayed``, no attempt yet) is pushed with its due time
+    as the task's ``eta`` (the queue holds the wait, as it does for the fast retries), and
+    its ``enqueued_at`` is that due time: when the push takes effect."""
     t = outbox_table
     now = now or utcnow()
-    claim = (update(t).where(t.c.id == job_id, t.c.state == WAITING, t.c.enqueued_at.is_(None))
-             .values(enqueued_at=now))
+    ahead = and_(t.c.state == DELAYED, t.c.next_attempt_at > now)
+    claim = (update(t).where(t.c.id == job_id, t.c.enqueued_at.is_(None),
+                             or_(t.c.state == WAITING,
+                                 and_(t.c.state == DELAYED, t.c.attempts == 0)))
+             .values(enqueued_at=case((ahead, t.c.next_attempt_at), else_=now))
+             .returning(t.c.state, t.c.next_attempt_at))
     try:
         with engine.begin() as conn:
-            if conn.execute(claim).rowcount != 1:
+            row = conn.execute(claim).first()
+            if row is None:
                 return False
-            broker.push(job_id)  # the row stays locked until the push is recorded
+            eta = as_utc(row.next_attempt_at) if row.state == DELAYED else None
+            if eta is not None and eta > now:  # the row stays locked until the push is recorded
+                broker.push(job_id, eta=eta)
+            else:
+                broker.push(job_id)
         return True
     except Exception as exc:  # noqa: BLE001 -- broker down: the periodic relay retries
         log.warning("mail %s not pushed to the queue (%s); the relay will retry", job_id, exc)
@@ -63,8 +81,10 @@ def _due(now: dt.datetime, requeue_after: float, retries: int):
     return or_(
         and_(t.c.state == WAITING, or_(t.c.enqueued_at.is_(None), t.c.enqueued_at < stale)),
         and_(t.c.state == ACTIVE, t.c.lease_until < now),
-        # the slow phase: no broker entry waits for these; push once when due
-        and_(t.c.state == DELAYED, t.c.attempts > retries, t.c.next_attempt_at <= now,
+        # the slow phase, and scheduled rows never pushed (the queue was down): no broker
+        # entry waits for these; push once when due
+        and_(t.c.state == DELAYED, or_(t.c.attempts > retries, t.c.attempts == 0),
+             t.c.next_attempt_at <= now,
              or_(t.c.enqueued_at.is_(None), t.c.enqueued_at < t.c.next_attempt_at)),
         # a fast-phase retry (or a slow-phase push) that the broker seems to have lost
         and_(t.c.state == DELAYED, t.c.next_attempt_at < stale),

@@ -4,7 +4,8 @@
 running), ``delayed`` (a transient failure; the next attempt is scheduled), ``completed``,
 ``failed``. ``progress``: 0 while waiting/delayed, 10 while active, 100 when finished.
 ``attempts``: delivery attempts started. ``nextAttemptAt``: when a ``delayed`` job is
-retried (ISO 8601, UTC), else ``None``. ``failedRecipients``: ``{address: SMTP reply}`` of
+retried, or sent if it is scheduled (``send_at``/``delay``: ``delayed`` with no attempt
+yet) (ISO 8601, UTC), else ``None``. ``failedRecipients``: ``{address: SMTP reply}`` of
 recipients the server refused (``None`` if none). Finished rows are deleted by the periodic purge
 after ``mail.keep_completed`` / ``mail.keep_failed`` seconds.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.engine import Row
 
-from .outbox import COMPLETED, DELAYED, FAILED, as_utc, outbox_table
+from .outbox import COMPLETED, DELAYED, FAILED, as_utc, outbox_table, release_expired_keys
 
 #: job ids are uuid4 hex; accept any short token of safe characters
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -56,11 +57,20 @@ def job_status(executor: Any, job_id: str) -> dict[str, Any] | None:
 
 
 def purge_finished(conn: Any, keep_completed: float, keep_failed: float,
-                   now: dt.datetime) -> int:
-    """Delete completed rows older than ``keep_completed`` s and failed ones older than ``keep_failed`` s."""
+                   now: dt.datetime, idempotency_window: float | None = None) -> int:
+    """Delete completed rows older than ``keep_completed`` s, failed ones older than
+    ``keep_failed`` s.
+
+    With ``idempotency_window`` (``mail.idempotency_window``) the idempotency keys of rows
+    created longer ago are released first, and a row still holding its key is kept: the
+    job a key names outlives its window, so a repeated send within it finds the job (and
+    its status) rather than queueing the mail again."""
     t = outbox_table
-    stmt = delete(t).where(or_(
+    where = [or_(
         and_(t.c.state == COMPLETED, t.c.finished_at < now - dt.timedelta(seconds=keep_completed)),
         and_(t.c.state == FAILED, t.c.finished_at < now - dt.timedelta(seconds=keep_failed)),
-    ))
-    return conn.execute(stmt).rowcount
+    )]
+    if idempotency_window is not None:
+        release_expired_keys(conn, idempotency_window, now)
+        where.append(t.c.idempotency_key.is_(None))
+    return conn.execute(delete(t).where(*where)).rowcount

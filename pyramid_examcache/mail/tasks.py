@@ -206,7 +206,7 @@ def register_tasks(huey: Any, settings: Any, resources: Resources,
     def purge_outbox() -> int:
         with resources.engine.begin() as conn:
             return purge_finished(conn, settings.keep_completed, settings.keep_failed,
-                                  outbox.utcnow())
+                                  outbox.utcnow(), settings.idempotency_window)
 
     @huey.signal(SIGNAL_INTERRUPTED)
     def requeue_interrupted(signal: str, task: Any, *args: Any) -> None:
