@@ -195,12 +195,10 @@ class Mailer:
         ``sender``, which overrides ``mail.default_sender``. Returns a :class:`MailJob`
         whose ``id`` is the job id.
 
-        ``idempotency_key``: at most one job per key within ``mail.idempotency_window``
-        seconds (a unique index of the outbox decides, also between concurrent requests);
-        a repeated call returns the first job (``duplicate`` true) and queues nothing.
-        ``send_at`` (a timezone-aware datetime) or ``delay`` (seconds, or a timedelta)
-        schedule the mail: it is ``delayed`` with ``nextAttemptAt`` until then, and never
-        sent earlier (a due time already past sends at once).
+        ``idempotency_key``: one job per key within ``mail.idempotency_window`` (a unique
+        index decides); a repeat returns the first job (``duplicate``) and queues nothing.
+        ``send_at`` (an aware datetime) or ``delay`` (seconds, a timedelta): ``delayed``
+        with ``nextAttemptAt`` until then, never sent earlier (docs/design/mail.md).
         """
         draft = self._compose(to, subject, html, text, cc, bcc, reply_to, attachments, headers)
         key = _idempotency_key(idempotency_key)
