@@ -18,8 +18,15 @@ from urllib.parse import urlencode
 from pyramid.config import Configurator
 from pyramid.csrf import get_csrf_token
 from pyramid.exceptions import ConfigurationError
-from pyramid.httpexceptions import (HTTPBadRequest, HTTPConflict, HTTPException, HTTPForbidden,
-                                    HTTPMethodNotAllowed, HTTPNotFound, HTTPSeeOther)
+from pyramid.httpexceptions import (
+    HTTPBadRequest,
+    HTTPConflict,
+    HTTPException,
+    HTTPForbidden,
+    HTTPMethodNotAllowed,
+    HTTPNotFound,
+    HTTPSeeOther,
+)
 from pyramid.interfaces import IDefaultCSRFOptions
 
 from ..mail import get_mailer
@@ -92,7 +99,7 @@ def _page(request: Any, **values: Any) -> dict[str, Any]:
 def _fmt_time(value: dt.datetime | None) -> str:
     if value is None:
         return "—"
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _session(request: Any) -> Any:
@@ -115,7 +122,8 @@ def jobs_view(request: Any) -> dict[str, Any]:
         return request.route_path(JOBS, _query=query.params(**changes))
 
     return _page(request, page=page, query=query, counts=count_by_state(session),
-                 states=STATES, url=url, job_url=lambda job_id: request.route_path(JOB, job_id=job_id))
+                 states=STATES, url=url,
+                 job_url=lambda job_id: request.route_path(JOB, job_id=job_id))
 
 
 def _job_or_404(request: Any) -> dict[str, Any]:

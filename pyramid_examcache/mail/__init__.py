@@ -11,13 +11,15 @@ and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
     request.mailer.send(message)            # pyramid_mailer's send / send_to_queue /
     request.mailer.send_immediately(message)  # send_immediately
     job.id                                  # known before the commit
-    request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts', 'failedReason',
-                                            #  'nextAttemptAt', 'failedRecipients'}
+    request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts',
+                                            #  'failedReason', 'nextAttemptAt',
+                                            #  'failedRecipients'}
     request.mailer.retry(job.id)            # a failed job sent again; False if unknown/not failed
     request.mailer.cancel(job.id)           # a waiting/delayed job -> failed ("cancelled by admin")
     request.mailer.promote(job.id)          # a delayed job (scheduled, or a retry) sent now
-    request.mailer.send_queued(..., idempotency_key="k")  # one job per key (mail.idempotency_window)
-    request.mailer.send_queued(..., send_at=aware_dt)      # or delay=seconds: 'delayed' until then
+    request.mailer.send_queued(..., idempotency_key="k")  # one job per key within
+                                            # mail.idempotency_window
+    request.mailer.send_queued(..., send_at=aware_dt)  # or delay=seconds: 'delayed' until
     request.mailer.send_now(to, subject, html)
 
 The request attribute is ``mail.request_attr`` (default ``mailer``): set it to another name
@@ -38,12 +40,20 @@ from ..settings import parse_mail_settings
 from .attachments import Attachment
 from .compose import Message
 from .mailer import Mailer, MailJob
-from .outbox import (add_new_columns, create_outbox, drop_new_columns, drop_outbox, metadata,
-                     outbox_table)
+from .outbox import (
+    add_new_columns,
+    create_outbox,
+    drop_new_columns,
+    drop_outbox,
+    metadata,
+    outbox_table,
+)
 from .queue import MailQueue, build_huey, build_queue
 from .transports import MailError, PermanentMailError, TransientMailError
 
-__all__ = ["Attachment", "Message", "get_mailer", "IMailQueue", "IMailQueueFactory", "MailError", "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer", "PermanentMailError",
+__all__ = ["Attachment", "Message", "get_mailer", "IMailQueue", "IMailQueueFactory", "MailError",
+           "add_new_columns", "drop_new_columns", "MailJob", "MailQueue", "Mailer",
+           "PermanentMailError",
            "TransientMailError", "build_huey", "build_queue", "create_outbox", "drop_outbox",
            "get_mail_queue", "includeme", "metadata", "outbox_table"]
 

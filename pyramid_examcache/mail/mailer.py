@@ -17,8 +17,9 @@ import datetime as dt
 import logging
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -27,10 +28,28 @@ from ..trace import trace_of
 from ..transaction import bridge_of, open_transaction
 from .attachments import store, stored_size
 from .compose import is_message, message_arguments
-from .message import (address_list, build_message, check_address, envelope_recipients,
-                      header_name, make_message_id, make_recipients, validate_address)
-from .outbox import (CANCELLED_REASON, FAILED, MAX_KEY_LENGTH, cancel_statement, insert_once,
-                     new_row, outbox_table, promote_statement, retry_values, utcnow)
+from .message import (
+    address_list,
+    build_message,
+    check_address,
+    envelope_recipients,
+    header_name,
+    make_message_id,
+    make_recipients,
+    validate_address,
+)
+from .outbox import (
+    CANCELLED_REASON,
+    FAILED,
+    MAX_KEY_LENGTH,
+    cancel_statement,
+    insert_once,
+    new_row,
+    outbox_table,
+    promote_statement,
+    retry_values,
+    utcnow,
+)
 from .queue import MailQueue
 from .status import is_job_id, job_status
 from .transports import MailError
@@ -101,7 +120,7 @@ def _due_time(send_at: Any, delay: Any, now: dt.datetime) -> dt.datetime | None:
         raise TypeError("send_at must be a datetime")
     if send_at.tzinfo is None or send_at.utcoffset() is None:
         raise ValueError("send_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
-    return send_at.astimezone(dt.timezone.utc)
+    return send_at.astimezone(dt.UTC)
 
 
 class Mailer:
@@ -114,7 +133,8 @@ class Mailer:
 
     @property
     def session(self) -> Any:
-        """The request's SQLAlchemy session (``request.<mail.session_attr>``, default ``dbsession``)."""
+        """The request's SQLAlchemy session (``request.<mail.session_attr>``, default
+        ``dbsession``)."""
         attr = self.settings.session_attr
         session = getattr(self.request, attr, None)
         if session is None:

@@ -37,10 +37,26 @@ Idempotent inserts (:func:`insert_once`) and scheduled rows: docs/design/mail.md
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import (JSON, Column, DateTime, Index, Integer, MetaData, String, Table, Text,
-                        and_, case, exc, or_, select, update)
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    exc,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Row
 
 from ..clock import as_utc, utcnow  # noqa: F401 -- outbox.utcnow: the rows' clock
@@ -83,7 +99,7 @@ def _columns() -> list[Column]:
 
 
 #: columns added after the first release, by release (see :func:`add_new_columns`)
-_ADDED = {
+_ADDED: dict[int, Callable[[], list[Column]]] = {
     1: lambda: [Column("failed_recipients", JSON, nullable=True),
                 Column("retried_at", DateTime(timezone=True), nullable=True)],
     2: lambda: [Column("attachments", JSON, nullable=True)],
@@ -197,10 +213,9 @@ def _insert_or_nothing(executor: Any, values: dict, dialect: str) -> bool:
     so the caller's transaction survives either way."""
     t = outbox_table
     if dialect in ("postgresql", "sqlite"):
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = (insert(t).values(**values)
                 .on_conflict_do_nothing(index_elements=[t.c.idempotency_key]).returning(t.c.id))
         return executor.execute(stmt).first() is not None

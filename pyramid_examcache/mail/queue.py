@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from huey import Huey, RedisHuey, SqliteHuey
 from pyramid.exceptions import ConfigurationError
@@ -88,7 +89,7 @@ class HueyBroker:
     ``mail.queue_timeout`` for a queue that is down.
     """
 
-    def __init__(self, deliver: Callable[[str], Any]) -> None:
+    def __init__(self, deliver: Any) -> None:  # huey's TaskWrapper (call it, or .schedule)
         self._deliver = deliver
         self.breaker = Breaker(threshold=1, reset_after=PUSH_RETRY_AFTER)
 
@@ -178,7 +179,8 @@ class MailQueue:
         return self.resources.transport
 
     def enqueue(self, job_id: str) -> None:
-        """Push the delivery of ``job_id`` (raises :class:`QueueUnavailable` or the broker's error)."""
+        """Push the delivery of ``job_id`` (raises :class:`QueueUnavailable` or the broker's
+        error)."""
         self.broker.push(job_id)
 
     def push(self, engine: Engine, job_id: str) -> bool:

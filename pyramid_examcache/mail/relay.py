@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class Broker(Protocol):
     """What the relay pushes job ids to (:class:`~.queue.HueyBroker`)."""
 
-    def push(self, job_id: str) -> None:
+    def push(self, job_id: str, eta: Any = None) -> None:
         """Hand the job to the queue now; raise when the queue is unreachable.
 
         A broker that takes ``push(job_id, eta=datetime)`` (:class:`~.queue.HueyBroker`)

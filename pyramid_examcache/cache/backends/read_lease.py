@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 
@@ -178,7 +178,7 @@ class ReadLease:
         self._thread = threading.Thread(target=self._run, name="examcache-read-lease",
                                         daemon=True)
 
-    def start(self) -> "ReadLease":
+    def start(self) -> ReadLease:
         self._thread.start()
         atexit.register(self._unregister)  # a clean exit: writers stop waiting at once
         return self
