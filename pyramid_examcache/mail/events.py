@@ -10,8 +10,8 @@ The consumer notifies them (``registry.notify``) once per job when its outbox ro
 
     def on_failed(event):
         if event.permanent:
-            for address in event.refused or event.job.recipients:
-                mark_bad(address, event.reason)
+            for address, reply in event.refused.items():
+                mark_bad(address, reply)
 
 They run in the process that delivers: ``examcache-consumer --app CONFIG_URI`` (the
 consumer then loads the web application with ``pyramid.paster.bootstrap``, so the

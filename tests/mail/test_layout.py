@@ -12,7 +12,7 @@ import pyramid_examcache.mail as mail_package
 LAYERS = [
     {"attachments", "outbox"},
     {"message", "compose", "status"},
-    {"transports"},
+    {"transports", "events"},
     {"relay"},
     {"tasks"},
     {"queue"},
