@@ -50,7 +50,7 @@ class MailJobInfo:
         return envelope_recipients(self.addresses)
 
     @classmethod
-    def from_row(cls, row: Any) -> "MailJobInfo":
+    def from_row(cls, row: Any) -> MailJobInfo:
         return cls(id=row.id, message_id=row.message_id, sender=row.sender,
                    subject=row.subject, addresses=split_recipients(row.recipients),
                    attempts=row.attempts)

@@ -106,7 +106,7 @@ class _Tracked:
 
     data_started = False
 
-    def data(self, msg):  # type: ignore[no-untyped-def]
+    def data(self, msg):
         self.data_started = True
         return super().data(msg)  # type: ignore[misc]
 
