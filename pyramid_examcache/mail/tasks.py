@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 
 from . import outbox
 from .events import MailDelivered, MailFailed, MailJobInfo
-from .outbox import COMPLETED, DELAYED, FAILED
 from .message import build_message, check_address, envelope_recipients
+from .outbox import COMPLETED, DELAYED, FAILED
 from .relay import Broker, push_one, relay
 from .status import purge_finished
 from .transports import Transport, classify
@@ -210,7 +211,8 @@ def register_tasks(huey: Any, settings: Any, resources: Resources,
 
     @huey.signal(SIGNAL_INTERRUPTED)
     def requeue_interrupted(signal: str, task: Any, *args: Any) -> None:
-        """A task cut off by shutdown: give its row back and push it again (or leave it to the relay)."""
+        """A task cut off by shutdown: give its row back and push it again (or leave it to
+        the relay)."""
         if task.name != deliver.name or not task.args:
             return
         job_id = task.args[0]
