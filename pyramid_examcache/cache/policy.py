@@ -351,7 +351,7 @@ class CachePolicy:
             return codec.decode_json(codec.encode_json(
                 creator() if value is None else value, key))
 
-    # -- get / set / delete (README, "Direct access and cache_on_arguments") -------------
+    # -- get / set / delete (docs/cache.md, "Direct access and cache_on_arguments") -------------
     def get(self, key: str, default: Any = None, *, bypass: bool = False) -> Any:
         """The JSON value stored under ``key``, else ``default`` (a miss, the cache
         disabled or failing, a value that is not JSON).  A read: no lease is taken,

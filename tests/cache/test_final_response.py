@@ -90,7 +90,8 @@ def test_a_visitor_never_receives_another_visitors_csrf_token_or_cookie(redis_ur
         config.add_route("decorated", "/decorated/{id}")
         config.add_view(decorated_form, route_name="decorated")
 
-    app = make_app(url, prefix, setup)
+    # read leases, so that the early-hit tween is in play too
+    app = make_app(url, prefix, setup, **{"examcache.near_cache": "lease"})
     if path == "/form/1":  # a route the early-hit tween would serve: storing is what matters
         assert "form" in app.registry[TABLE_KEY].routes
     seen: dict[str, set[str]] = {"v1": set(), "v2": set()}
