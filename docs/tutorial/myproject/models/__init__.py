@@ -1,0 +1,66 @@
+from sqlalchemy import engine_from_config
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import configure_mappers
+import pyramid_examcache
+import zope.sqlalchemy
+
+# Import or define all models here to ensure they are attached to the
+# ``Base.metadata`` prior to any initialization routines.
+from .mymodel import MyModel  # flake8: noqa
+
+# Run ``configure_mappers`` after defining all of the models to ensure
+# all relationships can be setup.
+configure_mappers()
+
+
+def get_engine(settings, prefix='sqlalchemy.'):
+    return engine_from_config(settings, prefix)
+
+
+def get_session_factory(engine):
+    factory = sessionmaker()
+    factory.configure(bind=engine)
+    return factory
+
+
+def get_tm_session(session_factory, transaction_manager, request=None):
+    dbsession = session_factory(info={"request": request})
+    zope.sqlalchemy.register(
+        dbsession, transaction_manager=transaction_manager
+    )
+    if request is not None:
+        # step 4: invalidate the cache after this session's transaction commits
+        pyramid_examcache.register(dbsession, request)
+    return dbsession
+
+
+def includeme(config):
+    settings = config.get_settings()
+    settings['tm.manager_hook'] = 'pyramid_tm.explicit_manager'
+
+    # Use ``pyramid_tm`` to hook the transaction lifecycle to the request.
+    config.include('pyramid_tm')
+
+    # use pyramid_retry to retry a request when transient exceptions occur
+    config.include('pyramid_retry')
+
+    # hook to share the dbengine fixture in testing
+    dbengine = settings.get('dbengine')
+    if not dbengine:
+        dbengine = get_engine(settings)
+
+    session_factory = get_session_factory(dbengine)
+    config.registry['dbsession_factory'] = session_factory
+
+    # make request.dbsession available for use in Pyramid
+    def dbsession(request):
+        # hook to share the dbsession fixture in testing
+        dbsession = request.environ.get('app.dbsession')
+        if dbsession is None:
+            # request.tm is the transaction manager used by pyramid_tm
+            dbsession = get_tm_session(
+                session_factory, request.tm, request=request
+            )
+        return dbsession
+
+    config.add_request_method(dbsession, reify=True)
