@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                         help="throughput: wrk duration of each run (default 5)")
     parser.add_argument("--targets", default=None,
                         help="throughput: comma-separated targets (default all: "
-                             "ours,ours-tracking,ours-lease,ours-early,seed,dogpile,raw,fixed,orm)")
+                             "ours,ours-tracking,ours-lease,ours-early,seed,dogpile,raw,fixed,orm,bare)")
     args = parser.parse_args(argv)
     throughput_options = {"rounds": args.rounds, "seconds": args.seconds,
                           "targets": args.targets.split(",") if args.targets else None}

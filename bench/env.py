@@ -165,11 +165,14 @@ class Env:
 
     # -- processes -----------------------------------------------------------------
     def serve(self, app: str, ini: str | None = None, threads: int = THREADS,
-              name: str | None = None, counters: bool = False) -> Server:
-        """Start ``app`` (``ours`` = the demo, or ``peers``) under waitress in its own process."""
+              name: str | None = None, counters: bool = False,
+              response: str | None = None) -> Server:
+        """Start ``app`` (``ours`` = the demo, ``peers``, or ``bare`` replaying the saved
+        ``response``: :mod:`bench.bare`) under waitress in its own process."""
         port = free_port()
-        args = [sys.executable, "-m", "bench.serve", app, "--ini", ini or self.ini,
-                "--port", str(port), "--threads", str(threads)]
+        args = [sys.executable, "-m", "bench.serve", app, "--port", str(port),
+                "--threads", str(threads)]
+        args += ["--response", response] if app == "bare" else ["--ini", ini or self.ini]
         if counters:
             args.append("--counters")
         log = open(os.path.join(self.workdir, f"{name or app}-{port}.log"), "wb")

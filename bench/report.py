@@ -13,7 +13,7 @@ PACKAGES = ("pyramid", "pyramid_tm", "waitress", "SQLAlchemy", "psycopg", "redis
 
 
 ORDER = ("ours", "ours-tracking", "ours-tracking-2p", "ours-lease", "ours-lease-2p",
-         "ours-early", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm")
+         "ours-early", "seed", "dogpile", "dogpile-dlock", "raw", "fixed", "orm", "bare")
 
 
 def _ordered(targets: dict) -> list:
@@ -156,7 +156,7 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
             lines += ["Ratios per round (round *i* of each target ran within one cycle of the "
                       "others): " + "; ".join(
                           f"{o} ÷ {peer}: " + ", ".join(_f(v, 2) for v in per_round[o][peer])
-                          for o in ours for peer in ("fixed", "raw", "seed", "dogpile")
+                          for o in ours for peer in ("bare", "fixed", "raw", "seed", "dogpile")
                           if peer in per_round.get(o, {})) + ".", ""]
         calls = [(name, x) for name, x in _ordered(t["targets"]) if x.get("redis_calls")]
         if calls:
@@ -183,6 +183,7 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
         if chart_path:
             rel = os.path.relpath(chart_path, report_dir)
             lines += [f"![throughput]({rel})", ""]
+        lines += _bare_section(t, ours)
     if "stampede" in s:
         t = s["stampede"]
         lines += ["## 2. Stampede: database loads for 50 concurrent cold requests", "",
@@ -291,6 +292,36 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
               "between targets so that drift hits them alike, and the per-round numbers are "
               "shown next to each median.", ""]
     return "\n".join(lines)
+
+
+def _bare_section(t: dict, ours: list[str]) -> list[str]:
+    """Issue 22: ours ÷ the bare server, and the goals against it and the raw GET."""
+    bare = t["targets"].get("bare")
+    if bare is None:
+        return []
+    lines = ["## Bare server ceiling", "",
+             f"**bare**: a plain WSGI callable on waitress ({t['server_threads']} threads, like "
+             "every target; `bench/bare.py`) replaying the demo's cached response byte for "
+             "byte (body and headers, captured from the demo in the same run): no Pyramid, no "
+             f"WebOb. It served **{bare['rps']:,.0f} req/s** (p50 {bare['p50_ms']:.2f} ms, "
+             f"{_f(bare.get('server_cpu_us'), 0)} µs CPU/req): the physical limit of this "
+             "server for these bytes. Issue 22's goals: ours ≥ 0.85× bare and ≥ 1.5× the raw "
+             "Redis GET peer, in the same run.", "",
+             "| ours | req/s | ÷ bare | ÷ raw | goal ≥ 0.85× bare | goal ≥ 1.5× raw | "
+             "÷ bare per round |", "|---|---:|---:|---:|---|---|---|"]
+    for o in ours:
+        r = t["ratios_by"][o]
+        per_round = (t.get("ratios_per_round") or {}).get(o, {}).get("bare", [])
+        lines.append(f"| **{o}** | {_f(t['targets'][o]['rps'], 0)} | {_f(r.get('bare'), 2, '×')} "
+                     f"| {_f(r.get('raw'), 2, '×')} | {_pass(r.get('bare'), 0.85)} | "
+                     f"{_pass(r.get('raw'), 1.5)} | {', '.join(_f(v, 2) for v in per_round)} |")
+    return lines + [""]
+
+
+def _pass(value, goal: float) -> str:
+    if value is None:
+        return "–"
+    return "pass" if value >= goal else f"**miss** (by {goal - value:.2f})"
 
 
 def _counts(counts: dict) -> str:

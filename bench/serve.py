@@ -1,7 +1,8 @@
-"""``python -m bench.serve {ours,peers} --ini X --port P --threads T [--counters]``:
+"""``python -m bench.serve {ours,peers,bare} --ini X --port P --threads T [--counters]``:
 one bench target under waitress.  ``ours`` is the demo exactly as ``pserve``
 builds it (``demo_app:main``); with ``--counters`` it is wrapped to add
-``/_bench/counters`` (used by the stampede scenario only)."""
+``/_bench/counters`` (used by the stampede scenario only).  ``bare`` is
+:mod:`bench.bare` (``--response FILE``: the demo's response it replays; no .ini)."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +10,18 @@ import argparse
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("app", choices=("ours", "peers"))
-    parser.add_argument("--ini", required=True)
+    parser.add_argument("app", choices=("ours", "peers", "bare"))
+    parser.add_argument("--ini", default=None)
+    parser.add_argument("--response", default=None, help="bare: the saved response (JSON)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--counters", action="store_true")
     args = parser.parse_args()
+    if args.app == "bare":
+        from .bare import make_app as make_bare
+
+        _serve(make_bare(args.response), args.port, args.threads)
+        return
 
     from pyramid.paster import get_appsettings, setup_logging
 
@@ -37,9 +44,13 @@ def main() -> None:
         from demo_app import main as demo_main
 
         app = demo_main({}, **settings)
+    _serve(app, args.port, args.threads)
+
+
+def _serve(app, port: int, threads: int) -> None:
     import waitress
 
-    waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,
+    waitress.serve(app, host="127.0.0.1", port=port, threads=threads,
                    connection_limit=1000, channel_timeout=120, ident=None)
 
 
