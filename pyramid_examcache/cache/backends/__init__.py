@@ -22,7 +22,8 @@ def make_backend(settings: CacheSettings) -> Backend:
 
         return ClusterBackend(settings.redis_url, prefix=settings.key_prefix,
                               socket_timeout=settings.socket_timeout,
-                              near_cache_bytes=int(settings.near_cache_mb * 1024 * 1024))
+                              near_cache_bytes=int(settings.near_cache_mb * 1024 * 1024),
+                              tracking=settings.near_cache == "barrier")
     from .redis import RedisBackend
 
     return RedisBackend(settings.redis_url, prefix=settings.key_prefix,

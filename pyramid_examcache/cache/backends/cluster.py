@@ -15,9 +15,10 @@ fills, lost metadata, G3), is in ``docs/design/topologies.md``.
 
 ``MOVED``/``ASK``/``TRYAGAIN`` during a resharding are followed by redis-py's
 :class:`~redis.cluster.RedisCluster` (for scripts too).  ``clear`` scans every
-primary.  The near cache (``check`` only) needs no per-node bookkeeping: each near
-hit is validated by the value's stamp and tag versions read from whichever node
-owns them *now*.
+primary.  The ``check`` near cache needs no per-node bookkeeping: each near hit is
+validated by the value's stamp and tag versions read from whichever node owns them
+*now*.  The ``barrier`` near cache (the default) keeps one tracking stream per primary
+(:class:`~.fenced_near.ClusterNearCache`; the proof is in ``docs/design/topologies.md``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from redis.retry import Retry
 from ...topology import cluster_client
 from ...topology import parse as parse_url
 from .base import BYPASS_MS, SEP, Backend, Lookup, Status
+from .fenced_near import ClusterNearCache
 from .near import ByteLRU
 from .redis import OUTLIVE_MS, RELEASE, TAKE_LEASE, glob_escape
 
@@ -69,7 +71,7 @@ class ClusterBackend(Backend):
     errors = (redis.RedisError, OSError, RedisClusterException)
 
     def __init__(self, url: str, prefix: str = "examcache:", socket_timeout: float = 0.25,
-                 client=None, near_cache_bytes: int = 0) -> None:
+                 client=None, near_cache_bytes: int = 0, tracking: bool = False) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"a cluster key prefix may not contain braces: {prefix!r}")
         self.client = client or make_cluster(url, socket_timeout)
@@ -77,7 +79,38 @@ class ClusterBackend(Backend):
         self._lease = self.client.register_script(LEASE)
         self._fill = self.client.register_script(FILL)
         self._release = self.client.register_script(RELEASE)
-        self._near = ByteLRU(near_cache_bytes) if near_cache_bytes > 0 else None
+        #: ``barrier``: the tracked near cache (one stream per primary); else ``check``'s LRU
+        self._tracked_near = (ClusterNearCache(self.client, prefix, near_cache_bytes,
+                                               socket_timeout, self._fetch_expiring)
+                              if near_cache_bytes > 0 and tracking else None)
+        self._near = (ByteLRU(near_cache_bytes)
+                      if near_cache_bytes > 0 and self._tracked_near is None else None)
+
+    @property
+    def near_mode(self) -> str:
+        if self._tracked_near is not None:
+            return "barrier"
+        return "check" if self._near is not None else "off"
+
+    def near_cache_bytes(self) -> int:
+        near = self._tracked_near or self._near
+        return near.nbytes if near is not None else 0
+
+    def _fetch_expiring(self, key: str, tags: Sequence[str], conn=None) -> tuple:
+        """``(data, stamp, pttl)`` of ``key``'s value, ``data`` None unless it is valid and
+        was stored under exactly ``tags`` (one pipeline, to as many nodes as needed)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self._v(key), "d", "s", "t", "g")
+        pipe.pttl(self._v(key))
+        for tag in tags:
+            pipe.get(self._t(tag))
+        replies = pipe.execute()
+        (data, stamp, stored_tags, stored_versions), pttl = replies[0], replies[1]
+        expected = SEP.encode().join(v if v is not None else b"\x00" for v in replies[2:])
+        if (data is None or (stored_tags or b"") != SEP.join(tags).encode()
+                or (tags and (stored_versions or b"") != expected)):
+            return None, stamp, pttl
+        return data, stamp, pttl
 
     def _v(self, key: str) -> str:
         return f"{self.prefix}v:{{{key}}}"
@@ -131,8 +164,13 @@ class ClusterBackend(Backend):
             self._near.put(key, stamp, data)
         return data
 
+    def _valid_value(self, key: str, tags: Sequence[str]) -> bytes | None:
+        if self._tracked_near is not None:
+            return self._tracked_near.get(key, tags, None)
+        return self._read(key, tags)
+
     def lookup(self, key, token, lease_ttl, ttl, tags=()):
-        data = self._read(key, tags)
+        data = self._valid_value(key, tags)
         if data is not None:
             return Lookup(Status.HIT, data)
         # current versions, creating a fresh one for a tag that has none (SET NX GET: one
@@ -180,6 +218,8 @@ class ClusterBackend(Backend):
 
     def invalidate(self, keys=(), tags=()):
         keys, tags = list(keys), list(tags)
+        if self._tracked_near is not None:
+            self._tracked_near.drop(keys, tags)
         if self._near is not None:
             for key in keys:
                 self._near.discard(key)
@@ -193,9 +233,11 @@ class ClusterBackend(Backend):
         pipe.execute()
 
     def get(self, key, tags=()):
-        return self._read(key, tags)
+        return self._valid_value(key, tags)
 
     def clear(self):
+        if self._tracked_near is not None:
+            self._tracked_near.clear()
         if self._near is not None:
             self._near.clear()
         match = glob_escape(self.prefix) + "*"
@@ -221,4 +263,6 @@ class ClusterBackend(Backend):
         self.client.ping()
 
     def close(self):
+        if self._tracked_near is not None:
+            self._tracked_near.close()
         self.client.close()

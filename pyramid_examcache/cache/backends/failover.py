@@ -43,7 +43,11 @@ def primary_epoch(conn) -> str:
     Raises :class:`NotPrimary` when the node is not a primary."""
     conn.connect()  # a SentinelManagedConnection asks the sentinels where the primary is
     conn.send_command("INFO", "replication")
-    info = conn.read_response()
+    return replication_epoch(conn, conn.read_response())
+
+
+def replication_epoch(conn, info) -> str:
+    """The epoch in ``info`` (the reply to ``INFO replication`` on ``conn``)."""
     if isinstance(info, bytes):
         info = info.decode()
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)

@@ -184,18 +184,21 @@ def glob_escape(text: str) -> str:
 def near_cache_mode(near_cache_bytes: int, tracking: bool, lease_ms: int,
                     single: bool = True) -> str:
     """``off``, ``check``, ``barrier`` or ``lease``: the near cache a backend built with
-    these arguments has (tracking and read leases need a single Redis)."""
+    these arguments has (read leases need a single Redis; tracking works on every Redis
+    topology, fenced on Sentinel and Cluster by :mod:`.fenced_near`)."""
     if near_cache_bytes <= 0:
         return "off"
-    if not (tracking and single):
+    if not tracking:
         return "check"
-    return "lease" if lease_ms > 0 else "barrier"
+    return "lease" if lease_ms > 0 and single else "barrier"
 
 
 class RedisBackend(Backend):
     errors = (redis.RedisError, OSError)
-    #: tracking and read leases apply (a single Redis: not Sentinel, not Cluster)
+    #: read leases apply (a single Redis: not Sentinel, not Cluster)
     single = True
+    #: the ``barrier`` near cache (Sentinel: :class:`~.fenced_near.SentinelNearCache`)
+    barrier_class: type[BarrierNearCache] = BarrierNearCache
 
     def __new__(cls, url: str, *args, **kwargs):
         """``RedisBackend(url)`` builds the Sentinel backend for a ``redis+sentinel://`` URL."""
@@ -228,7 +231,7 @@ class RedisBackend(Backend):
         """The near cache variant (chosen once), with the lease writer when leases are on."""
         mode = near_cache_mode(max_bytes, tracking, lease_ms, self.single)
         if mode in ("barrier", "lease"):
-            cls = LeasedNearCache if mode == "lease" else BarrierNearCache
+            cls = LeasedNearCache if mode == "lease" else self.barrier_class
             return cls(self.client, self.prefix, max_bytes, barrier_timeout,
                        self._fetch_expiring, lease_ms)
         # a process without tracking may still write while others hold read leases

@@ -11,8 +11,9 @@ connection is made and fenced (:mod:`.failover`, why: ``docs/design/topologies.m
 * a ``+switch-master`` from the sentinels makes every thread reconnect before its
   next call (:class:`~.failover.SwitchWatch`).
 
-Tracking and read leases need a single Redis: here the near cache is ``off`` or
-``check``.
+The ``barrier`` near cache (the default) is fenced by the epoch too
+(:class:`~.fenced_near.SentinelNearCache`): a failover flushes it before the new epoch
+serves a hit.  Read leases need a single Redis: ``lease`` is refused here.
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ import redis
 from ...topology import parse as parse_url
 from ...topology import primary_pool, sentinel_manager
 from . import failover
+from .fenced_near import SentinelNearCache
 from .redis import RedisBackend, client_options
 from .resp import ThreadConnection
 
 
 class SentinelBackend(RedisBackend):
     single = False
+    barrier_class = SentinelNearCache
 
     def __init__(self, url: str, prefix: str = "examcache:", socket_timeout: float = 0.25,
                  client: redis.Redis | None = None, near_cache_bytes: int = 0,
@@ -45,8 +48,12 @@ class SentinelBackend(RedisBackend):
                                                         **client_options(socket_timeout)))
 
     def _switched(self) -> None:
-        """A sentinel announced a failover: every thread reconnects before its next call."""
+        """A sentinel announced a failover: every thread reconnects before its next call,
+        and the near cache forgets everything and reconnects its stream."""
         self._generation += 1
+        failed_over = getattr(self._near, "failover", None)
+        if failed_over is not None:
+            failed_over()
 
     def _prepare(self) -> tuple[ThreadConnection, str]:
         """This thread's connection, connected to the current primary, and the key prefix

@@ -151,7 +151,11 @@ class BarrierNearCache(NearCache):
         pool = self.client.connection_pool
         return InvalidationStream({**pool.connection_kwargs, **extra}, self.prefix,
                                   self._on_keys, self._on_flush,
-                                  connection_class=pool.connection_class)
+                                  connection_class=pool.connection_class,
+                                  handshake=self._handshake)
+
+    #: run on each new tracking connection (:mod:`.fenced_near`: the Sentinel primary's epoch)
+    _handshake: Callable | None = None
 
     def _on_keys(self, redis_keys: list[str]) -> None:
         self.tracked.on_keys(redis_keys)

@@ -63,7 +63,8 @@ class InvalidationStream:
     def __init__(self, connection_kwargs: dict[str, Any], prefix: str,
                  on_keys: Callable[[list[str]], None], on_flush: Callable[[], None],
                  reconnect_delay: float = 0.5,
-                 connection_class: type = redis.Connection) -> None:
+                 connection_class: type = redis.Connection,
+                 handshake: Callable[[redis.Connection], Any] | None = None) -> None:
         # RESP2; no socket timeout (the reader blocks until a message); and no redis-py
         # health check: it would send its own PING and read the reply on a request
         # thread, racing the reader (found by the bench after 30 s of idle)
@@ -80,6 +81,10 @@ class InvalidationStream:
         self.prefix = prefix
         self.on_keys, self.on_flush = on_keys, on_flush
         self.reconnect_delay = reconnect_delay
+        #: run on each new connection before tracking starts (Sentinel, Cluster: which
+        #: node and mastership this is, ``docs/design/topologies.md``); its result is :attr:`node`
+        self.handshake = handshake
+        self.node: Any = None
         self._conn: redis.Connection | None = None
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -183,6 +188,7 @@ class InvalidationStream:
                                       f"({type(exc).__name__}: {exc})") from exc
         try:
             conn.connect()
+            node = self.handshake(conn) if self.handshake is not None else None
             conn.send_command("CLIENT", "ID")
             client_id = conn.read_response()
             conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST",
@@ -204,6 +210,7 @@ class InvalidationStream:
             raise
         with self._cond:
             self._conn = conn
+            self.node = node
             self._epoch += 1
             self._recent.clear()
             self._floor = self._messages
@@ -281,12 +288,17 @@ class InvalidationStream:
         the meantime shares it. Under load: one PING per round trip, whatever the number
         of requests; alone: one round trip.
         """
+        deadline = time.monotonic() + timeout
+        return self.await_barrier(self.begin_barrier(), deadline)
+
+    def begin_barrier(self) -> tuple[int, int] | None:
+        """The first half of :meth:`barrier`: a ticket (None: unhealthy) to pass to
+        :meth:`await_barrier` -- several streams' PINGs then travel at once."""
         started = time.monotonic()
-        deadline = started + timeout
         send = None
         with self._cond:
             if not self._healthy or self._conn is None:
-                return False
+                return None
             epoch = self._epoch
             if self._in_flight is not None and self._in_flight_at >= started:
                 mine = self._in_flight
@@ -299,6 +311,13 @@ class InvalidationStream:
                 mine = self._next
         if send is not None:
             self._send(send)
+        return mine, epoch
+
+    def await_barrier(self, ticket: tuple[int, int] | None, deadline: float) -> bool:
+        """The second half of :meth:`barrier`."""
+        if ticket is None:
+            return False
+        mine, epoch = ticket
         with self._cond:
             ok = self._cond.wait_for(
                 lambda: self._acked >= mine or self._epoch != epoch or not self._healthy,
