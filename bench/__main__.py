@@ -1,7 +1,8 @@
 """``python -m bench SCENARIO [SCENARIO ...] [--quick] --out DIR [--report FILE]``
 
 Scenarios: ``throughput``, ``stampede``, ``consistency``, ``mail-enqueue``,
-``mail-throughput``, ``memory``, ``write``, ``logged-in``, ``revalidate``, ``cluster``, or ``all``.  Starts its own redis-server and
+``mail-throughput``, ``memory``, ``write``, ``logged-in``, ``revalidate``, ``cluster``,
+``scaling``, or ``all``.  Starts its own redis-server and
 PostgreSQL database (dropped at the end), runs, and writes ``DIR/results.json``,
 ``DIR/throughput.png`` (when the throughput scenario ran) and the Markdown
 report (``--report``, default ``DIR/RESULTS.md``).
@@ -20,18 +21,19 @@ import sys
 import time
 
 SCENARIOS = ("throughput", "stampede", "consistency", "mail-enqueue", "mail-throughput", "memory",
-             "write", "logged-in", "revalidate", "cluster")
+             "write", "logged-in", "revalidate", "cluster", "scaling")
 
 
 def _runner(name: str):
-    from .scenarios import (cluster, consistency, http_cache, mail, memory, stampede, throughput,
-                            write)
+    from .scenarios import (cluster, consistency, http_cache, mail, memory, scaling, stampede,
+                            throughput, write)
 
     return {"throughput": throughput.run, "stampede": stampede.run,
             "consistency": consistency.run, "mail-enqueue": mail.run_enqueue,
             "mail-throughput": mail.run_throughput, "memory": memory.run,
             "write": write.run, "logged-in": http_cache.run_logged_in,
-            "revalidate": http_cache.run_revalidate, "cluster": cluster.run}[name]
+            "revalidate": http_cache.run_revalidate, "cluster": cluster.run,
+            "scaling": scaling.run}[name]
 
 
 def main(argv=None) -> int:
@@ -42,15 +44,21 @@ def main(argv=None) -> int:
     parser.add_argument("--report", default=None, help="Markdown report (default OUT/RESULTS.md)")
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test), not results")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="throughput: alternating rounds (default 5)")
+                        help="throughput, scaling: alternating rounds (default 5, 3)")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="throughput: wrk duration of each run (default 5)")
+                        help="throughput, scaling: wrk duration of each run (default 5)")
     parser.add_argument("--targets", default=None,
                         help="throughput: comma-separated targets (default all: "
                              "ours,ours-tracking,ours-lease,ours-early,seed,dogpile,raw,fixed,orm,bare)")
+    parser.add_argument("--deployments", default=None,
+                        help="scaling: comma-separated deployments (default all: waitress-1p,"
+                             "waitress-2p,waitress-4p,gunicorn-2w,gunicorn-4w,waitress-2p-lease,"
+                             "gunicorn-2w-lease; --quick: waitress-2p,gunicorn-2w)")
     args = parser.parse_args(argv)
     throughput_options = {"rounds": args.rounds, "seconds": args.seconds,
                           "targets": args.targets.split(",") if args.targets else None}
+    scaling_options = {"rounds": args.rounds, "seconds": args.seconds,
+                       "targets": args.deployments.split(",") if args.deployments else None}
 
     from . import report
     from .env import environment
@@ -65,7 +73,7 @@ def main(argv=None) -> int:
         for name in names:
             t0 = time.time()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            options = throughput_options if name == "throughput" else {}
+            options = {"throughput": throughput_options, "scaling": scaling_options}.get(name, {})
             results["scenarios"][name] = _runner(name)(env, quick=args.quick, **options)
             results["scenarios"][name]["elapsed_s"] = round(time.time() - t0, 1)
             print(f"[bench] {name} done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
@@ -76,6 +84,11 @@ def main(argv=None) -> int:
     if "throughput" in results["scenarios"]:
         chart = report.chart(results["scenarios"]["throughput"],
                              os.path.join(args.out, "throughput.png"))
+    if "scaling" in results["scenarios"]:
+        from .scenarios import scaling
+
+        results["scaling_chart"] = scaling.chart(results["scenarios"]["scaling"],
+                                                 os.path.join(args.out, "scaling.png"))
     path = args.report or os.path.join(args.out, "RESULTS.md")
     with open(path, "w") as fh:
         fh.write(report.markdown(results, chart, os.path.dirname(os.path.abspath(path))))

@@ -142,6 +142,7 @@ class Env:
             "mail.shutdown_timeout": "2",
             "demo.secret": "bench-secret-" + "x" * 20,
             "bench.redis_url": self.redis_url,
+            "demo.sample_password": TEACHER[1],  # examcache-initdb seeds the teacher with it
             **ARGON2,
         }
         s.update(overrides)

@@ -274,6 +274,9 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
     from .scenarios import cluster
 
     lines += cluster.markdown(s)
+    from .scenarios import scaling
+
+    lines += scaling.markdown(s, results.get("scaling_chart"), report_dir)
     lines += ["## Notes", "",
               "- Where the time goes on a hit: `python -m bench.profile_hit --profile` (in-process, "
               "pyinstrument) and py-spy on the waitress process under wrk. Three fixes in the "

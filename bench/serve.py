@@ -16,11 +16,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--counters", action="store_true")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="listen with SO_REUSEPORT (N processes on one port: bench scaling)")
     args = parser.parse_args()
     if args.app == "bare":
         from .bare import make_app as make_bare
 
-        _serve(make_bare(args.response), args.port, args.threads)
+        _serve(make_bare(args.response), args.port, args.threads, args.reuse_port)
         return
 
     from pyramid.paster import get_appsettings, setup_logging
@@ -44,14 +46,22 @@ def main() -> None:
         from demo_app import main as demo_main
 
         app = demo_main({}, **settings)
-    _serve(app, args.port, args.threads)
+    _serve(app, args.port, args.threads, args.reuse_port)
 
 
-def _serve(app, port: int, threads: int) -> None:
+def _serve(app, port: int, threads: int, reuse_port: bool = False) -> None:
     import waitress
 
-    waitress.serve(app, host="127.0.0.1", port=port, threads=threads,
-                   connection_limit=1000, channel_timeout=120, ident=None)
+    options = dict(threads=threads, connection_limit=1000, channel_timeout=120, ident=None)
+    if reuse_port:  # the kernel spreads new connections over the processes sharing the port
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        waitress.serve(app, sockets=[sock], **options)
+    else:
+        waitress.serve(app, host="127.0.0.1", port=port, **options)
 
 
 if __name__ == "__main__":
