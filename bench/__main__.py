@@ -90,8 +90,10 @@ def main(argv=None) -> int:
         results["scaling_chart"] = scaling.chart(results["scenarios"]["scaling"],
                                                  os.path.join(args.out, "scaling.png"))
     path = args.report or os.path.join(args.out, "RESULTS.md")
+    kept = report.kept_sections(path)  # sections other commands write into the same report
     with open(path, "w") as fh:
         fh.write(report.markdown(results, chart, os.path.dirname(os.path.abspath(path))))
+    report.restore_sections(path, kept)
     print(f"[bench] wrote {path} in {results['elapsed_s']}s", file=sys.stderr)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -295,6 +296,32 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
               "between targets so that drift hits them alike, and the per-round numbers are "
               "shown next to each median.", ""]
     return "\n".join(lines)
+
+
+#: sections written into the report by other commands (``python -m bench.lease_write``)
+KEPT = (re.compile(r"## Write scaling: .*?(?=\n## |\Z)", re.S),)
+
+
+def kept_sections(path: str) -> list[str]:
+    """The sections of an existing report that ``python -m bench`` does not produce."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        text = fh.read()
+    return [m.group(0) for pattern in KEPT for m in [pattern.search(text)] if m]
+
+
+def restore_sections(path: str, sections: list[str]) -> None:
+    """Put ``sections`` back, before the Notes (as ``bench.lease_write`` inserts them)."""
+    if not sections:
+        return
+    with open(path) as fh:
+        text = fh.read()
+    anchor = text.find("\n## Notes")
+    block = "".join(section.rstrip() + "\n\n" for section in sections)
+    text = text[:anchor + 1] + block + text[anchor + 1:] if anchor >= 0 else text + "\n" + block
+    with open(path, "w") as fh:
+        fh.write(text)
 
 
 def _bare_section(t: dict, ours: list[str]) -> list[str]:
