@@ -22,8 +22,8 @@ RATE_FORMS = "N/s, N/m, N/h or N/d with N a whole number >= 1 (e.g. 14/s, 50000/
 
 
 class Rate(NamedTuple):
-    """At most ``count`` sends in any window of ``period`` seconds."""
-    count: int
+    """At most ``limit`` sends in any window of ``period`` seconds."""
+    limit: int
     period: float
     text: str
 

@@ -62,11 +62,11 @@ class SendLimiter:
         """The ``(key, count, period)`` a mail to ``domains`` needs a slot in."""
         out: list[Window] = []
         if self.rate is not None:
-            out.append((f"{self.prefix}:all", self.rate.count, self.rate.period))
+            out.append((f"{self.prefix}:all", self.rate.limit, self.rate.period))
         for domain in sorted(set(domains)):
             rate = self.domain_rates.get(domain)
             if rate is not None:
-                out.append((f"{self.prefix}:domain:{domain}", rate.count, rate.period))
+                out.append((f"{self.prefix}:domain:{domain}", rate.limit, rate.period))
         return out
 
     def acquire(self, domains: Iterable[str]) -> tuple[str | None, float, list[Window]]:

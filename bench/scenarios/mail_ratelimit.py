@@ -1,0 +1,128 @@
+"""Scenario 5, part 3: the accuracy of ``mail.rate_limit`` (part of ``mail-throughput``).
+
+For each configured rate, ``N`` mails are written to the outbox while no consumer runs (rows
+inserted directly, as ``send_queued`` writes them), then TWO ``examcache-consumer -w 4``
+processes start on the same queue and share the limit through its Redis. At the SMTP sink:
+
+* **max in any window**: the most arrivals in one window of the period, over every window
+  anchored at an arrival (a window holding the most can always be slid to start at one);
+  the guarantee is that it never exceeds the limit;
+* **achieved rate**: ``mails / (last - first + period)`` -- what a perfect limiter filling
+  every window to the limit would show as exactly the configured rate (N arrivals in each
+  of the ``mails / N`` windows);
+* the time from the consumers' start to the last arrival.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from ..stats import median
+
+#: (mail.rate_limit, mails queued): about four periods' worth each
+RATES = (("10/s", 40), ("25/s", 100), ("50/s", 200))
+CONSUMERS = 2
+
+
+def most_in_any_window(times: list[float], period: float) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < start + period:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def _queue(db_url: str, prefix: str, n: int) -> None:
+    from sqlalchemy import create_engine
+
+    from pyramid_examcache.mail.message import make_message_id
+    from pyramid_examcache.mail.outbox import new_row, outbox_table, utcnow
+
+    engine = create_engine(db_url)
+    sender = "no-reply@example.com"
+    rows = []
+    for i in range(n):
+        job_id = uuid.uuid4().hex
+        rows.append(new_row(job_id, make_message_id(job_id, sender), sender,
+                            [f"{prefix}{i}@example.com"], "Rate", "<p>rate</p>", None, {},
+                            utcnow()))
+    with engine.begin() as conn:
+        conn.execute(outbox_table.insert(), rows)
+    engine.dispose()
+
+
+def _one(env, sink, queue_url: str, rate: str, mails: int, workers: int, tag: str) -> dict:
+    from pyramid_examcache.rates import parse_rate
+
+    spec = parse_rate("mail.rate_limit", rate)
+    assert spec is not None
+    ini = env.write_ini(f"mail-ratelimit-{tag}.ini", **{
+        "mail.port": str(sink.port), "mail.queue_url": queue_url, "mail.workers": str(workers),
+        "mail.rate_limit": rate, "mail.queue_name": f"bench-rl-{tag}", "mail.relay_interval": "1"})
+    prefix = f"rl{tag}-"
+    _queue(env.db_url, prefix, mails)
+    started = time.monotonic()
+    consumers = [env.consumer(ini, workers=workers) for _ in range(CONSUMERS)]
+    try:
+        deadline = started + 120
+        while sink.handler.count(prefix) < mails and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        for consumer in consumers:
+            env.stop(consumer)
+    times = sink.handler.times(prefix)
+    assert len(times) == mails, (prefix, len(times))  # each mail exactly once
+    span = times[-1] - times[0]
+    achieved = mails / (span + spec.period) * spec.period  # per period
+    return {"rate": rate, "limit": spec.limit, "period_s": spec.period, "mails": mails,
+            "max_in_window": most_in_any_window(times, spec.period),
+            "achieved_per_period": round(achieved, 2),
+            "achieved_ratio": round(achieved / spec.limit, 3),
+            "first_to_last_s": round(span, 3), "from_start_s": round(times[-1] - started, 3)}
+
+
+def run(env, sink, queue_url: str, rounds: int = 2, workers: int = 4,
+        quick: bool = False) -> dict:
+    """Every rate of :data:`RATES`, ``rounds`` times (alternating); medians per rate."""
+    rates = RATES[:1] if quick else RATES
+    runs: dict[str, list] = {rate: [] for rate, _ in rates}
+    for rnd in range(1 if quick else rounds):
+        for i, (rate, mails) in enumerate(rates):
+            runs[rate].append(_one(env, sink, queue_url, rate, mails if not quick else 20,
+                                   workers, f"{rnd}{i}{uuid.uuid4().hex[:4]}"))
+    out: dict = {"consumers": CONSUMERS, "workers": workers, "rates": {}}
+    for rate, res in runs.items():
+        out["rates"][rate] = {
+            "runs": res, "limit": res[0]["limit"], "mails": res[0]["mails"],
+            "max_in_window": max(x["max_in_window"] for x in res),
+            "achieved_ratio": median([x["achieved_ratio"] for x in res]),
+            "achieved_per_period": median([x["achieved_per_period"] for x in res]),
+            "from_start_s": median([x["from_start_s"] for x in res])}
+    out["goals"] = {"never more than the limit in any window": all(
+        x["max_in_window"] <= x["limit"] for x in out["rates"].values())}
+    return out
+
+
+def markdown(t: dict) -> list[str]:
+    """The report's table (``t``: the ``rate_limit`` entry of the mail-throughput results)."""
+    lines = ["### The rate limiter's accuracy (`mail.rate_limit`)", "",
+             f"{t['consumers']} consumers × {t['workers']} workers sharing one limit through the "
+             "queue's Redis; the mails are queued before the consumers start. *Max in any "
+             "window*: the most arrivals at the sink in one window of the period, over every "
+             "window anchored at an arrival (the guarantee: ≤ the limit). *Achieved*: mails ÷ "
+             "(last − first arrival + one period), per period: a limiter filling every window "
+             "to the limit shows exactly the configured rate.", "",
+             "| `mail.rate_limit` | mails | max in any window | achieved per period | "
+             "achieved ÷ configured | consumer start→last, s | per round (achieved ÷ conf.) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for rate, x in t["rates"].items():
+        per_round = ", ".join(f"{r['achieved_ratio']:.2f}" for r in x["runs"])
+        lines.append(f"| `{rate}` | {x['mails']} | {x['max_in_window']} (limit {x['limit']}) | "
+                     f"{x['achieved_per_period']:.1f} | {x['achieved_ratio']:.2f} | "
+                     f"{x['from_start_s']:.2f} | {per_round} |")
+    lines += [""] + [f"- goal {k}: **{'met' if v else 'MISSED'}**"
+                     for k, v in t.get("goals", {}).items()] + [""]
+    return lines
