@@ -41,8 +41,8 @@ def refused(settings: dict[str, str], *names: str) -> str:
 
 @pytest.mark.parametrize("url, expected", [
     (ONE, ("barrier", 32.0, 0, False)),       # tracked near cache, a barrier per read
-    (SENTINEL, ("check", 32.0, 1000, False)),  # validated near cache (no tracking there)
-    (CLUSTER, ("check", 32.0, 1000, False)),
+    (SENTINEL, ("barrier", 32.0, 0, False)),  # tracked too, fenced (fenced_near.py)
+    (CLUSTER, ("barrier", 32.0, 0, False)),    # one stream per primary
     (MEMORY, ("off", 0.0, 1000, True)),        # no near cache; memory:// hits early
 ])
 def test_defaults_follow_the_topology(url, expected):
@@ -92,7 +92,7 @@ def test_an_unknown_mode_lists_the_modes():
 @pytest.mark.parametrize("settings, first, second", [
     ({"examcache.redis_url": CLUSTER, "examcache.near_cache": "lease"},
      "examcache.near_cache", "examcache.redis_url"),
-    ({"examcache.redis_url": SENTINEL, "examcache.near_cache": "barrier"},
+    ({"examcache.redis_url": SENTINEL, "examcache.near_cache": "lease"},
      "examcache.near_cache", "examcache.redis_url"),
     ({"examcache.redis_url": MEMORY, "examcache.near_cache": "check"},
      "examcache.near_cache", "examcache.redis_url"),
@@ -146,6 +146,16 @@ def test_old_names_map_onto_the_new_ones(old, new):
         expected.near_cache, expected.near_cache_mb, expected.lease_ms, expected.early_hits)
     assert mapped.tracking == (mapped.near_cache in ("barrier", "lease"))
     assert mapped.tracking_lease_ms == mapped.lease_ms
+
+
+@pytest.mark.parametrize("url", [SENTINEL, CLUSTER])
+def test_barrier_and_check_are_accepted_on_sentinel_and_cluster(url):
+    assert near({"examcache.redis_url": url, "examcache.near_cache": "barrier"}) == (
+        "barrier", 32.0, 0, False)
+    assert near({"examcache.redis_url": url, "examcache.near_cache": "check"})[0] == "check"
+    message = refused({"examcache.redis_url": url, "examcache.near_cache": "lease"},
+                      "examcache.near_cache", "examcache.redis_url")
+    assert "use barrier, check or off" in message
 
 
 def test_tracking_off_and_leases_off_keeps_the_writer_off():

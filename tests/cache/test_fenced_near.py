@@ -1,0 +1,183 @@
+"""The ``barrier`` near cache on Sentinel and Cluster (``backends/fenced_near.py``), on
+private topologies started by the tests (tests/topologies.py):
+
+* Sentinel: a failover that lost a ``DEL`` flushes the near cache before the new epoch
+  serves (a write made on the new primary is never hidden by a value held from the old
+  one); a primary demoted by hand (no client killed) never answers from the near cache;
+* Cluster: a write on any primary, by another client, empties the near cache before the
+  writer's call returns (one tracking stream per primary).
+
+The G2 races (threads, processes) and the fault tests under load run on both topologies
+with the near cache on by default: tests/cache/test_concurrency.py and
+tests/cache/test_topology_faults.py."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from pyramid_examcache.cache import get_policy
+from pyramid_examcache.cache.backends.cluster import ClusterBackend
+from pyramid_examcache.cache.backends.failover import NotPrimary
+from pyramid_examcache.cache.backends.redis import RedisBackend
+
+from ..topologies import poll
+from .servers import Client
+from .test_topology_faults import cut_replication, db, direct, served, tag_keys  # noqa: F401
+
+pytestmark = pytest.mark.slow
+NEAR = 1 << 20
+
+
+def held(backend) -> bool:
+    return backend.near_cache_bytes() > 0
+
+
+def test_a_write_after_a_failover_that_lost_a_del_is_never_hidden_by_a_held_value(db, sentinel):
+    """v=7's DEL reaches only the old primary (the replica is cut off), v=7 is held in the
+    near cache, the old primary dies and the replica is promoted; v=8 is written on the new
+    primary by another application (the reader's own writes also drop what it holds).
+    Every read afterwards returns 8: the held 7 (learned from the old primary, whose keys
+    the new epoch's DEL does not name) was flushed before the new epoch served."""
+    with served(db, sentinel.url, "flost:") as (app, base), \
+            served(db, sentinel.url, "flost:") as (_, writer_base):
+        backend = get_policy(app.registry).backend
+        assert backend.near_mode == "barrier"
+        client = Client(base)
+        assert client.json("GET", "/items/1")[1].get("X-Cache") == "MISS"
+        primary, replica = sentinel.primary_port(), sentinel.replica_port()
+        assert direct(primary).execute_command("WAIT", 1, 5000) == 1
+        cut_replication(sentinel, primary, replica)
+        try:
+            assert client.json("PUT", "/items/1?v=7")[0]["version"] == 7
+            assert tag_keys(direct(primary), "flost:", 1) == []
+            for _ in range(2):  # a miss that fills, then a hit from the near cache
+                data, headers = client.json("GET", "/items/1")
+                assert data["version"] == 7
+            assert headers.get("X-Cache") == "HIT" and held(backend)
+            pings = backend._stream.pings_sent
+            assert client.json("GET", "/items/1")[0]["version"] == 7
+            assert backend._stream.pings_sent > pings, "the hit was not a near hit"
+            sentinel.stop_port(primary, signal.SIGKILL)
+        finally:
+            sentinel.send(replica, signal.SIGCONT)
+        assert tag_keys(direct(replica), "flost:", 1), "the DEL was replicated after all"
+        sentinel.sentinel().execute_command("SENTINEL", "FAILOVER", sentinel.service)
+        assert sentinel.wait_switched(primary) == replica
+
+        writer = Client(writer_base)
+
+        def written():
+            data, _ = writer.json("PUT", "/items/1?v=8")
+            return data["version"] == 8
+
+        poll(written, 20, "a write on the new primary")
+        seen = []
+
+        def fresh_hit():
+            data, headers = client.json("GET", "/items/1")
+            seen.append((data["version"], headers.get("X-Cache")))
+            assert data["version"] == 8, f"a value held from the old primary was served: {seen}"
+            return headers.get("X-Cache") == "HIT" and held(backend)
+
+        poll(fresh_hit, 20, "near hits on the new primary")
+        pings = backend._stream.pings_sent
+        assert client.json("GET", "/items/1")[0]["version"] == 8
+        assert backend._stream.pings_sent > pings, "no barrier: the hit was not a near hit"
+        client.close()
+        writer.close()
+    print(f"\n[failover, near cache] reads after it (version, X-Cache): {seen[:3]}…{seen[-2:]}")
+
+
+def test_a_failover_flushes_the_near_cache_before_the_new_epoch_serves(sentinel):
+    """A reader holds v1; a failover; another client replaces it by v2 on the new primary
+    (keys of the new epoch, which name none of the held value's).  The reader serves v2:
+    what it held from the old primary was flushed before it served again."""
+    reader = RedisBackend(sentinel.url, prefix="fflush:", near_cache_bytes=NEAR, tracking=True)
+    writer = RedisBackend(sentinel.url, prefix="fflush:")
+    try:
+        poll(lambda: reader._stream.healthy, 10, "the tracking stream")
+        found = reader.lookup("k", "t1", 5, 60, ("t",))
+        assert reader.fill("k", "t1", b"v1", 60, ("t",), found.versions)
+        poll(lambda: reader.get("k", ("t",)) == b"v1" and held(reader), 10, "v1 held")
+        old = reader._stream.node
+        sentinel.failover()
+
+        def replaced():
+            writer.invalidate(keys=["k"], tags=["t"])
+            found = writer.lookup("k", "t2", 5, 60, ("t",))
+            return writer.fill("k", "t2", b"v2", 60, ("t",), found.versions)
+
+        poll(replaced, 20, "v2 written on the new primary")
+        seen = []
+
+        def fresh():
+            try:
+                seen.append(reader.get("k", ("t",)))
+            except reader.errors:
+                return False  # (the reader's connections reconnect)
+            assert seen[-1] != b"v1", "the value held from the old primary was served"
+            return seen[-1] == b"v2" and held(reader) and reader._stream.node != old
+
+        poll(fresh, 20, "v2 held from the new primary")
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_primary_demoted_by_hand_never_answers_from_the_near_cache(sentinel):
+    """An operator's REPLICAOF kills no client: the tracking connection stays on a node
+    that now replicates another history, and its PINGs are still answered.  The probe
+    beside the barrier (INFO replication: "master of this epoch?") refuses the held value
+    and flushes; the read then fails on ROLE (the policy fails open)."""
+    backend = RedisBackend(sentinel.url, prefix="fdemote:", near_cache_bytes=NEAR,
+                           tracking=True)
+    try:
+        assert backend.near_mode == "barrier"
+        poll(lambda: backend._stream.healthy, 10, "the tracking stream")
+        found = backend.lookup("k", "t1", 5, 60, ("t",))
+        assert backend.fill("k", "t1", b"old", 60, ("t",), found.versions)
+        assert backend.get("k", ("t",)) == b"old" and held(backend)
+        primary, replica = sentinel.primary_port(), sentinel.replica_port()
+        assert direct(primary).execute_command("WAIT", 1, 5000) == 1
+        losses = backend._stream.losses
+        direct(replica).replicaof("NO", "ONE")
+        direct(primary).replicaof("127.0.0.1", replica)
+        poll(lambda: direct(primary).info("replication").get("master_link_status") == "up", 10,
+             "the old primary to replicate the new one")
+        assert backend._stream.losses == losses, "the tracking connection was dropped anyway"
+        with pytest.raises(NotPrimary):
+            print(backend.get("k", ("t",)))
+        assert not held(backend)
+    finally:
+        backend.close()
+
+
+def test_a_write_on_any_primary_empties_the_near_cache_before_it_returns(redis_cluster,
+                                                                          redis_prefix):
+    """Values on every primary are held by one client; another client (no near cache)
+    invalidates them; right after its call returned, the first serves none of them."""
+    reader = ClusterBackend(redis_cluster.url, prefix=redis_prefix, near_cache_bytes=NEAR,
+                            tracking=True)
+    writer = ClusterBackend(redis_cluster.url, prefix=redis_prefix)
+    try:
+        assert reader.near_mode == "barrier"
+        streams = reader._tracked_near.stream
+        poll(lambda: streams.healthy, 10, "a tracking stream on every primary")
+        assert set(streams.streams) == {("127.0.0.1", p) for p in redis_cluster.ports}
+        keys = [f"k{i}" for i in range(30)]
+        assert {redis_cluster.node_of(f"{redis_prefix}v:{{{k}}}") for k in keys} == \
+            set(redis_cluster.ports)
+        for key in keys:
+            found = reader.lookup(key, "t", 5, 60, (f"tag-{key}",))
+            assert reader.fill(key, "t", key.encode(), 60, (f"tag-{key}",), found.versions)
+        tracked = reader._tracked_near.tracked
+        for key in keys:  # (the fill's own messages may void the first insert: poll)
+            poll(lambda: reader.get(key, (f"tag-{key}",)) == key.encode()
+                 and tracked.get(key) is not None, 10, f"{key} held")
+        for i, key in enumerate(keys):  # half by key, half by tag
+            writer.invalidate(keys=[key]) if i % 2 else writer.invalidate(tags=[f"tag-{key}"])
+            assert reader.get(key, (f"tag-{key}",)) is None, f"{key} served after its write"
+    finally:
+        reader.close()
+        writer.close()
