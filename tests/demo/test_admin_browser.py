@@ -5,7 +5,8 @@ and the aiosmtpd sink.
 
 The teacher logs in through the HTML form, filters the failed jobs, retries the one the sink
 refused and sees it delivered; a POST without the CSRF token is refused and changes nothing;
-a user without the admin flag is forbidden. The run saves docs/_static/admin.png.
+a user without the admin flag is forbidden. The run regenerates docs/_static/admin.png and
+landing.png when the page's structure changed (or with EXAMCACHE_SCREENSHOTS=1: screenshots.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from pyramid_examcache.mail.outbox import outbox_table
 from ..conftest import free_port
 from ..mail.support import ConsumerProcess, SMTPServer, wait_until, write_ini
 from .conftest import base_settings
+from .screenshots import save_screenshot
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,8 +141,8 @@ def test_filter_failed_jobs_retry_one_and_see_it_delivered(demo_system, browser,
     log_in(page, base, TEACHER_EMAIL, TEACHER_PASSWORD)
     assert page.url == f"{base}/_examcache/"
     assert page.locator("tr[data-job]").count() == 3
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    png, _written = save_screenshot(page, SCREENSHOT)
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
     # filter the failed jobs (the GET form, no JavaScript needed)
     page.select_option("#state", "failed")
@@ -205,6 +207,6 @@ def test_a_browser_gets_the_landing_page(demo_system, browser):
     assert "/api/exams/{examId}/questions" in routes and "/api/auth/login" in routes
     admin = page.get_by_role("link", name="Admin: mail jobs and cache")
     assert admin.get_attribute("href").endswith("/_examcache/")
-    page.screenshot(path=str(LANDING_SCREENSHOT), full_page=True)
-    assert LANDING_SCREENSHOT.stat().st_size > 10_000
+    png, _written = save_screenshot(page, LANDING_SCREENSHOT, full_page=True)
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     page.close()
