@@ -18,6 +18,12 @@ suppress_warnings = ["myst.xref_missing", "myst.header",
                      # README code blocks use "…" for what is left out
                      "misc.highlighting_failure"]
 autodoc_member_order = "bysource"
+# types in the text ("Parameters: key (str)"), shown by their short names (Session, not
+# sqlalchemy.orm.session.Session); autodoc resolves the strings that the package's
+# `from __future__ import annotations` leaves (tests/test_docs.py checks the rendered HTML)
 autodoc_typehints = "description"
-html_theme = "alabaster"
-html_static_path: list[str] = []
+autodoc_typehints_format = "short"
+python_use_unqualified_type_names = True
+html_theme = "furo"
+html_title = "pyramid_examcache"
+html_static_path = ["_static"]

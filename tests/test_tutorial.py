@@ -45,7 +45,7 @@ def configure(ini: Path, redis_port: int, smtp_port: int) -> None:
     source = ini.read_text()
     edited = (source.replace("redis://localhost:6379/", f"redis://127.0.0.1:{redis_port}/")
               .replace("mail.host = localhost", "mail.host = 127.0.0.1")
-              .replace("mail.port = 25", f"mail.port = {smtp_port}"))
+              .replace("mail.port = 8025", f"mail.port = {smtp_port}"))
     assert edited.count(str(redis_port)) == 2 and str(smtp_port) in edited
     ini.write_text(edited)
 
@@ -56,6 +56,7 @@ def project(tmp_path_factory):
     shutil.copytree(TUTORIAL, project, ignore=shutil.ignore_patterns("__pycache__"))
     install_editable(project)
     redis, smtp = PrivateRedis(), SMTPServer(free_port())
+    functional = None
     with pytest.MonkeyPatch.context() as patch:
         try:
             redis.start()
@@ -64,13 +65,26 @@ def project(tmp_path_factory):
             patch.chdir(project)
             patch.syspath_prepend(str(project))
             patch.setenv("PYTHONPATH", os.pathsep.join([str(project), *sys.path]))
-            yield project, smtp
+            functional = run_functional_tests(project)  # in parallel with what follows
+            yield project, smtp, functional
         finally:
+            if functional is not None and functional.poll() is None:
+                functional.kill()
+                functional.wait(10)
             smtp.stop()
             redis.stop()
             shutil.rmtree(redis.dir, ignore_errors=True)
             for name in [m for m in sys.modules if m == "myproject" or m.startswith("myproject.")]:
                 del sys.modules[name]
+
+
+def run_functional_tests(project: Path) -> subprocess.Popen:
+    """The how-to's tests (docs/tutorial/tests/, shown by docs/howto/testing.md), run by
+    pytest in the project as its developer would run them."""
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--basetemp", str(project / ".pytest-tmp"), "tests"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def migrate(project: Path) -> None:
@@ -83,7 +97,6 @@ def migrate(project: Path) -> None:
         tables = {row[0] for row in conn.execute(
             text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
         assert {"models", "examcache_mail_outbox", "examcache_invalidation_log"} <= tables
-        conn.execute(text("INSERT INTO models (name, value) VALUES ('one', 1)"))
     engine.dispose()
 
 
@@ -95,7 +108,7 @@ def system(project):
     from pyramid_examcache.cache import get_policy
     from pyramid_examcache.mail import get_mail_queue
 
-    directory, _smtp = project
+    directory, _smtp, _functional = project
     consumer = ConsumerProcess(str(directory / "development.ini"), str(directory / "consumer.log"))
 
     def migrate_then_consume() -> None:  # two processes, while this one loads the app
@@ -108,6 +121,7 @@ def system(project):
             app = get_app(str(directory / "development.ini"))
         finally:
             started.result()
+    initialize_db(app)
     try:
         yield app, consumer
     finally:
@@ -115,6 +129,17 @@ def system(project):
         get_policy(app.registry).close()
         get_mail_queue(app.registry).close()
         app.registry["dbsession_factory"].kw["bind"].dispose()
+
+
+def initialize_db(app) -> None:
+    """``initialize_myproject_db development.ini`` (the starter's script) without its
+    setup_logging: its request, its transaction and its registered session."""
+    from pyramid.scripting import prepare
+
+    from myproject.scripts.initialize_db import setup_models
+
+    with prepare(registry=app.registry) as env, env["request"].tm:
+        setup_models(env["request"].dbsession)
 
 
 def stored_value(app, name: str) -> int:
@@ -148,7 +173,7 @@ def test_the_cached_view_hits_and_a_committed_write_invalidates_it(system):
 
 def test_the_welcome_mail_is_queued_and_the_consumer_delivers_it(system, project):
     app, consumer = system
-    _directory, smtp = project
+    _directory, smtp, _functional = project
     testapp = webtest.TestApp(app)
     assert "email: an address is required" in testapp.post(
         "/subscribe", {"email": "nobody"}, status=400).text
@@ -160,3 +185,11 @@ def test_the_welcome_mail_is_queued_and_the_consumer_delivers_it(system, project
     mail = smtp.handler.accepted[0]
     assert mail["Subject"] == "Welcome to myproject" and job_id in mail["Message-ID"]
     assert testapp.get("/jobs/no-such-job", status=404)
+
+
+def test_the_testing_how_to_tests_pass_in_the_project(project):
+    """docs/howto/testing.md: pyramid_examcache.testing and memory:// in the app's own tests."""
+    _directory, _smtp, functional = project
+    output, _ = functional.communicate(timeout=120)
+    assert functional.returncode == 0, output
+    assert "4 passed" in output, output

@@ -4,7 +4,7 @@ from pyramid.paster import get_appsettings, setup_logging
 from sqlalchemy import engine_from_config
 
 from myproject.models.meta import Base
-# step 3: the add-on's tables, so that autogenerate sees them
+# step 5: the add-on's tables, so that autogenerate sees them
 from pyramid_examcache.cache.invalidation_log import metadata as cache_metadata
 from pyramid_examcache.mail.outbox import metadata as mail_metadata
 
