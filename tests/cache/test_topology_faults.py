@@ -51,6 +51,8 @@ def served(db, url, prefix):
                                   "examcache.breaker_reset": "0.5",
                                   "examcache.relay_interval": "0.5",
                                   "examcache.relay_after": "0.5"})
+    # every fault test runs with the near cache on (the default: tracked, fenced_near.py)
+    assert get_policy(app.registry).backend.near_mode == "barrier"
     with thread_server(app, threads=16) as base:
         yield app, base
     app.registry["test.engine"].dispose()

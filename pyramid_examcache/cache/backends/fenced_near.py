@@ -167,8 +167,8 @@ class SentinelNearCache(BarrierNearCache):
         if conn[1] == f"{self.prefix}{node}:" and tracked.get(key, tags) is not None:
             deadline = time.monotonic() + self.barrier_timeout
             ticket = stream.begin_barrier()
-            if (ticket is not None and self.check.wait(deadline)
-                    and stream.await_barrier(ticket, deadline) and stream.node is node):
+            if (stream.await_barrier(ticket, deadline) and self.check.wait(deadline)
+                    and stream.node is node):
                 data = tracked.get(key, tags)
                 if data is not None:
                     return data
@@ -276,9 +276,10 @@ class ClusterStreams:
         tickets = [(s, s.begin_barrier()) for s in streams.values()]
         if not tickets or any(t is None for _, t in tickets):
             return False
-        ok = self.check.wait(deadline)
-        return (all(s.await_barrier(t, deadline) for s, t in tickets) and ok
-                and self.streams is streams)
+        # the probe only once every PING is answered: a stalled node costs one barrier
+        # timeout, not a probe's socket timeout as well
+        return (all(s.await_barrier(t, deadline) for s, t in tickets)
+                and self.check.wait(deadline) and self.streams is streams)
 
     def mark(self) -> tuple[int, dict] | None:
         streams = self.streams
