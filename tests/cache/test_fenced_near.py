@@ -22,11 +22,18 @@ from pyramid_examcache.cache.backends.failover import NotPrimary
 from pyramid_examcache.cache.backends.redis import RedisBackend
 
 from ..topologies import poll
+from . import itemapp
 from .servers import Client
-from .test_topology_faults import cut_replication, db, direct, served, tag_keys  # noqa: F401
+from .test_topology_faults import cut_replication, direct, served, tag_keys
 
 pytestmark = pytest.mark.slow
 NEAR = 1 << 20
+
+
+@pytest.fixture
+def db(cache_pg_url):
+    itemapp.create_schema(cache_pg_url, n_items=60)
+    return cache_pg_url
 
 
 def held(backend) -> bool:
