@@ -255,6 +255,10 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
                   "and the mail is sent again on a new one within the same attempt; each mail "
                   "arrived exactly once.", ""]
         lines += _goals(t.get("goals", {})) + [""]
+        if "rate_limit" in t:
+            from .scenarios import mail_ratelimit
+
+            lines += mail_ratelimit.markdown(t["rate_limit"])
     if "memory" in s:
         t = s["memory"]
         lines += ["## 6. Memory per cached exam", "",

@@ -1,6 +1,7 @@
-"""Rate specifications: ``14/s``, ``600/m``, ``1000/h``, ``50000/d`` and per-domain lists.
+"""Rate specifications: ``14/s``, ``600/m``, ``1000/h``, ``50000/d``, lists of them, and
+per-domain lists.
 
-:func:`parse_rate` and :func:`parse_domain_rates` read the ``mail.rate_limit`` and
+:func:`parse_rates` and :func:`parse_domain_rates` read the ``mail.rate_limit`` and
 ``mail.domain_rate_limits`` settings (:mod:`pyramid_examcache.settings`); a malformed value
 is a :class:`pyramid.exceptions.ConfigurationError` naming the setting and the bad part.
 What the limiter does with them: :mod:`pyramid_examcache.mail.ratelimit`.
@@ -35,12 +36,19 @@ def _bad(name: str, value: str, part: str, allowed: str) -> ConfigurationError:
     return ConfigurationError(f"Invalid setting {name} = {value!r}: {part!r} {allowed}")
 
 
-def parse_rate(name: str, raw: object) -> Rate | None:
-    """``"14/s"`` -> ``Rate(14, 1.0, "14/s")``; blank or ``off``: ``None`` (no limit)."""
+def parse_rates(name: str, raw: object) -> tuple[Rate, ...]:
+    """``"14/s, 50000/d"`` (one or more rates, commas or new lines) -> each limit, shortest
+    period first; blank or ``off``: ``()`` (no limit). One rate per period."""
     value = str(raw if raw is not None else "").strip()
     if value.lower() in ("", "off", "none"):
-        return None
-    return _rate(name, value, value)
+        return ()
+    rates: dict[float, Rate] = {}
+    for part in filter(None, (p.strip() for p in re.split(r"[,\n]", value))):
+        rate = _rate(name, value, part)
+        if rate.period in rates:
+            raise _bad(name, value, part, f"repeats the period of {rates[rate.period].text}")
+        rates[rate.period] = rate
+    return tuple(sorted(rates.values(), key=lambda r: r.period))
 
 
 def _rate(name: str, whole: str, part: str) -> Rate:

@@ -14,7 +14,8 @@ connections at the sink.  Modes: ``reuse`` (each worker keeps its connection,
 ``mail.smtp_max_messages_per_connection = 100``), ``reconnect`` (``= 1``: a new
 connection per mail) and ``server-closes`` (reuse on, but the sink hangs up
 after every message: the client notices at ``MAIL FROM`` and sends again on a
-new connection).  Each mail must arrive exactly once.
+new connection).  Each mail must arrive exactly once.  Then the rate limiter's accuracy on
+the same sink (:mod:`.mail_ratelimit`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import time
 import uuid
 
 from ..smtpsink import Sink
+from . import mail_ratelimit
 from ..stats import median, percentile
 
 SMTP_DELAY = 5.0
@@ -124,7 +126,11 @@ def run_throughput(env, quick: bool = False, rounds: int = 3, mails: int = 200,
                     results[name].append(run)
         finally:
             web.stop()
-    out = {"mails": mails, "workers": workers, "rounds": rounds, "modes": {}}
+        # the rate limiter's accuracy, on the same sink (its own queue names)
+        rate_limit = mail_ratelimit.run(env, sink, queue_url, rounds=min(rounds, 2),
+                                        workers=workers, quick=quick)
+    out = {"mails": mails, "workers": workers, "rounds": rounds, "modes": {},
+           "rate_limit": rate_limit}
     for name, res in results.items():
         out["modes"][name] = {"runs": res, "per_s": median([x["per_s"] for x in res]),
                               "from_start_s": median([x["from_start_s"] for x in res]),

@@ -55,10 +55,9 @@ def _queue(db_url: str, prefix: str, n: int) -> None:
 
 
 def _one(env, sink, queue_url: str, rate: str, mails: int, workers: int, tag: str) -> dict:
-    from pyramid_examcache.rates import parse_rate
+    from pyramid_examcache.rates import parse_rates
 
-    spec = parse_rate("mail.rate_limit", rate)
-    assert spec is not None
+    (spec,) = parse_rates("mail.rate_limit", rate)
     ini = env.write_ini(f"mail-ratelimit-{tag}.ini", **{
         "mail.port": str(sink.port), "mail.queue_url": queue_url, "mail.workers": str(workers),
         "mail.rate_limit": rate, "mail.queue_name": f"bench-rl-{tag}", "mail.relay_interval": "1"})

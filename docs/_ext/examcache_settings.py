@@ -38,6 +38,8 @@ KINDS = {
     "_permission": "a permission name",
     "_login_url": "a path on this site or an http(s) URL",
     "_metrics_path": "a URL path",
+    "_rate_limit": "a rate: N/s, N/m, N/h or N/d",
+    "_domain_rate_limits": "domain=rate, ... (commas or new lines)",
 }
 TABLES = {"cache": "CACHE_TABLE", "mail": "MAIL_TABLE", "deprecated": "DEPRECATED_TABLE"}
 
@@ -74,7 +76,7 @@ def allowed(spec: Any) -> list[nodes.Node]:
 
 def default(spec: Any) -> list[nodes.Node]:
     value = spec.default
-    if value is None:
+    if value is None or value == ():
         return [nodes.emphasis(text="unset")]
     if isinstance(value, bool):
         text = "true" if value else "false"

@@ -7,11 +7,11 @@ guarantee: for each limit ``N/period``, no window of ``period`` seconds -- anywh
 time, a sliding window, not fixed buckets -- holds more than N arrivals at the SMTP server
 of mails sent by these consumers (docs/design/mail.md, "Rate limits").
 
-How a mail counts: once against ``mail.rate_limit`` (a mail is one SMTP transaction,
-whatever its recipients), and once against the limit of each *distinct* domain among its
-envelope recipients (To, Cc, Bcc) that has one: a mail to two gmail.com addresses and one
-example.org address counts once for gmail.com and once for example.org. It needs a slot in
-every one of its limits at once, or waits.
+How a mail counts: once against each rate of ``mail.rate_limit`` (``14/s, 50000/d``: two
+limits; a mail is one SMTP transaction, whatever its recipients), and once against the limit
+of each *distinct* domain among its envelope recipients (To, Cc, Bcc) that has one: a mail to
+two gmail.com addresses and one example.org address counts once for gmail.com and once for
+example.org. It needs a slot in every one of its limits at once, or waits.
 
 A job refused a slot is not failed and its attempt is not counted: :func:`.throttle.hold_back`
 puts it back ``delayed`` with ``nextAttemptAt`` when the limiter expects a free slot.
@@ -53,20 +53,21 @@ def recipient_domains(recipients: Iterable[str]) -> set[str]:
 class SendLimiter:
     """The limits of one mail queue over a shared send log (``store``)."""
 
-    def __init__(self, store: Any, prefix: str, rate: Rate | None,
+    def __init__(self, store: Any, prefix: str, rates: Iterable[Rate],
                  domain_rates: Iterable[tuple[str, Rate]], hold: float) -> None:
-        self.store, self.prefix, self.rate, self.hold = store, prefix, rate, hold
+        self.store, self.prefix, self.hold = store, prefix, hold
+        self.rates = tuple(rates)
         self.domain_rates = dict(domain_rates)
 
     def windows(self, domains: Iterable[str]) -> list[Window]:
         """The ``(key, count, period)`` a mail to ``domains`` needs a slot in."""
         out: list[Window] = []
-        if self.rate is not None:
-            out.append((f"{self.prefix}:all", self.rate.limit, self.rate.period))
+        for rate in self.rates:  # e.g. 14/s and 50000/d, each its own log
+            out.append((f"{self.prefix}:all:{rate.period:g}", rate.limit, rate.period))
         for domain in sorted(set(domains)):
-            rate = self.domain_rates.get(domain)
-            if rate is not None:
-                out.append((f"{self.prefix}:domain:{domain}", rate.limit, rate.period))
+            limit = self.domain_rates.get(domain)
+            if limit is not None:
+                out.append((f"{self.prefix}:domain:{domain}", limit.limit, limit.period))
         return out
 
     def acquire(self, domains: Iterable[str]) -> tuple[str | None, float, list[Window]]:
@@ -98,7 +99,7 @@ def build_limiter(settings: Any, huey: Any) -> SendLimiter | None:
     """The queue's limiter, or None when neither ``mail.rate_limit`` nor
     ``mail.domain_rate_limits`` is set. Redis queues share the queue's client; an embedded
     ``sqlite:///`` queue gets a send log beside its file."""
-    if settings.rate_limit is None and not settings.domain_rate_limits:
+    if not settings.rate_limit and not settings.domain_rate_limits:
         return None
     prefix = f"{settings.queue_name}:ratelimit"
     conn = getattr(huey.storage, "conn", None)

@@ -57,13 +57,15 @@ def test_most_in_any_window_counts_across_bucket_boundaries():
 def test_rate_settings_are_parsed():
     s = parse_mail_settings({"mail.rate_limit": "14/s",
                              "mail.domain_rate_limits": "gmail.com=20/s,\n Example.ORG=5/m"})
-    assert s.rate_limit == Rate(14, 1.0, "14/s")
+    assert s.rate_limit == (Rate(14, 1.0, "14/s"),)
     assert dict(s.domain_rate_limits) == {"gmail.com": Rate(20, 1.0, "20/s"),
                                           "example.org": Rate(5, 60.0, "5/m")}
-    assert parse_mail_settings({"mail.rate_limit": "50000/d"}).rate_limit.period == 86400
-    assert parse_mail_settings({"mail.rate_limit": "100/h"}).rate_limit.period == 3600
+    both = parse_mail_settings({"mail.rate_limit": "50000/d, 14 / sec"}).rate_limit
+    assert both == (Rate(14, 1.0, "14/sec"), Rate(50000, 86400.0, "50000/d"))
+    assert parse_mail_settings({"mail.rate_limit": "100/h"}).rate_limit[0].period == 3600
+    assert parse_mail_settings({"mail.rate_limit": "6/minutes"}).rate_limit[0].period == 60
     unset = parse_mail_settings({})
-    assert unset.rate_limit is None and unset.domain_rate_limits == ()
+    assert unset.rate_limit == () and unset.domain_rate_limits == ()
 
 
 @pytest.mark.parametrize("name, value, part", [
@@ -71,6 +73,8 @@ def test_rate_settings_are_parsed():
     ("mail.rate_limit", "fast", "'fast' is not a rate"),
     ("mail.rate_limit", "0/s", "'0/s' allows nothing"),
     ("mail.rate_limit", "1.5/s", "'1.5/s' is not a rate"),
+    ("mail.rate_limit", "14/s, 20/s", "'20/s' repeats the period of 14/s"),
+    ("mail.rate_limit", "14/s, 50000/x", "'x' is not a period"),
     ("mail.domain_rate_limits", "gmail.com:20/s", "'gmail.com:20/s' must be domain=rate"),
     ("mail.domain_rate_limits", "gmail.com=20/s, bad domain=1/s", "'bad domain' is not a domain"),
     ("mail.domain_rate_limits", "a.example=1/s, A.example=2/s", "'a.example' is named twice"),
@@ -128,7 +132,7 @@ def store(request, tmp_path):
 
 
 def test_the_send_log_holds_the_limit_in_every_window(store):
-    limiter = SendLimiter(store, f"t-{uuid.uuid4().hex[:6]}", Rate(5, 0.5, "10/s"), (), hold=30)
+    limiter = SendLimiter(store, f"t-{uuid.uuid4().hex[:6]}", [Rate(5, 0.5, "10/s")], (), hold=30)
     arrivals = hammer(limiter, lambda n: {"x.example"}, 25)
     assert most_in_any_window([a for a, _ in arrivals], 0.5) <= 5
     # and it does not starve: 25 sends at 5 per 0.5 s take about 2 s, not 30 (hold)
@@ -137,7 +141,7 @@ def test_the_send_log_holds_the_limit_in_every_window(store):
 
 
 def test_domain_limits_count_each_domain_once_per_mail(store):
-    limiter = SendLimiter(store, f"t-{uuid.uuid4().hex[:6]}", None,
+    limiter = SendLimiter(store, f"t-{uuid.uuid4().hex[:6]}", (),
                           (("slow.example", Rate(3, 0.5, "6/s")),), hold=30)
 
     def domains_of(n: int) -> set[str]:  # every other mail also goes to slow.example
@@ -151,10 +155,11 @@ def test_domain_limits_count_each_domain_once_per_mail(store):
 
 
 def test_a_mail_needs_a_slot_in_every_limit_at_once(store):
-    limiter = SendLimiter(store, f"t-{uuid.uuid4().hex[:6]}", Rate(10, 60, "10/m"),
+    limiter = SendLimiter(store, f"t-{uuid.uuid4().hex[:6]}", [Rate(10, 60, "10/m")],
                           (("a.example", Rate(1, 60, "1/m")),), hold=30)
     token, wait, windows = limiter.acquire({"a.example", "b.example"})
-    assert wait == 0 and [w[0].rsplit(":", 1)[1] for w in windows] == ["all", "a.example"]
+    assert wait == 0 and [w[0].split(":", 1)[1] for w in windows] == ["all:60",
+                                                                       "domain:a.example"]
     limiter.finish(token, windows)
     token2, wait2, _ = limiter.acquire({"a.example"})
     assert token2 is None and 59 < wait2 <= 60  # the a.example slot is back in a minute
