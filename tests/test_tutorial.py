@@ -29,6 +29,7 @@ from .mail.support import ConsumerProcess, SMTPServer
 from .polling import wait_until
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial"
+pytestmark = pytest.mark.slow  # processes: alembic, the consumer, redis, the how-to's pytest
 
 
 def install_editable(project: Path) -> None:
