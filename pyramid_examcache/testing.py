@@ -72,6 +72,11 @@ class InProcessMailQueue(MailQueue):
         self.run_pushed()
         return pushed
 
+    def push_many(self, engine: Engine, job_ids: list[str]) -> int:
+        pushed = super().push_many(engine, job_ids)
+        self.run_pushed()
+        return pushed
+
     def enqueue(self, job_id: str) -> None:
         super().enqueue(job_id)
         self.run_pushed()

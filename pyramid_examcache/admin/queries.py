@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Text, cast, func, or_, select
 from sqlalchemy.engine import Row
 
 from ..mail.outbox import STATES, as_utc, outbox_table
+from ..mail.priority import priority_name
 from ..mail.status import is_job_id
 
 DEFAULT_SIZE = 25
@@ -155,6 +156,7 @@ def _list_row(row: Row) -> dict[str, Any]:
             "recipients": everyone, "attempts": row.attempts,
             "created_at": as_utc(row.created_at), "updated_at": as_utc(row.updated_at),
             "next_attempt_at": as_utc(row.next_attempt_at),
+            "priority": priority_name(row.priority),
             "failed_reason": reason[:REASON_PREVIEW] + ("…" if len(reason) > REASON_PREVIEW
                                                         else "")}
 
@@ -165,7 +167,7 @@ def list_jobs(session: Any, query: JobQuery) -> JobPage:
     where = _filters(query)
     total = session.execute(select(func.count()).select_from(t).where(*where)).scalar_one()
     columns = (t.c.id, t.c.state, t.c.subject, t.c.recipients, t.c.attempts, t.c.created_at,
-               t.c.updated_at, t.c.next_attempt_at, t.c.failed_reason)
+               t.c.updated_at, t.c.next_attempt_at, t.c.failed_reason, t.c.priority)
     rows = session.execute(
         select(*columns).where(*where).order_by(t.c.created_at.desc(), t.c.id.desc())
         .limit(query.size).offset((query.page - 1) * query.size)).all()
@@ -198,6 +200,7 @@ def get_job(session: Any, job_id: str) -> dict[str, Any] | None:
     job["recipients"] = recipients_of(row.recipients)
     job["failed_recipients"] = dict(row.failed_recipients or {})
     job["headers"] = dict(row.headers or {})
+    job["priority"] = priority_name(row.priority)
     job["attachments"] = [{"filename": a.get("filename") or "", "content_type":
                            a.get("content_type") or "", "size": len(a.get("data") or "") * 3 // 4}
                           for a in (row.attachments or ()) if isinstance(a, dict)]

@@ -13,13 +13,14 @@ and adds ``request.mailer`` (a :class:`~.mailer.Mailer`)::
     job.id                                  # known before the commit
     request.mailer.job_status(job.id)       # {'id', 'state', 'progress', 'attempts',
                                             #  'failedReason', 'nextAttemptAt',
-                                            #  'failedRecipients'}
+                                            #  'failedRecipients', 'priority'}
     request.mailer.retry(job.id)            # a failed job sent again; False if unknown/not failed
     request.mailer.cancel(job.id)           # a waiting/delayed job -> failed ("cancelled by admin")
     request.mailer.promote(job.id)          # a delayed job (scheduled, or a retry) sent now
     request.mailer.send_queued(..., idempotency_key="k")  # one job per key within
                                             # mail.idempotency_window
     request.mailer.send_queued(..., send_at=aware_dt)  # or delay=seconds: 'delayed' until
+    request.mailer.send_queued(..., priority="high")  # or "low"; mail.default_priority
     request.mailer.send_now(to, subject, html)
 
 The request attribute is ``mail.request_attr`` (default ``mailer``): set it to another name

@@ -50,6 +50,7 @@ from .outbox import (
     retry_values,
     utcnow,
 )
+from .priority import priority_value
 from .queue import MailQueue
 from .status import is_job_id, job_status
 from .transports import MailError
@@ -187,7 +188,8 @@ class Mailer:
                     reply_to: str | Iterable[str] | None = None,
                     attachments: Iterable[Any] | None = None, *,
                     idempotency_key: str | None = None, send_at: dt.datetime | None = None,
-                    delay: float | dt.timedelta | None = None, **headers: str) -> MailJob:
+                    delay: float | dt.timedelta | None = None, priority: str | None = None,
+                    **headers: str) -> MailJob:
         """Queue a mail for delivery once the caller's transaction commits (M1, M2).
 
         ``send_queued(message)`` takes a :class:`~.compose.Message` (pyramid_mailer's names;
@@ -219,7 +221,10 @@ class Mailer:
         index decides); a repeat returns the first job (``duplicate``) and queues nothing.
         ``send_at`` (an aware datetime) or ``delay`` (seconds, a timedelta): ``delayed``
         with ``nextAttemptAt`` until then, never sent earlier (docs/design/mail.md).
+        ``priority``: ``'high'``, ``'normal'`` or ``'low'`` (default ``mail.default_priority``);
+        a consumer delivers higher priorities first, whatever is queued (:mod:`.priority`).
         """
+        rank = priority_value(priority, self.settings.default_priority)
         draft = self._compose(to, subject, html, text, cc, bcc, reply_to, attachments, headers)
         key = _idempotency_key(idempotency_key)
         now = utcnow()
@@ -228,7 +233,7 @@ class Mailer:
         message_id = make_message_id(job_id, draft.sender)
         values = new_row(job_id, message_id, draft.sender, draft.recipients, draft.subject,
                          draft.html, draft.text, draft.headers, now, draft.attachments,
-                         idempotency_key=key, send_at=due)
+                         idempotency_key=key, send_at=due, priority=rank)
         if key is None:
             self._write_then_push(outbox_table.insert().values(**values), job_id, check=False)
         else:
@@ -244,11 +249,11 @@ class Mailer:
 
     def send(self, message: Any, *, idempotency_key: str | None = None,
              send_at: dt.datetime | None = None,
-             delay: float | dt.timedelta | None = None) -> MailJob:
+             delay: float | dt.timedelta | None = None, priority: str | None = None) -> MailJob:
         """pyramid_mailer's ``send(message)``: queued, sent after the commit (= :meth:`send_queued`,
-        with its ``idempotency_key``, ``send_at`` and ``delay``)."""
+        with its ``idempotency_key``, ``send_at``, ``delay`` and ``priority``)."""
         return self.send_queued(message, idempotency_key=idempotency_key, send_at=send_at,
-                                delay=delay)
+                                delay=delay, priority=priority)
 
     send_to_queue = send
 
@@ -325,7 +330,7 @@ class Mailer:
         _mark_changed(session, self.request)
         bridge = bridge_of(txn)
         if holder is None and bridge is not None:
-            bridge.on_commit(_push, self.queue, engine, values["id"])
+            _push_on_commit(bridge, self.queue, engine, values["id"])
         return holder
 
     def _write_then_push(self, stmt: Any, job_id: str, *, check: bool = True) -> bool:
@@ -338,7 +343,7 @@ class Mailer:
             return True
         bridge = bridge_of(txn)
         if bridge is not None:  # (None: the transaction is over; the relay pushes a committed row)
-            bridge.on_commit(_push, self.queue, engine, job_id)
+            _push_on_commit(bridge, self.queue, engine, job_id)
         return True
 
     def send_now(self, to: Any, subject: str | None = None, html: str | None = None,
@@ -375,7 +380,7 @@ class Mailer:
 
     def job_status(self, job_id: str) -> dict[str, Any] | None:
         """``{'id', 'state', 'progress', 'attempts', 'failedReason', 'nextAttemptAt',
-        'failedRecipients'}`` of a job, ``None`` if unknown.
+        'failedRecipients', 'priority'}`` of a job, ``None`` if unknown.
 
         Read through the request's session inside its transaction (a job queued in it is
         seen as ``waiting``), else on a connection of its own (pshell, scripts).
@@ -414,6 +419,38 @@ def _mark_changed(session: Any, request: Any) -> None:
     except ImportError:  # pragma: no cover -- zope.sqlalchemy is a dependency
         return
     mark_changed(session, transaction_manager=request.tm)
+
+
+class _PushBatch:
+    """The jobs one transaction queued on one outbox, pushed together after its commit."""
+
+    def __init__(self, queue: MailQueue, engine: Engine) -> None:
+        self.queue, self.engine = queue, engine
+        self.job_ids: list[str] = []
+
+    def __call__(self) -> None:
+        if len(self.job_ids) == 1:
+            _push(self.queue, self.engine, self.job_ids[0])
+            return
+        self.queue.resources.use_engine(self.engine)
+        try:
+            self.queue.push_many(self.engine, self.job_ids)
+        except Exception:  # noqa: BLE001 -- never fail a committed request; the relay catches up
+            log.exception("%d mails: after-commit push failed; the relay will retry",
+                          len(self.job_ids))
+
+
+def _push_on_commit(bridge: Any, queue: MailQueue, engine: Engine, job_id: str) -> None:
+    """Push ``job_id`` once the transaction of ``bridge`` has committed, with the other jobs
+    it queued (one claim per 500 rows, :func:`.relay.push_many`, not one per row). A batch
+    that a savepoint's rollback dropped is not reused (its jobs' rows are gone too)."""
+    batch = next((fn for fn, _args in reversed(bridge.calls)
+                  if isinstance(fn, _PushBatch) and fn.queue is queue and fn.engine is engine),
+                 None)
+    if batch is None:
+        batch = _PushBatch(queue, engine)
+        bridge.on_commit(batch)
+    batch.job_ids.append(job_id)
 
 
 def _push(queue: MailQueue, engine: Engine, job_id: str) -> None:

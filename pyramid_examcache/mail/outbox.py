@@ -31,7 +31,8 @@ Upgrading an existing table: in a new Alembic revision per release call
 :func:`add_new_columns` in ``upgrade()`` (``op.add_column`` of that release's columns and
 ``op.create_index`` of its indexes, skipping those that exist) and :func:`drop_new_columns`
 in ``downgrade()``: release 1 added ``failed_recipients`` and ``retried_at``, release 2
-``attachments``, release 3 ``idempotency_key`` (with a unique index) and ``send_at``.
+``attachments``, release 3 ``idempotency_key`` (with a unique index) and ``send_at``,
+release 4 ``priority``.
 Idempotent inserts (:func:`insert_once`) and scheduled rows: docs/design/mail.md.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -55,6 +57,7 @@ from sqlalchemy import (
     exc,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Row
@@ -105,6 +108,10 @@ _ADDED: dict[int, Callable[[], list[Column]]] = {
     2: lambda: [Column("attachments", JSON, nullable=True)],
     3: lambda: [Column("idempotency_key", String(255), nullable=True),
                 Column("send_at", DateTime(timezone=True), nullable=True)],
+    # Huey's priority of the job (:mod:`.priority`: 10 high, 0 normal, -10 low); rows
+    # written before release 4 read as normal
+    4: lambda: [Column("priority", SmallInteger, nullable=False, default=0,
+                       server_default=text("0"))],
 }
 
 #: longest ``idempotency_key`` (the column's length)
@@ -121,7 +128,8 @@ def add_new_columns(op: Any, release: int = 1) -> None:
     """Add the columns of ``release`` to an outbox created earlier (an Alembic ``op``).
 
     Release 1: ``failed_recipients``, ``retried_at``; release 2: ``attachments``; release
-    3: ``idempotency_key`` (and its unique index), ``send_at``. Call it once per release in
+    3: ``idempotency_key`` (and its unique index), ``send_at``; release 4: ``priority``
+    (old rows read as normal). Call it once per release in
     its own revision (``add_new_columns(op, 3)``). Idempotent: columns and indexes that
     exist (a table made by a newer :func:`create_outbox`, which has them all) are skipped,
     so one revision upgrades old and new databases.
@@ -189,16 +197,19 @@ def drop_outbox(op: Any) -> None:
 def new_row(job_id: str, message_id: str, sender: str, recipients: list[str] | dict,
             subject: str, html: str, text: str | None, headers: dict[str, str],
             now: dt.datetime, attachments: list[dict] | None = None, *,
-            idempotency_key: str | None = None, send_at: dt.datetime | None = None) -> dict:
+            idempotency_key: str | None = None, send_at: dt.datetime | None = None,
+            priority: int = 0) -> dict:
     """The values of a freshly queued, not yet pushed row: ``waiting``, or -- with a
-    ``send_at`` after ``now`` -- ``delayed`` until then (a *scheduled* row: no attempt yet)."""
+    ``send_at`` after ``now`` -- ``delayed`` until then (a *scheduled* row: no attempt yet).
+    ``priority`` is Huey's number (:data:`.priority.PRIORITIES`)."""
     scheduled = send_at is not None and send_at > now
     return dict(id=job_id, message_id=message_id, sender=sender, recipients=recipients,
                 subject=subject, html=html, text=text, headers=headers or None,
                 state=DELAYED if scheduled else WAITING, progress=0, attempts=0,
                 next_attempt_at=send_at if scheduled else None,
                 send_at=send_at if scheduled else None, created_at=now, updated_at=now,
-                attachments=attachments or None, idempotency_key=idempotency_key)
+                attachments=attachments or None, idempotency_key=idempotency_key,
+                priority=priority)
 
 
 # -- idempotent inserts -----------------------------------------------------------------------

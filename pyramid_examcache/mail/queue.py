@@ -4,12 +4,15 @@ It holds everything a queued mail needs besides its outbox row, built from the `
 settings or given:
 
 * the Huey instance with the mail tasks (:mod:`.tasks`) registered on it. ``mail.queue_url``
-  picks its storage: ``redis://``, ``rediss://``, ``unix://`` -> :class:`huey.RedisHuey`
-  (short socket timeouts, no client-side retries: a request's after-commit push fails fast
-  when Redis is down); ``redis+sentinel://h1:26379,h2:26379/<service>/<db>`` -> RedisHuey on
-  the service's primary, found again after a failover (:mod:`pyramid_examcache.topology`);
+  picks its storage: ``redis://``, ``rediss://``, ``unix://`` -> :class:`huey.PriorityRedisHuey`
+  (a sorted set, so mail priorities hold, :mod:`.priority`; short socket timeouts, no
+  client-side retries: a request's after-commit push fails fast when Redis is down);
+  ``redis+sentinel://h1:26379,h2:26379/<service>/<db>`` -> the same on the service's
+  primary, found again after a failover (:mod:`pyramid_examcache.topology`);
   ``sqlite:///path`` -> :class:`huey.SqliteHuey` (one file shared by the web processes and
-  the consumer). ``memory://`` is no production queue: ``pyramid_examcache.testing``
+  the consumer; priorities built in). A consumer finding the list of an older release
+  (:class:`huey.RedisHuey`) under the queue's key moves its entries over on start
+  (:func:`upgrade_list_queue`). ``memory://`` is no production queue: ``pyramid_examcache.testing``
   registers its own, in-process queue for it;
 * the *broker* (:class:`HueyBroker`): what :mod:`.relay` pushes job ids to, behind a
   circuit breaker;
@@ -20,24 +23,27 @@ Imports run one way: outbox <- relay <- tasks <- queue <- mailer / consumer.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from huey import Huey, RedisHuey, SqliteHuey
+from huey import Huey, PriorityRedisHuey, SqliteHuey
 from pyramid.exceptions import ConfigurationError
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from ..breaker import Breaker, BreakerOpen
 from ..settings import MailSettings, parse_mail_settings
-from .relay import push_one
+from .relay import push_many, push_one
 from .tasks import register_tasks
 from .transports import Transport, make_transport
 
 __all__ = ["HueyBroker", "MailQueue", "QueueUnavailable", "build_huey", "build_queue",
-           "make_huey"]
+           "make_huey", "upgrade_list_queue"]
+
+log = logging.getLogger(__name__)
 
 #: seconds the web side stops pushing to a broker after a failed push
 PUSH_RETRY_AFTER = 5.0
@@ -78,7 +84,31 @@ def make_huey(settings: MailSettings, *, consumer: bool = False) -> Huey:
         pool = primary_pool(topo, **options)
     else:
         pool = redis.ConnectionPool.from_url(url, **options)
-    return RedisHuey(name, connection_pool=pool, results=False, blocking=True, read_timeout=1)
+    huey = PriorityRedisHuey(name, connection_pool=pool, results=False, blocking=True,
+                             read_timeout=1)
+    if consumer:
+        upgrade_list_queue(huey)
+    return huey
+
+
+def upgrade_list_queue(huey: Huey) -> int:
+    """Move the entries of an older release's queue (a Redis list, :class:`huey.RedisHuey`)
+    into the sorted set of :class:`huey.PriorityRedisHuey` under the same key, oldest first,
+    at normal priority; returns how many. The list is renamed first (atomic), so web
+    processes of this release pushing meanwhile create the sorted set unhindered."""
+    storage = huey.storage
+    key = storage.queue_key
+    if storage.conn.type(key) not in (b"list", "list"):
+        return 0
+    legacy = f"{key}.list-upgrade"
+    storage.conn.rename(key, legacy)
+    moved = 0
+    while (data := storage.conn.rpop(legacy)) is not None:  # LPUSH/BRPOP: oldest on the right
+        storage.enqueue(data)
+        moved += 1
+    log.warning("mail queue %s: moved %d entries of the list queue of an older release to the "
+                "priority queue", key, moved)
+    return moved
 
 
 class HueyBroker:
@@ -92,17 +122,31 @@ class HueyBroker:
     def __init__(self, deliver: Any) -> None:  # huey's TaskWrapper (call it, or .schedule)
         self._deliver = deliver
         self.breaker = Breaker(threshold=1, reset_after=PUSH_RETRY_AFTER)
+        self.warned = False
 
-    def push(self, job_id: str, eta: Any = None) -> None:
-        """Enqueue ``deliver(job_id)``; with ``eta`` (an aware datetime), run it then."""
+    def push(self, job_id: str, eta: Any = None, priority: int = 0) -> None:
+        """Enqueue ``deliver(job_id)`` with Huey's ``priority`` (:mod:`.priority`, higher
+        first); with ``eta`` (an aware datetime), run it then (at that priority)."""
         try:
-            if eta is None:
-                self.breaker.call(self._deliver, job_id)
-            else:
-                self.breaker.call(lambda: self._deliver.schedule(args=(job_id,), eta=eta))
+            self.breaker.call(self._enqueue, job_id, eta, priority or None)
         except BreakerOpen:
             raise QueueUnavailable("the mail queue failed recently; the relay will push this job"
                                    ) from None
+
+    def _enqueue(self, job_id: str, eta: Any, priority: int | None) -> None:
+        try:
+            if eta is None:
+                self._deliver(job_id, priority=priority)
+            else:
+                self._deliver.schedule(args=(job_id,), eta=eta, priority=priority)
+        except NotImplementedError:  # a storage without priorities (a given plain RedisHuey)
+            if priority is None:
+                raise
+            if not self.warned:
+                log.warning("the mail queue's Huey storage has no priorities: mails are "
+                            "delivered in queue order (use huey.PriorityRedisHuey)")
+                self.warned = True
+            self._enqueue(job_id, eta, None)
 
 
 class Resources:
@@ -187,6 +231,11 @@ class MailQueue:
         """Push a committed, never-pushed job of the outbox in ``engine`` (the after-commit
         step, :func:`.relay.push_one`); ``False`` if not pushed (the relay catches up)."""
         return push_one(engine, self.broker, job_id)
+
+    def push_many(self, engine: Engine, job_ids: list[str]) -> int:
+        """:meth:`push` for the rows one transaction queued (:func:`.relay.push_many`):
+        how many were pushed."""
+        return push_many(engine, self.broker, job_ids)
 
     def close(self) -> None:
         self.resources.close()

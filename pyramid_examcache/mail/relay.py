@@ -2,7 +2,8 @@
 
 Two entry points, both safe to run concurrently with each other and with workers:
 
-* :func:`push_one` -- the after-commit hook's fast path for one fresh row.
+* :func:`push_one` -- the after-commit hook's fast path for one fresh row
+  (:func:`push_many` for the rows of a transaction that queued several).
 * :func:`relay` -- the periodic job (and consumer start-up): every row that is due.
 
 A row is *due* when it was never pushed (``waiting`` with ``enqueued_at IS NULL``) or
@@ -38,11 +39,18 @@ log = logging.getLogger(__name__)
 class Broker(Protocol):
     """What the relay pushes job ids to (:class:`~.queue.HueyBroker`)."""
 
-    def push(self, job_id: str, eta: Any = None) -> None:
+    def push(self, job_id: str, eta: Any = None, priority: int = 0) -> None:
         """Hand the job to the queue now; raise when the queue is unreachable.
 
         A broker that takes ``push(job_id, eta=datetime)`` (:class:`~.queue.HueyBroker`)
-        runs the job at ``eta`` (a scheduled row, :func:`push_one`)."""
+        runs the job at ``eta`` (a scheduled row, :func:`push_one`). ``priority`` is the
+        row's (Huey's number, higher first; :mod:`.priority`): every push of a job keeps it.
+        It is given only when not normal (0), so a broker without priorities still works."""
+
+
+def _rank(priority: int | None) -> dict[str, int]:
+    """The ``priority`` keyword of a push: none for a normal row (0, or NULL)."""
+    return {"priority": priority} if priority else {}
 
 
 def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | None = None) -> bool:
@@ -58,7 +66,7 @@ def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | Non
                              or_(t.c.state == WAITING,
                                  and_(t.c.state == DELAYED, t.c.attempts == 0)))
              .values(enqueued_at=case((ahead, t.c.next_attempt_at), else_=now))
-             .returning(t.c.state, t.c.next_attempt_at))
+             .returning(t.c.state, t.c.next_attempt_at, t.c.priority))
     try:
         with engine.begin() as conn:
             row = conn.execute(claim).first()
@@ -66,13 +74,56 @@ def push_one(engine: Engine, broker: Broker, job_id: str, now: dt.datetime | Non
                 return False
             eta = as_utc(row.next_attempt_at) if row.state == DELAYED else None
             if eta is not None and eta > now:  # the row stays locked until the push is recorded
-                broker.push(job_id, eta=eta)
+                broker.push(job_id, eta=eta, **_rank(row.priority))
             else:
-                broker.push(job_id)
+                broker.push(job_id, **_rank(row.priority))
         return True
     except Exception as exc:  # noqa: BLE001 -- broker down: the periodic relay retries
         log.warning("mail %s not pushed to the queue (%s); the relay will retry", job_id, exc)
         return False
+
+
+#: rows claimed per transaction by :func:`push_many`
+PUSH_CHUNK = 500
+
+
+def push_many(engine: Engine, broker: Broker, job_ids: list[str],
+              now: dt.datetime | None = None) -> int:
+    """:func:`push_one` for the rows one transaction queued: one claim (an ``UPDATE ...
+    WHERE id IN (...)``) and one commit per :data:`PUSH_CHUNK` rows instead of one per row,
+    higher priorities pushed first. A chunk whose push fails is rolled back whole and left
+    to the relay (rows pushed before the failure may then be pushed twice: a duplicate
+    queue entry is a no-op, the worker's claim decides). Returns how many were pushed."""
+    pushed = 0
+    for start in range(0, len(job_ids), PUSH_CHUNK):
+        pushed += _push_chunk(engine, broker, job_ids[start:start + PUSH_CHUNK], now or utcnow())
+    return pushed
+
+
+def _push_chunk(engine: Engine, broker: Broker, job_ids: list[str], now: dt.datetime) -> int:
+    t = outbox_table
+    ahead = and_(t.c.state == DELAYED, t.c.next_attempt_at > now)
+    claim = (update(t).where(t.c.id.in_(job_ids), t.c.enqueued_at.is_(None),
+                             or_(t.c.state == WAITING,
+                                 and_(t.c.state == DELAYED, t.c.attempts == 0)))
+             .values(enqueued_at=case((ahead, t.c.next_attempt_at), else_=now))
+             .returning(t.c.id, t.c.state, t.c.next_attempt_at, t.c.priority))
+    order = {job_id: i for i, job_id in enumerate(job_ids)}
+    try:
+        with engine.begin() as conn:
+            rows = sorted(conn.execute(claim).all(),
+                          key=lambda r: (-(r.priority or 0), order.get(r.id, 0)))
+            for row in rows:
+                eta = as_utc(row.next_attempt_at) if row.state == DELAYED else None
+                if eta is not None and eta > now:
+                    broker.push(row.id, eta=eta, **_rank(row.priority))
+                else:
+                    broker.push(row.id, **_rank(row.priority))
+        return len(rows)
+    except Exception as exc:  # noqa: BLE001 -- broker down: the periodic relay retries
+        log.warning("%d mail(s) not pushed to the queue (%s); the relay will retry",
+                    len(job_ids), exc)
+        return 0
 
 
 def _due(now: dt.datetime, requeue_after: float, retries: int):
@@ -96,17 +147,20 @@ def relay(engine: Engine, broker: Broker, settings: Any, *, limit: int = 500,
     """Push every due row (up to ``limit``) to the broker; returns how many were pushed.
 
     ``settings`` gives ``requeue_after`` and ``retries`` (the ``mail.*`` settings). Stops
-    at the first broker error, keeping what was pushed so far.
+    at the first broker error, keeping what was pushed so far. Higher priorities are
+    pushed first, each with its row's priority.
     """
     t = outbox_table
     now = now or utcnow()
-    query = (select(t.c.id, t.c.state).where(_due(now, settings.requeue_after, settings.retries))
-             .order_by(t.c.created_at).limit(limit).with_for_update(skip_locked=True))
+    query = (select(t.c.id, t.c.state, t.c.priority)
+             .where(_due(now, settings.requeue_after, settings.retries))
+             .order_by(t.c.priority.desc(), t.c.created_at).limit(limit)
+             .with_for_update(skip_locked=True))
     pushed: list = []
     with engine.begin() as conn:
         for row in conn.execute(query).all():
             try:
-                broker.push(row.id)
+                broker.push(row.id, **_rank(row.priority))
             except Exception as exc:  # noqa: BLE001
                 log.warning("relay stopped, the queue is unreachable (%s)", exc)
                 break

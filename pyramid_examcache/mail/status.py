@@ -6,7 +6,8 @@ running), ``delayed`` (a transient failure; the next attempt is scheduled), ``co
 ``attempts``: delivery attempts started. ``nextAttemptAt``: when a ``delayed`` job is
 retried, or sent if it is scheduled (``send_at``/``delay``: ``delayed`` with no attempt
 yet) (ISO 8601, UTC), else ``None``. ``failedRecipients``: ``{address: SMTP reply}`` of
-recipients the server refused (``None`` if none). Finished rows are deleted by the periodic purge
+recipients the server refused (``None`` if none). ``priority``: ``high``, ``normal`` or
+``low`` (:mod:`.priority`). Finished rows are deleted by the periodic purge
 after ``mail.keep_completed`` / ``mail.keep_failed`` seconds.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.engine import Row
 
 from .outbox import COMPLETED, DELAYED, FAILED, as_utc, outbox_table, release_expired_keys
+from .priority import priority_name
 
 #: job ids are uuid4 hex; accept any short token of safe characters
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -31,17 +33,19 @@ def is_job_id(value: Any) -> bool:
 
 _COLUMNS = (outbox_table.c.id, outbox_table.c.state, outbox_table.c.progress,
             outbox_table.c.attempts, outbox_table.c.failed_reason,
-            outbox_table.c.next_attempt_at, outbox_table.c.failed_recipients)
+            outbox_table.c.next_attempt_at, outbox_table.c.failed_recipients,
+            outbox_table.c.priority)
 
 
 def status_of(row: Row) -> dict[str, Any]:
     """``{'id', 'state', 'progress', 'attempts', 'failedReason', 'nextAttemptAt',
-    'failedRecipients'}`` of an outbox row."""
+    'failedRecipients', 'priority'}`` of an outbox row."""
     next_at = as_utc(row.next_attempt_at) if row.state == DELAYED else None
     return {"id": row.id, "state": row.state, "progress": row.progress,
             "attempts": row.attempts, "failedReason": row.failed_reason,
             "nextAttemptAt": next_at.isoformat() if next_at is not None else None,
-            "failedRecipients": row.failed_recipients or None}
+            "failedRecipients": row.failed_recipients or None,
+            "priority": priority_name(getattr(row, "priority", None))}
 
 
 def job_status(executor: Any, job_id: str) -> dict[str, Any] | None:

@@ -21,6 +21,6 @@ def test_migrated_schema_matches_the_models(pg_engine):
     with pg_engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True,
                                                          "include_name": include_name})
-        assert context.get_current_revision() == "0007"
+        assert context.get_current_revision() == "0008"
         diff = compare_metadata(context, metadatas)
     assert diff == []

@@ -248,7 +248,7 @@ class ConsumerProcess:
 
     def rounds(self, task: str = RELAY) -> int:
         """How many runs of the periodic ``task`` (RELAY or PURGE) have finished so far."""
-        return len(re.findall(rf"\.{re.escape(task)}: \S+ executed in", self.log()))
+        return len(re.findall(rf"\.{re.escape(task)}: \S+(?: p=-?\d+)? executed in", self.log()))
 
     def wait_for_rounds(self, n: int, task: str = RELAY, timeout: float = 15.0) -> None:
         """Wait until ``n`` more runs of the periodic ``task`` have finished (from now):

@@ -82,7 +82,8 @@ def test_committed_mail_delivered_once_aborted_never(system, smtp_server, db):
     assert msg["To"] == "ann@example.com" and msg["Subject"] == "Welcome"
     assert state_of(testapp, job_id) == {"id": job_id, "state": "completed", "progress": 100,
                                          "attempts": 1, "failedReason": None,
-                                         "nextAttemptAt": None, "failedRecipients": None}
+                                         "nextAttemptAt": None, "failedRecipients": None,
+                                         "priority": "normal"}
     with db.connect() as conn:
         assert conn.execute(select(outbox_table.c.id)).scalars().all() == [job_id]
 
@@ -169,7 +170,8 @@ def test_permanent_failure_fails_at_once(system, smtp_server, db):
     assert state_of(testapp, job_id) == {
         "id": job_id, "state": "failed", "progress": 100, "attempts": 1,
         "failedReason": "550 5.1.1 <nobody@example.com>: user unknown",
-        "nextAttemptAt": None, "failedRecipients": None}
+        "nextAttemptAt": None, "failedRecipients": None,
+                                         "priority": "normal"}
     assert len(smtp_server.handler.attempts) == 1 and smtp_server.handler.accepted == []
 
 

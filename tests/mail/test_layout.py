@@ -10,7 +10,7 @@ import pyramid_examcache.mail as mail_package
 
 #: lowest first; a module may import only modules of lower layers
 LAYERS = [
-    {"attachments", "outbox"},
+    {"attachments", "outbox", "priority"},
     {"message", "compose", "status"},
     {"transports", "events"},
     {"relay"},

@@ -42,7 +42,8 @@ def test_committed_mail_is_sent_after_commit_and_captured(app):
     assert mail.sender == "Exams <no-reply@exams.example>"
     status = testapp.get(f"/jobs/{job_id}").json
     assert status == {"id": job_id, "state": "completed", "progress": 100, "attempts": 1,
-                      "failedReason": None, "nextAttemptAt": None, "failedRecipients": None}
+                      "failedReason": None, "nextAttemptAt": None, "failedRecipients": None,
+                      "priority": "normal"}
 
 
 def test_aborted_request_writes_and_sends_nothing(app):

@@ -57,7 +57,8 @@ def test_status_dict_through_all_states(db):
     with db.connect() as conn:
         assert job_status(conn, job) == {"id": job, "state": WAITING, "progress": 0,
                                          "attempts": 0, "failedReason": None,
-                                         "nextAttemptAt": None, "failedRecipients": None}
+                                         "nextAttemptAt": None, "failedRecipients": None,
+                                         "priority": "normal"}
     with db.begin() as conn:
         outbox.claim(conn, job, 60, t0)
         outbox.mark_delayed(conn, job, 1, "421 busy", t0, t0)
@@ -68,7 +69,8 @@ def test_status_dict_through_all_states(db):
         outbox.mark_failed(conn, job, 2, "550 no", t0)
         assert job_status(conn, job) == {"id": job, "state": FAILED, "progress": 100,
                                          "attempts": 2, "failedReason": "550 no",
-                                         "nextAttemptAt": None, "failedRecipients": None}
+                                         "nextAttemptAt": None, "failedRecipients": None,
+                                         "priority": "normal"}
         assert job_status(conn, "missing") is None
         assert job_status(conn, "") is None
         assert job_status(conn, "\x00") is None  # PostgreSQL refuses NUL: not an error, unknown

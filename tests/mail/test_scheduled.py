@@ -83,7 +83,7 @@ def test_a_delayed_mail_is_delayed_until_its_due_time(app, db):
     assert before + 3600 * S <= due <= utcnow() + 3600 * S
     assert status == {"id": job_id, "state": "delayed", "progress": 0, "attempts": 0,
                       "failedReason": None, "nextAttemptAt": due.isoformat(),
-                      "failedRecipients": None}
+                      "failedRecipients": None, "priority": "normal"}
     # the in-process queue ran the pushed task at once: the claim refused it, nothing was sent
     assert get_mail_capture(app).outbox == []
     row = load(db, job_id)
