@@ -89,6 +89,12 @@ def main(argv=None) -> int:
 
         results["scaling_chart"] = scaling.chart(results["scenarios"]["scaling"],
                                                  os.path.join(args.out, "scaling.png"))
+    if "priority" in results["scenarios"].get("mail-throughput", {}):
+        from .scenarios import mail_priority
+
+        results["mail_priority_chart"] = mail_priority.chart(
+            results["scenarios"]["mail-throughput"]["priority"],
+            os.path.join(args.out, "mail-priority.png"))
     path = args.report or os.path.join(args.out, "RESULTS.md")
     kept = report.kept_sections(path)  # sections other commands write into the same report
     with open(path, "w") as fh:

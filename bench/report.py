@@ -259,6 +259,12 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
             from .scenarios import mail_ratelimit
 
             lines += mail_ratelimit.markdown(t["rate_limit"])
+        if "priority" in t:
+            from .scenarios import mail_priority
+
+            chart_file = results.get("mail_priority_chart")
+            lines += mail_priority.markdown(t["priority"], chart_file and os.path.relpath(
+                chart_file, report_dir))
     if "memory" in s:
         t = s["memory"]
         lines += ["## 6. Memory per cached exam", "",

@@ -15,7 +15,8 @@ connections at the sink.  Modes: ``reuse`` (each worker keeps its connection,
 connection per mail) and ``server-closes`` (reuse on, but the sink hangs up
 after every message: the client notices at ``MAIL FROM`` and sends again on a
 new connection).  Each mail must arrive exactly once.  Then the rate limiter's accuracy on
-the same sink (:mod:`.mail_ratelimit`).
+the same sink (:mod:`.mail_ratelimit`), and the latency of high and low priority mails under
+a backlog (:mod:`.mail_priority`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import time
 import uuid
 
 from ..smtpsink import Sink
-from . import mail_ratelimit
+from . import mail_priority, mail_ratelimit
 from ..stats import median, percentile
 
 SMTP_DELAY = 5.0
@@ -129,8 +130,10 @@ def run_throughput(env, quick: bool = False, rounds: int = 3, mails: int = 200,
         # the rate limiter's accuracy, on the same sink (its own queue names)
         rate_limit = mail_ratelimit.run(env, sink, queue_url, rounds=min(rounds, 2),
                                         workers=workers, quick=quick)
+        # queue-to-delivery latency of high and low priority under a backlog
+        priority = mail_priority.run(env, sink, queue_url, workers=workers, quick=quick)
     out = {"mails": mails, "workers": workers, "rounds": rounds, "modes": {},
-           "rate_limit": rate_limit}
+           "rate_limit": rate_limit, "priority": priority}
     for name, res in results.items():
         out["modes"][name] = {"runs": res, "per_s": median([x["per_s"] for x in res]),
                               "from_start_s": median([x["from_start_s"] for x in res]),
