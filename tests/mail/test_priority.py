@@ -164,3 +164,26 @@ def test_a_high_priority_mail_overtakes_a_backlog_of_low_ones(system, smtp_serve
     assert latency <= 5.0, f"high-priority mail delivered {latency:.1f}s after it was queued"
     assert still_queued >= backlog_size // 2, f"only {still_queued} low mails were left"
     assert testapp.get(f"/jobs/{job_id}").json["priority"] == "high"
+
+
+def test_a_consumer_moves_the_list_queue_of_an_older_release(private_redis):
+    """An older release pushed to a list (huey.RedisHuey); the priority queue is a sorted set
+    under the same key: the consumer's queue moves the list's entries over, oldest first."""
+    from huey import RedisHuey
+
+    from pyramid_examcache.mail.queue import make_huey
+
+    settings = parse_mail_settings({"mail.queue_url": private_redis.url,
+                                    "mail.queue_name": "upgrade"})
+    old = RedisHuey("upgrade", url=private_redis.url, results=False)
+    task = old.task(name="examcache.mail.deliver")(lambda job_id: job_id)
+    for job_id in ("first", "second", "third"):
+        task(job_id)
+    assert old.storage.conn.type(old.storage.queue_key) == b"list"
+    web = make_huey(settings)  # a web process does not move anything
+    assert web.storage.conn.type(web.storage.queue_key) == b"list"
+    consumer = make_huey(settings, consumer=True)
+    assert consumer.storage.conn.type(consumer.storage.queue_key) == b"zset"
+    consumer.task(name="examcache.mail.deliver")(lambda job_id: job_id)
+    assert [consumer.dequeue().args[0] for _ in range(3)] == ["first", "second", "third"]
+    assert consumer.dequeue() is None
