@@ -259,3 +259,103 @@ def test_an_embedded_sqlite_queue_with_a_domain_limit(db, pg_url, smtp_server, t
     assert max(fast_at) < max(slow_at)  # the other domain is not held up behind slow.example
     assert [r.attempts for r in rows(db, slow + fast)] == [1] * 24
     assert (tmp_path / "huey.sqlite.ratelimit").exists()
+
+
+# -- one delivery, driven directly: held back, not failed, not an attempt -----------------------
+
+class Recording:
+    """A transport that records what it sent (and can fail once)."""
+
+    def __init__(self, fail_first: Exception | None = None) -> None:
+        self.sent: list[str] = []
+        self.fail_first = fail_first
+
+    def send(self, message, sender, recipients):
+        if self.fail_first is not None:
+            error, self.fail_first = self.fail_first, None
+            raise error
+        self.sent.append(str(message["Message-ID"]))
+
+    def close(self):
+        pass
+
+
+def deliver_with(db, limiter, transport, job):
+    from huey import MemoryHuey
+
+    from pyramid_examcache.mail.queue import MailQueue
+    from pyramid_examcache.mail.tasks import deliver_job
+
+    queue = MailQueue(parse_mail_settings({}), engine=db, transport=transport,
+                      huey=MemoryHuey("t", results=False))
+    return deliver_job(queue.settings, queue.resources, job, limiter=limiter)
+
+
+def status(db, job) -> dict:
+    with db.connect() as conn:
+        return job_status(conn, job)
+
+
+def test_a_throttled_job_is_delayed_and_keeps_its_attempts(db, tmp_path):
+    import smtplib
+
+    from huey.exceptions import RetryTask
+
+    limiter = SendLimiter(SqliteWindows(str(tmp_path / "log.sqlite")), "t",
+                          [Rate(1, 60, "1/m")], (), hold=30)
+    transport = Recording(fail_first=smtplib.SMTPDataError(451, b"4.7.1 try later"))
+    first, second = insert_job(db), insert_job(db)
+    with pytest.raises(RetryTask):  # a transient failure: attempt 1 (and the slot is used)
+        deliver_with(db, limiter, transport, first)
+    assert status(db, first)["attempts"] == 1
+    from pyramid_examcache.mail.outbox import utcnow
+
+    before = utcnow()
+    with pytest.raises(RetryTask) as info:  # no slot for a minute: held back
+        deliver_with(db, limiter, transport, second)
+    assert 59 < info.value.delay <= 60 * 1.2
+    held = status(db, second)
+    assert held["state"] == "delayed" and held["attempts"] == 0 and held["failedReason"] is None
+    import datetime as dt
+
+    next_at = dt.datetime.fromisoformat(held["nextAttemptAt"])
+    assert next_at - before > dt.timedelta(seconds=59)
+    from sqlalchemy import update
+
+    with db.begin() as conn:  # the first job's retry comes due: throttled too, attempt kept
+        conn.execute(update(outbox_table).where(outbox_table.c.id == first)
+                     .values(next_attempt_at=utcnow()))
+    with pytest.raises(RetryTask):
+        deliver_with(db, limiter, transport, first)
+    assert status(db, first)["attempts"] == 1 and status(db, first)["state"] == "delayed"
+    assert transport.sent == []
+    # an early queue entry of the held-back row finds nothing to do (not due yet)
+    assert deliver_with(db, limiter, transport, second) == "skipped"
+
+
+def test_an_unreachable_limiter_sends_nothing(db):
+    import redis
+    from huey.exceptions import RetryTask
+
+    from ..conftest import free_port
+
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    limiter = SendLimiter(RedisWindows(down), "t", [Rate(10, 1, "10/s")], (), hold=30)
+    transport = Recording()
+    job = insert_job(db)
+    with pytest.raises(RetryTask) as info:
+        deliver_with(db, limiter, transport, job)
+    assert info.value.delay == 5.0
+    held = status(db, job)
+    assert held["state"] == "delayed" and held["attempts"] == 0
+    assert transport.sent == []
+    # with no limit configured, the same job is sent (once due)
+    from sqlalchemy import update
+
+    from pyramid_examcache.mail.outbox import utcnow
+
+    with db.begin() as conn:
+        conn.execute(update(outbox_table).where(outbox_table.c.id == job)
+                     .values(next_attempt_at=utcnow()))
+    assert deliver_with(db, None, transport, job) == "completed"
+    assert len(transport.sent) == 1 and status(db, job)["attempts"] == 1
