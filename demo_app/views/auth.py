@@ -68,9 +68,10 @@ def verification_url(request, token: str) -> str:
 
 def queue_verification_mail(request, user: User, token: str):
     settings = get_demo_settings(request)
-    return request.mailer.send_queued(
-        to=[user.email], **verification_mail(request, user, verification_url(request, token),
-                                             settings.verify_ttl / 3600))
+    return request.mailer.send_queued(  # a user waits for it: ahead of any bulk mail
+        to=[user.email], priority="high",
+        **verification_mail(request, user, verification_url(request, token),
+                            settings.verify_ttl / 3600))
 
 
 def queue_no_pending_mail(request, email: str):
@@ -78,7 +79,7 @@ def queue_no_pending_mail(request, email: str):
     (nothing the requester wrote), so a re-send costs the same whether one exists."""
     values = {"login": f"{get_demo_settings(request).public_url}/login"}
     return request.mailer.send_queued(
-        to=[email], subject="Verification link requested",
+        to=[email], subject="Verification link requested", priority="high",
         html=render("demo_app:templates/mail/no_pending.html.jinja2", values, request=request),
         text=render("demo_app:templates/mail/no_pending.txt.jinja2", values, request=request))
 
