@@ -144,7 +144,7 @@ def test_a_primary_demoted_by_hand_never_answers_from_the_near_cache(sentinel):
         poll(lambda: backend._stream.healthy, 10, "the tracking stream")
         found = backend.lookup("k", "t1", 5, 60, ("t",))
         assert backend.fill("k", "t1", b"old", 60, ("t",), found.versions)
-        assert backend.get("k", ("t",)) == b"old" and held(backend)
+        poll(lambda: backend.get("k", ("t",)) == b"old" and held(backend), 10, "old held")
         primary, replica = sentinel.primary_port(), sentinel.replica_port()
         assert direct(primary).execute_command("WAIT", 1, 5000) == 1
         losses = backend._stream.losses

@@ -92,18 +92,41 @@ class PrimaryProbe:
         self.connection_class = connection_class
         self._conn: redis.Connection | None = None
 
-    def __call__(self, node: Any) -> bool:
+    def send(self) -> None:
+        """Send ``INFO replication`` (connecting first if need be)."""
         conn = self._conn
         try:
             if conn is None:
                 conn = self._conn = self.connection_class(**self.kwargs)
                 conn.connect()  # (a Sentinel connection asks the sentinels where to)
-            return node is not None and primary_identity(conn) == node
+            conn.send_command("INFO", "replication")
         except BaseException:
-            if conn is not None:
-                conn.disconnect()
-            self._conn = None
+            self._lost(conn)
             raise
+
+    def same(self, node: Any) -> bool:
+        """Read the reply: is the node still a primary, of the mastership ``node``?  False
+        is an answer (a replica, another mastership); an error is no answer (raised)."""
+        conn = self._conn
+        try:
+            if conn is None:
+                raise redis.ConnectionError("the probe's connection was lost")
+            return node is not None and failover.replication_epoch(
+                conn, conn.read_response()) == node
+        except failover.NotPrimary:
+            return False
+        except BaseException:
+            self._lost(conn)
+            raise
+
+    def __call__(self, node: Any) -> bool:
+        self.send()
+        return self.same(node)
+
+    def _lost(self, conn) -> None:
+        if conn is not None:
+            conn.disconnect()
+        self._conn = None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -129,7 +152,7 @@ class SentinelNearCache(BarrierNearCache):
         self.stream = self._new_stream({})
         pool = self.client.connection_pool
         self.probe = PrimaryProbe(pool.connection_kwargs, pool.connection_class)
-        self.check = GroupCheck(self._probe)
+        self.check = GroupCheck(self._round)
         self.stream.start()
 
     @staticmethod
@@ -143,17 +166,25 @@ class SentinelNearCache(BarrierNearCache):
     def _epoch_prefix(self) -> str:
         return f"{self.prefix}{self.stream.node}:"
 
-    def _probe(self) -> bool:
-        node = self.stream.node
+    def _round(self) -> bool:
+        """One group's fence: a PING on the stream and ``INFO replication`` on the probe,
+        both sent now, both answered as they must be (module docstring)."""
+        stream = self.stream
+        deadline = time.monotonic() + self.barrier_timeout
+        ticket = stream.begin_barrier()
+        if ticket is None:
+            return False
+        node = stream.node
         try:
-            ok = self.probe(node)
-        except PROBE_ERRORS as exc:
-            log.warning("cache tracking for %r: the primary's probe failed (%s); near cache "
-                        "flushed", self.prefix, exc)
-            ok = False
-        if not ok:
+            same = self.probe(node)
+        except PROBE_ERRORS:
+            return False  # no answer (a stall, a lost node): not served; the stream decides
+        if not same:
+            log.warning("cache tracking for %r: the primary changed (probe); near cache "
+                        "flushed", self.prefix)
             self.failover()
-        return ok
+            return False
+        return stream.await_barrier(ticket, deadline)
 
     def failover(self) -> None:
         """The primary may have changed: forget everything now and reconnect the stream
@@ -165,10 +196,7 @@ class SentinelNearCache(BarrierNearCache):
         stream, tracked = self.stream, self.tracked
         node = stream.node
         if conn[1] == f"{self.prefix}{node}:" and tracked.get(key, tags) is not None:
-            deadline = time.monotonic() + self.barrier_timeout
-            ticket = stream.begin_barrier()
-            if (stream.await_barrier(ticket, deadline) and self.check.wait(deadline)
-                    and stream.node is node):
+            if self.check.wait(time.monotonic() + self.barrier_timeout) and stream.node is node:
                 data = tracked.get(key, tags)
                 if data is not None:
                     return data
@@ -212,7 +240,7 @@ class ClusterStreams:
         self.generation = 0
         self.streams: dict[tuple[str, int], InvalidationStream] = {}
         self.probes: dict[tuple[str, int], PrimaryProbe] = {}
-        self.check = GroupCheck(self._probe)
+        self.check = GroupCheck(self._round)
         self.rebuilds = 0
         self._stopped = False
 
@@ -252,18 +280,29 @@ class ClusterStreams:
         """Do the streams cover exactly the client's primaries?"""
         return set(self._primaries()) == set(self.streams)
 
-    def _probe(self) -> bool:
-        """Each stream's node still a primary of the same mastership, no other primary known."""
+    def _round(self) -> bool:
+        """One group's fence: a PING on every stream and ``INFO replication`` to every
+        stream's node (pipelined), all sent now, all answered as they must be."""
+        deadline = time.monotonic() + self.barrier_timeout
         streams, probes = self.streams, self.probes
+        tickets = [(s, s.begin_barrier()) for s in streams.values()]
+        if not tickets or any(t is None for _, t in tickets):
+            return False
         try:
-            ok = self.current() and all(probes[a](s.node) for a, s in streams.items())
-        except PROBE_ERRORS + (redis.exceptions.RedisClusterException,) as exc:
-            log.warning("cache tracking for %r: a cluster primary's probe failed (%s); near "
-                        "cache flushed", self.prefix, exc)
-            ok = False
-        if not ok:
+            for probe in probes.values():
+                probe.send()
+            answers = [probes[a].same(s.node) for a, s in streams.items()]  # read every reply
+        except PROBE_ERRORS:
+            for probe in probes.values():  # never read a reply left unread in a later round
+                probe.close()
+            return False  # no answer (a stall, a lost node): not served; the streams decide
+        same = all(answers) and self.current()
+        if not same:
+            log.warning("cache tracking for %r: the cluster's primaries changed; near cache "
+                        "flushed", self.prefix)
             self.rebuild()
-        return ok
+            return False
+        return all(s.await_barrier(t, deadline) for s, t in tickets) and self.streams is streams
 
     @property
     def healthy(self) -> bool:
@@ -271,15 +310,7 @@ class ClusterStreams:
         return bool(streams) and all(s.healthy for s in streams.values())
 
     def barrier(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        streams = self.streams
-        tickets = [(s, s.begin_barrier()) for s in streams.values()]
-        if not tickets or any(t is None for _, t in tickets):
-            return False
-        # the probe only once every PING is answered: a stalled node costs one barrier
-        # timeout, not a probe's socket timeout as well
-        return (all(s.await_barrier(t, deadline) for s, t in tickets)
-                and self.check.wait(deadline) and self.streams is streams)
+        return self.check.wait(time.monotonic() + timeout)
 
     def mark(self) -> tuple[int, dict] | None:
         streams = self.streams
