@@ -221,8 +221,7 @@ class Mailer:
         index decides); a repeat returns the first job (``duplicate``) and queues nothing.
         ``send_at`` (an aware datetime) or ``delay`` (seconds, a timedelta): ``delayed``
         with ``nextAttemptAt`` until then, never sent earlier (docs/design/mail.md).
-        ``priority``: ``'high'``, ``'normal'`` or ``'low'`` (default ``mail.default_priority``);
-        a consumer delivers higher priorities first, whatever is queued (:mod:`.priority`).
+        ``priority``: ``'high'``, ``'normal'`` or ``'low'`` (default ``mail.default_priority``).
         """
         rank = priority_value(priority, self.settings.default_priority)
         draft = self._compose(to, subject, html, text, cc, bcc, reply_to, attachments, headers)
@@ -240,12 +239,15 @@ class Mailer:
             holder = self._insert_once(values, now)
             if holder is not None:
                 return MailJob(holder.id, holder.message_id, duplicate=True)
+        self._trace(job_id, message_id, draft)
+        return MailJob(job_id, message_id)
+
+    def _trace(self, job_id: str, message_id: str, draft: Draft) -> None:
         trace = trace_of(self.request)
         if trace is not None:  # the debug toolbar's panel
             trace.mails.append({"job_id": job_id, "message_id": message_id,
                                 "to": draft.recipients["to"], "subject": draft.subject,
                                 "attachments": len(draft.attachments)})
-        return MailJob(job_id, message_id)
 
     def send(self, message: Any, *, idempotency_key: str | None = None,
              send_at: dt.datetime | None = None,
