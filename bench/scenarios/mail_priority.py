@@ -68,6 +68,7 @@ def run(env, sink, queue_url: str, workers: int = 4, quick: bool = False) -> dic
     from pyramid_examcache.mail.queue import build_queue
 
     backlog, probes = (200, 5) if quick else (BACKLOG, PROBES)
+    sink.handler.close_after_message = False  # (the last throughput mode may have set it)
     tag = uuid.uuid4().hex[:6]
     name = f"bench-prio-{tag}"
     ini = env.write_ini(f"mail-priority-{tag}.ini", **{
