@@ -10,9 +10,9 @@ import pyramid_examcache.mail as mail_package
 
 #: lowest first; a module may import only modules of lower layers
 LAYERS = [
-    {"attachments", "outbox", "priority"},
-    {"message", "compose", "status"},
-    {"transports", "events"},
+    {"attachments", "outbox", "priority", "ratewindow"},
+    {"message", "compose", "status", "ratelimit"},
+    {"transports", "events", "throttle"},
     {"relay"},
     {"tasks"},
     {"queue"},
