@@ -13,10 +13,12 @@ naming the field, and the queued welcome mail is delivered by the consumer to th
 """
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -112,24 +114,35 @@ def system(project):
     directory, _smtp, _functional = project
     consumer = ConsumerProcess(str(directory / "development.ini"), str(directory / "consumer.log"))
 
-    def migrate_then_consume() -> None:  # two processes, while this one loads the app
+    migrated = threading.Event()
+
+    def migrate_then_consume() -> None:  # two processes, while this one imports the app
         migrate(directory)
+        migrated.set()
         start(consumer)
 
-    with ThreadPoolExecutor(1) as pool:
-        started = pool.submit(migrate_then_consume)
-        try:
-            app = get_app(str(directory / "development.ini"))
-        finally:
-            started.result()
-    initialize_db(app)
-    try:
+    app = None
+    try:  # the consumer is stopped even when the set-up fails after starting it
+        with ThreadPoolExecutor(1) as pool:
+            started = pool.submit(migrate_then_consume)
+            try:
+                importlib.import_module("myproject")  # the imports, while alembic runs
+                importlib.import_module("pyramid_debugtoolbar")
+                # the app once the tables exist, as after `alembic upgrade head`
+                while not migrated.wait(0.05):
+                    if started.done():
+                        started.result()  # the migration failed: its error
+                app = get_app(str(directory / "development.ini"))
+            finally:
+                started.result()
+        initialize_db(app)
         yield app, consumer
     finally:
         consumer.stop()
-        get_policy(app.registry).close()
-        get_mail_queue(app.registry).close()
-        app.registry["dbsession_factory"].kw["bind"].dispose()
+        if app is not None:
+            get_policy(app.registry).close()
+            get_mail_queue(app.registry).close()
+            app.registry["dbsession_factory"].kw["bind"].dispose()
 
 
 def start(consumer: ConsumerProcess) -> None:
