@@ -14,6 +14,8 @@ processes start on the same queue and share the limit through its Redis. At the 
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 import uuid
 
@@ -77,6 +79,7 @@ def _one(env, sink, queue_url: str, rate: str, mails: int, workers: int, tag: st
     span = times[-1] - times[0]
     achieved = mails / (span + spec.period) * spec.period  # per period
     return {"rate": rate, "limit": spec.limit, "period_s": spec.period, "mails": mails,
+            "arrivals": [round(t - times[0], 4) for t in times],
             "max_in_window": most_in_any_window(times, spec.period),
             "achieved_per_period": round(achieved, 2),
             "achieved_ratio": round(achieved / spec.limit, 3),
@@ -125,3 +128,53 @@ def markdown(t: dict) -> list[str]:
     lines += [""] + [f"- goal {k}: **{'met' if v else 'MISSED'}**"
                      for k, v in t.get("goals", {}).items()] + [""]
     return lines
+
+
+def chart(t: dict, path: str) -> str:
+    """Arrivals in the trailing window of one period, ÷ the limit, over time (first round of
+    each rate): the guarantee is that the line never rises above 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for rate, x in t["rates"].items():
+        run = x["runs"][0]
+        times, period = run["arrivals"], run["period_s"]
+        load = [sum(1 for u in times[:i + 1] if u > a - period) / x["limit"]
+                for i, a in enumerate(times)]
+        ax.step(times, load, where="post", label=f"mail.rate_limit = {rate}")
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="the limit")
+    ax.set_xlabel("seconds since the first arrival")
+    ax.set_ylabel("arrivals in the last period ÷ limit")
+    ax.set_ylim(0, 1.2)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Rate limiter: arrivals at the SMTP sink in the trailing window")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run this part alone in its own bench environment: ``OUT_DIR/mail-ratelimit.json``, the
+    chart ``OUT_DIR/mail-ratelimit.png`` and the Markdown section on stdout."""
+    import json
+
+    from ..env import environment
+    from ..smtpsink import Sink
+
+    out_dir = (argv or sys.argv[1:] or ["bench/results"])[0]
+    os.makedirs(out_dir, exist_ok=True)
+    with environment() as env, Sink() as sink:
+        result = run(env, sink, env.queue_url.rsplit("/", 1)[0] + "/2")
+    with open(os.path.join(out_dir, "mail-ratelimit.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    chart(result, os.path.join(out_dir, "mail-ratelimit.png"))
+    print("\n".join(markdown(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
