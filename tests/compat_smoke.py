@@ -19,6 +19,7 @@ dependencies only, SQLite files, the Redis server given, WSGI requests made with
 Prints ``ok <check>`` per check and ``COMPAT OK`` at the end; any failure exits non-zero."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def expect(app, path: str, cache: str, version: int) -> None:
 
 
 def eventually(check: Callable[[], bool], what: Callable[[], str],
-               timeout: float = 120.0, pause: float = 0.05) -> None:
+               timeout: float = 300.0, pause: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"not after {timeout}s: {what()}"
@@ -180,7 +181,7 @@ def write_ini(values: dict[str, str], work: Path) -> Path:
 
 
 def consumer_log(work: Path) -> str:
-    return "the consumer's log:\n" + (work / "consumer.log").read_text()[-3000:]
+    return "the consumer's log:\n" + (work / "consumer.log").read_text()[-6000:]
 
 
 def check_mail(app, values: dict[str, str], work: Path) -> None:
@@ -188,8 +189,9 @@ def check_mail(app, values: dict[str, str], work: Path) -> None:
     assert call(app, f"/jobs/{job}").json["state"] == "waiting"
     consumer = Path(sys.executable).parent / "examcache-consumer"
     log = (work / "consumer.log").open("wb")
+    # PYTHONFAULTHANDLER: a consumer that hangs prints its threads' stacks on SIGABRT
     proc = subprocess.Popen([str(consumer), str(write_ini(values, work))], stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         # the .eml first: polling the job would hold SQLite's lock against the consumer
         eventually(lambda: any((work / "mail").glob("*.eml")) or proc.poll() is not None,
@@ -201,6 +203,10 @@ def check_mail(app, values: dict[str, str], work: Path) -> None:
         assert state == "completed", (state, consumer_log(work))
         mails = list((work / "mail").glob("*.eml"))
         assert len(mails) == 1 and "Subject: Compat" in mails[0].read_text(), mails
+    except AssertionError:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(30)
+        raise AssertionError(f"the mail was not delivered: {consumer_log(work)}") from None
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

@@ -20,7 +20,8 @@ from pathlib import Path
 from uv import find_uv_bin
 
 from .compat_matrix import (Combination, combinations, installed_versions, interpreters,
-                            make_env, project, version_problems)
+                            make_env, pip_index_args, project,
+                            version_problems)
 from .distributions import ROOT, clean_env, run
 
 
@@ -43,7 +44,7 @@ def run_combination(uv: str, combo: Combination, wheel: Path, redis_url: str, tm
     work.mkdir(parents=True)
     shutil.copy2(ROOT / "tests" / "compat_smoke.py", work / "compat_smoke.py")
     smoke = run([str(python), "compat_smoke.py", redis_url, f"compat:{combo.name}:",
-                 str(work / "data")], 300, cwd=work, env=clean_env(venv))
+                 str(work / "data")], 900, cwd=work, env=clean_env(venv))
     result["output"] = smoke.stdout + smoke.stderr
     result["smoke_s"] = round(time.monotonic() - started - result["install_s"], 1)
     if smoke.returncode != 0 or "COMPAT OK" not in smoke.stdout:
@@ -76,6 +77,7 @@ def test_the_wheel_works_on_every_python_with_the_oldest_and_newest_dependencies
     combos = combinations(allowed)
     tmp = Path(tempfile.mkdtemp(prefix="examcache-compat-"))
     uv = find_uv_bin()  # once: it reads sysconfig, which is not thread-safe
+    pip_index_args()  # once (pip config list), before the threads ask for it
     try:
         with ThreadPoolExecutor(len(combos)) as pool:
             results = list(pool.map(
