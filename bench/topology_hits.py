@@ -94,16 +94,105 @@ def markdown(result: dict) -> list[str]:
     return lines + [""]
 
 
+def backend_profile(seconds: float = 3.0, threads: int = 8, rounds: int = 3) -> dict:
+    """Where a hit's time goes below the web stack: each topology's backend serving one
+    held 46 KB value to ``threads`` threads (``get``, no HTTP): hits/s, process CPU per hit,
+    and the fence's I/O per hit (``PING`` barriers sent, probe rounds run)."""
+    import statistics
+    import threading
+    import time
+
+    from pyramid_examcache.cache.backends.cluster import ClusterBackend
+    from pyramid_examcache.cache.backends.redis import RedisBackend
+    from tests.conftest import PrivateRedis
+    from tests.topologies import PrivateCluster, PrivateSentinel, poll
+
+    tags = ("exam:1", "@key:exam:1:questions")
+
+    def counters(backend) -> tuple[int, int]:
+        near = getattr(backend, "_tracked_near", None) or backend._near
+        stream = near.stream
+        pings = (sum(s.pings_sent for s in stream.streams.values())
+                 if hasattr(stream, "streams") else stream.pings_sent)
+        check = getattr(stream, "check", None) or getattr(near, "check", None)
+        return pings, check.runs if check is not None else 0
+
+    def measure(backend) -> tuple[float, float, float, float]:
+        found = backend.lookup("k", "t1", 5, 600, tags)
+        backend.fill("k", "t1", b"x" * 46000, 600, tags, found.versions)
+        poll(lambda: backend.get("k", tags) is not None and backend.near_cache_bytes() > 0,
+             10, "the value held")
+        stop, counts = threading.Event(), [0] * threads
+
+        def reader(i: int) -> None:
+            while not stop.is_set():
+                backend.get("k", tags)
+                counts[i] += 1
+
+        workers = [threading.Thread(target=reader, args=(i,)) for i in range(threads)]
+        (p0, r0), c0, t0 = counters(backend), time.process_time(), time.monotonic()
+        for w in workers:
+            w.start()
+        time.sleep(seconds)
+        stop.set()
+        for w in workers:
+            w.join()
+        n, (p1, r1) = sum(counts), counters(backend)
+        return (n / (time.monotonic() - t0), (time.process_time() - c0) / n * 1e6,
+                (p1 - p0) / n, (r1 - r0) / n)
+
+    single, sentinel, cluster = PrivateRedis(), PrivateSentinel(), PrivateCluster()
+    for server in (single, sentinel, cluster):
+        server.start()
+    try:
+        near = {"near_cache_bytes": 32 << 20, "tracking": True}
+        backends = {"single": RedisBackend(single.url, prefix="p:", **near),
+                    "sentinel": RedisBackend(sentinel.url, prefix="p:", **near),
+                    "cluster": ClusterBackend(cluster.url, prefix="p:", **near)}
+        samples: dict[str, list] = {name: [] for name in backends}
+        for _ in range(rounds):
+            for name, backend in backends.items():
+                samples[name].append(measure(backend))
+        for backend in backends.values():
+            backend.close()
+    finally:
+        single.stop()
+        sentinel.close()
+        cluster.close()
+    keys = ("hits_per_s", "cpu_us_per_hit", "pings_per_hit", "probe_rounds_per_hit")
+    return {name: {k: round(statistics.median(s[i] for s in rows), 3)
+                   for i, k in enumerate(keys)} for name, rows in samples.items()}
+
+
+def profile_markdown(profile: dict) -> list[str]:
+    lines = ["### Below the web stack (`--backend-profile`)", "",
+             "8 threads calling the backend's `get` on one held 46 KB value (no HTTP).", "",
+             "| topology | hits/s | CPU µs/hit | PINGs/hit | probe rounds/hit |",
+             "|---|---:|---:|---:|---:|"]
+    for name, p in profile.items():
+        lines.append(f"| {name} | {p['hits_per_s']:,.0f} | {p['cpu_us_per_hit']:.0f} | "
+                     f"{p['pings_per_hit']:.2f} | {p['probe_rounds_per_hit']:.2f} |")
+    return lines + [""]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.topology_hits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results-topology-hits")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--backend-profile", action="store_true",
+                        help="only the backend-level profile (no HTTP, no database)")
     args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.backend_profile:
+        profile = backend_profile()
+        with open(os.path.join(args.out, "profile.json"), "w") as fh:
+            json.dump(profile, fh, indent=1)
+        print("\n".join(profile_markdown(profile)))
+        return
     with environment() as env:
         result = run(env, args.rounds, args.seconds)
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     text = "\n".join(markdown(result))
