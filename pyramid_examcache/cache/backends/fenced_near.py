@@ -251,10 +251,11 @@ class ClusterStreams:
         self.rebuild()
         return self
 
-    def rebuild(self) -> None:
-        """Streams on the client's primaries now; everything held is forgotten."""
+    def rebuild(self, seen: int | None = None) -> None:
+        """Streams on the client's primaries now; everything held is forgotten.  ``seen``:
+        the generation the caller found wanting (another thread may have rebuilt since)."""
         with self._lock:
-            if self._stopped:
+            if self._stopped or (seen is not None and seen != self.generation):
                 return
             old, oldp = self.streams, self.probes
             self.on_flush()
@@ -284,7 +285,7 @@ class ClusterStreams:
         """One group's fence: a PING on every stream and ``INFO replication`` to every
         stream's node (pipelined), all sent now, all answered as they must be."""
         deadline = time.monotonic() + self.barrier_timeout
-        streams, probes = self.streams, self.probes
+        generation, streams, probes = self.generation, self.streams, self.probes
         tickets = [(s, s.begin_barrier()) for s in streams.values()]
         if not tickets or any(t is None for _, t in tickets):
             return False
@@ -300,7 +301,7 @@ class ClusterStreams:
         if not same:
             log.warning("cache tracking for %r: the cluster's primaries changed; near cache "
                         "flushed", self.prefix)
-            self.rebuild()
+            self.rebuild(generation)
             return False
         return all(s.await_barrier(t, deadline) for s, t in tickets) and self.streams is streams
 
@@ -377,7 +378,7 @@ class ClusterNearCache(BarrierNearCache):
         if data is not None and stamp:
             deps = [self.tracked.value_key(key), *(self.tracked.tag_key(t) for t in tags)]
             if not streams.covers(deps):  # a primary without a stream: a new topology
-                streams.rebuild()
+                streams.rebuild(token[0] if token is not None else None)
                 return data
             self.tracked.put(key, tags, stamp, data, streams, token,  # type: ignore[arg-type]
                              ttl_ms)
