@@ -4,7 +4,7 @@ Scenarios: ``throughput``, ``stampede``, ``consistency``, ``mail-enqueue``,
 ``mail-throughput``, ``memory``, ``write``, ``logged-in``, ``revalidate``, ``cluster``,
 ``scaling``, or ``all``.  Starts its own redis-server and
 PostgreSQL database (dropped at the end), runs, and writes ``DIR/results.json``,
-``DIR/throughput.png`` (when the throughput scenario ran) and the Markdown
+``DIR/throughput.png`` and ``DIR/scaling.png`` (when those scenarios ran) and the Markdown
 report (``--report``, default ``DIR/RESULTS.md``).
 
 The committed report was produced by::
