@@ -22,6 +22,7 @@ from pyramid_examcache.mail import get_mail_queue
 from pyramid_examcache.mail.outbox import outbox_table
 
 from ..conftest import free_port, wait_for_port
+from ..cache.servers import close_server
 
 ADMIN = {"examcache.admin_path": "/_examcache/", "examcache.admin_login_url": "/login"}
 
@@ -94,8 +95,7 @@ def served(settings: dict, mail_redis_url: str, threads: int = 8) -> Iterator[Si
         yield site
     finally:
         site.http.close()
-        server.close()
-        thread.join(5)
+        close_server(server, thread)
         registry = app.registry
         registry["dbengine"].dispose()
         get_policy(registry).close()
