@@ -37,6 +37,8 @@ from urllib.parse import urlsplit
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
+from .rates import Rate, parse_domain_rates, parse_rates
+
 CACHE_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "rediss+sentinel",
                  "redis+cluster", "rediss+cluster")
 QUEUE_SCHEMES = ("redis", "rediss", "unix", "sqlite", "redis+sentinel", "rediss+sentinel")
@@ -48,6 +50,8 @@ QUEUE_NO_CLUSTER = ("Huey's Redis storage is a plain redis-py client whose queue
                     "Lua script across them), which Redis Cluster refuses (CROSSSLOT); use "
                     "redis+sentinel:// (or redis:// to one node) for mail.queue_url")
 MAIL_TRANSPORTS = ("smtp", "file", "memory")
+#: ``mail.default_priority`` and ``send_queued(priority=...)``: Huey priorities 10, 0, -10
+MAIL_PRIORITIES = ("high", "normal", "low")
 #: ``examcache.near_cache``: no near cache; one validated by a round trip per hit; kept
 #: exact by CLIENT TRACKING with a barrier per read; the same with read leases
 NEAR_CACHE_MODES = ("off", "check", "barrier", "lease")
@@ -235,6 +239,14 @@ def _metrics_path(spec: Setting, raw: Any) -> str | None:
     return path or None
 
 
+def _rate_limit(spec: Setting, raw: Any) -> tuple[Rate, ...]:
+    return parse_rates(spec.name, raw)
+
+
+def _domain_rate_limits(spec: Setting, raw: Any) -> tuple[tuple[str, Rate], ...]:
+    return tuple(parse_domain_rates(spec.name, raw).items())
+
+
 def _num(name: str, default: float | None, help: str, **kw: Any) -> Setting:
     return Setting(name, _number, default, help, **kw)
 
@@ -321,10 +333,16 @@ MAIL_TABLE: tuple[Setting, ...] = (
     _bool(_m("allow_plaintext_auth"), False, "AUTH without TLS"),
     _int(_m("smtp_max_messages_per_connection"), 100,
          "messages per SMTP connection (0: no limit)"),
+    Setting(_m("rate_limit"), _rate_limit, (), "sends per window, e.g. 14/s or 14/s, 50000/d "
+            "(unset: no limit)"),
+    Setting(_m("domain_rate_limits"), _domain_rate_limits, (),
+            "per recipient domain, e.g. gmail.com=20/s, example.org=5/m"),
     _int(_m("keep_completed"), 3600, "seconds completed jobs are kept"),
     _int(_m("keep_failed"), 604800, "seconds failed jobs are kept"),
     _num(_m("idempotency_window"), 86400.0, "seconds an idempotency key dedupes",
          allow_zero=False),
+    Setting(_m("default_priority"), _choice, "normal", "high, normal or low",
+            choices=MAIL_PRIORITIES),
     _int(_m("workers"), 2, "consumer threads", minimum=1),
     _int(_m("relay_interval"), 60, "seconds between outbox relays", minimum=1),
     Setting(_m("session_attr"), _session_attr, "dbsession", "the request's SQLAlchemy session"),
@@ -536,14 +554,13 @@ def _map_deprecated(settings: Mapping[str, Any], values: dict[str, Any],
 
 
 def _default_mode(kind: str, size_mb: float) -> str:
-    """The default mode per topology: memory:// has no near cache; Sentinel and Cluster
-    validate each hit; a single Redis tracks with a barrier per read. Read leases (``lease``)
-    are opt-in: they make hits free but every write waits for every lease holder, which
-    missed the write goals as processes multiply (bench/RESULTS.md, "Write scaling")."""
+    """The default mode per topology: memory:// has no near cache; every Redis topology
+    tracks with a barrier per read (fenced by the primaries' identity on Sentinel and
+    Cluster). Read leases (``lease``, a single Redis only) are opt-in: they make hits free
+    but every write waits for every lease holder, which missed the write goals as processes
+    multiply (bench/RESULTS.md, "Write scaling")."""
     if kind == "memory" or size_mb <= 0:
         return "off"
-    if kind != "single":
-        return "check"
     return "barrier"
 
 
@@ -559,9 +576,9 @@ def _check_topology(settings: Mapping[str, Any], given: dict[str, str], kind: st
         if "near_cache_mb" in given and read(settings, given["near_cache_mb"]) > 0:
             raise _both((given["near_cache_mb"], settings[given["near_cache_mb"]]), url,
                         "memory:// has no near cache to size")
-    if kind in ("sentinel", "cluster") and name and mode in ("barrier", "lease"):
-        raise _both((name, settings[name]), url, "barrier and lease need Redis CLIENT "
-                    "TRACKING on a single Redis, not Sentinel or Cluster (use check or off)")
+    if kind in ("sentinel", "cluster") and name and mode == "lease":
+        raise _both((name, settings[name]), url, "lease (read leases) needs a single Redis, "
+                    "not Sentinel or Cluster (use barrier, check or off)")
     if kind != "single" and "lease_ms" in given:
         raise _both((given["lease_ms"], settings[given["lease_ms"]]), url,
                     "read leases need a single Redis (not memory://, Sentinel or Cluster)")
@@ -676,9 +693,12 @@ class MailSettings:
     smtputf8: bool = False
     allow_plaintext_auth: bool = False
     smtp_max_messages_per_connection: int = 100
+    rate_limit: tuple[Rate, ...] = ()
+    domain_rate_limits: tuple[tuple[str, Rate], ...] = ()
     keep_completed: int = 3600
     keep_failed: int = 604800
     idempotency_window: float = 86400.0
+    default_priority: str = "normal"
     workers: int = 2
     relay_interval: int = 60
     session_attr: str = "dbsession"

@@ -91,8 +91,9 @@ def off_reason(settings, backend) -> str | None:
     if not settings.enabled:
         return "examcache.enabled = false"
     if not backend.answers_locally():
-        return ("the backend never serves a hit without I/O (Sentinel, Cluster, or "
-                "tracking/read leases off)")
+        return ("the backend never serves a hit without I/O (only read leases do: "
+                "examcache.near_cache = lease, on a single Redis; barrier, on every "
+                "topology, waits for a barrier)")
     return None
 
 
@@ -188,7 +189,7 @@ def _http_cache(value) -> tuple[Any, dict]:
     return value, {}
 
 
-def _subscribed(registry, event_class) -> bool:
+def subscribed(registry, event_class) -> bool:
     return bool(registry.adapters.subscriptions((implementedBy(event_class),), None))
 
 
@@ -235,7 +236,7 @@ def early_table(registry) -> EarlyTable:
     if root_factory is not None and root_factory is not DefaultRootFactory:
         return EarlyTable({}, {}, "the application has its own root factory")
     for event in (BeforeTraversal, ContextFound):
-        if _subscribed(registry, event):
+        if subscribed(registry, event):
             return EarlyTable({}, {}, f"the application subscribes to {event.__name__}")
     routes: dict[str, EarlyRoute] = {}
     skipped: dict[str, str] = {}
@@ -246,4 +247,4 @@ def early_table(registry) -> EarlyTable:
             routes[intr["name"]] = entry
         else:
             skipped[intr["name"]] = entry
-    return EarlyTable(routes, skipped, None, _subscribed(registry, NewRequest))
+    return EarlyTable(routes, skipped, None, subscribed(registry, NewRequest))

@@ -30,8 +30,11 @@ from . import outbox
 from .events import MailDelivered, MailFailed, MailJobInfo
 from .message import build_message, check_address, envelope_recipients
 from .outbox import COMPLETED, DELAYED, FAILED
+from .priority import PERIODIC
+from .ratelimit import SendLimiter, build_limiter
 from .relay import Broker, push_one, relay
 from .status import purge_finished
+from .throttle import end_slot, take_slot
 from .transports import Transport, classify
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,7 @@ def notify(resources: Any, event: Any) -> None:
 
 
 def deliver_job(settings: Any, resources: Resources, job_id: str,
-                observer: Observer = _quiet) -> str:
+                observer: Observer = _quiet, limiter: SendLimiter | None = None) -> str:
     """One delivery attempt of ``job_id``; returns what happened (raises RetryTask on a fast retry).
 
     Two phases after a transient failure on attempt ``n`` (M3, docs/design/mail.md): while
@@ -103,7 +106,8 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
     (the outbox row is the only copy of a long wait). Once ``mail.max_age`` has passed since
     the mail was queued (or re-sent by :meth:`Mailer.retry`) a transient failure is final;
     the last attempt is scheduled at that deadline at the latest. Permanent failures fail
-    at once.
+    at once. With a ``limiter`` (``mail.rate_limit``) the send waits for a slot: a job
+    refused one is held back, not failed, its attempt not counted (:mod:`.throttle`).
     """
     engine = resources.engine
     with engine.begin() as conn:
@@ -125,6 +129,9 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
             notify(resources, MailFailed(MailJobInfo.from_row(row), reason, expired=True))
         return FAILED
     refused: dict[str, str] = {}
+    slot = take_slot(engine, limiter, row)  # raises RetryTask when throttled
+    if slot is False:
+        return SKIPPED
     try:
         message = build_message(sender=row.sender, recipients=row.recipients,
                                 subject=row.subject, html=row.html, text=row.text,
@@ -133,7 +140,9 @@ def deliver_job(settings: Any, resources: Resources, job_id: str,
         refused = resources.transport.send(message, check_address(row.sender),
                                            envelope_recipients(row.recipients)) or {}
     except Exception as exc:  # noqa: BLE001 -- classified by _attempt_failed
+        end_slot(slot)
         return _attempt_failed(settings, resources, job_id, row, deadline, exc, observer)
+    end_slot(slot)
     with engine.begin() as conn:
         done = outbox.mark_completed(conn, job_id, attempt, outbox.utcnow(), refused)
     if refused:
@@ -195,15 +204,19 @@ def register_tasks(huey: Any, settings: Any, resources: Resources,
     @huey.task(retries=settings.retries, retry_delay=settings.retry_delay,
                retry_backoff=settings.retry_backoff, name=DELIVER)
     def deliver(job_id: str) -> str:
-        return deliver_job(settings, resources, job_id, observer)
+        return deliver_job(settings, resources, job_id, observer, limiter)
+
+    limiter = build_limiter(settings, huey)  # mail.rate_limit (None: no limit)
 
     broker = broker_factory(deliver)
+    # the relay and the purge go before queued mail (a backlog must not hold up the relay)
+    periodic = PERIODIC if getattr(huey.storage, "priority", False) else None
 
-    @huey.periodic_task(_every_check, name=RELAY)
+    @huey.periodic_task(_every_check, priority=periodic, name=RELAY)
     def relay_outbox() -> int:
         return relay(resources.engine, broker, settings)
 
-    @huey.periodic_task(_every_check, name=PURGE)
+    @huey.periodic_task(_every_check, priority=periodic, name=PURGE)
     def purge_outbox() -> int:
         with resources.engine.begin() as conn:
             return purge_finished(conn, settings.keep_completed, settings.keep_failed,
