@@ -17,9 +17,10 @@ from importlib.metadata import version as _distribution_version
 from pyramid.config import Configurator
 
 from .cache.decorators import cache_on_arguments
+from .cache.front import fast_path
 from .cache.orm import register
 
-__all__ = ["cache_on_arguments", "includeme", "register"]
+__all__ = ["cache_on_arguments", "fast_path", "includeme", "register"]
 
 #: the installed distribution's version (pyproject.toml's, through the package metadata)
 __version__ = _distribution_version("pyramid_examcache")

@@ -202,10 +202,14 @@ def redis_sentinel():
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request):
     """The cache's Redis on each topology: the shared Redis, Sentinel, Cluster."""
-    if request.param in ("redis", "tracking"):  # tracking: the near cache kept by Redis
-        from .topologies import SharedRedis
+    if request.param in ("redis", "tracking", "fast"):  # tracking: read leases; fast: and
+        from .topologies import SharedRedis  # the WSGI fast path (tests/cache/test_concurrency)
 
-        return SharedRedis(REDIS_URL, tracking=request.param == "tracking")
+        shared = SharedRedis(REDIS_URL, tracking=request.param in ("tracking", "fast"))
+        if request.param == "fast":
+            shared.kind += "+fast-path"
+            shared.settings = {**shared.settings, "test.fast_path": "true"}
+        return shared
     return request.getfixturevalue(f"redis_{request.param}")
 
 

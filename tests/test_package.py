@@ -44,7 +44,9 @@ def test_pip_install_of_the_add_on_pulls_no_demo_package(tmp_path):
 def test_the_add_on_installs_no_paste_app_and_is_typed():
     add_on = importlib.metadata.distribution("pyramid_examcache")
     groups = {(ep.group, ep.name) for ep in add_on.entry_points}
-    assert groups == {("console_scripts", "examcache-consumer")}
+    # a Paste filter (the WSGI fast path), no app
+    assert groups == {("console_scripts", "examcache-consumer"),
+                      ("paste.filter_app_factory", "fast_path")}
     demo = importlib.metadata.distribution("examcache_demo")
     assert ("paste.app_factory", "main") in {(ep.group, ep.name) for ep in demo.entry_points}
     assert (pathlib.Path(pyramid_examcache.__file__).parent / "py.typed").is_file()

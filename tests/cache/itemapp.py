@@ -267,7 +267,12 @@ def make_app(db_url: str, **settings):
         config.add_view(naive_put, route_name="naive", request_method="PUT", renderer="json")
         config.add_view(write_then_read, route_name="wtr", request_method="POST", renderer="json")
         config.add_view(invalidate_view, route_name="inv", request_method="POST", renderer="json")
-        return config.make_wsgi_app()
+        app = config.make_wsgi_app()
+    if settings.get("test.fast_path") == "true":  # hits served by the WSGI fast path
+        from pyramid_examcache import fast_path
+
+        return fast_path(app)
+    return app
 
 
 def create_schema(db_url: str, n_items: int = 5) -> None:

@@ -22,9 +22,10 @@ LOAD_DELAY = 0.005  # widens the load window equally for both caches
 #: ... and on each Redis topology (Sentinel, Cluster: tests/topologies.py), anonymous readers
 #: (the defaults on one Redis: a tracked near cache, a barrier per read) ... and with read
 #: leases (``near_cache = lease``, the "tracking" variant), logged-in and public
+#: ... and through the WSGI fast path (``pyramid_examcache.fast_path``, read leases: "fast")
 VARIANTS = [(False, "redis"), (True, "redis"), (False, "sentinel"), (False, "cluster"),
-            (True, "tracking")]
-VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster", "tracking"]
+            (True, "tracking"), (True, "fast")]
+VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster", "tracking", "fast"]
 PUBLIC = pytest.mark.parametrize(("public", "topology"), VARIANTS, ids=VARIANT_IDS,
                                  indirect=["topology"])
 READER = {"Authorization": "Bearer a-logged-in-reader"}
@@ -51,11 +52,13 @@ def db(cache_pg_url):
 
 
 def topology_url(request, name: str) -> str:
-    return (request.getfixturevalue("redis_url") if name in ("redis", "tracking")
+    return (request.getfixturevalue("redis_url") if name in ("redis", "tracking", "fast")
             else request.getfixturevalue(f"redis_{name}").url)
 
 
 def topology_settings(name: str) -> dict:
+    if name == "fast":
+        return {"examcache.near_cache": "lease", "test.fast_path": "true"}
     return {"examcache.near_cache": "lease"} if name == "tracking" else {}
 
 
@@ -163,7 +166,8 @@ def stampede(bases, path, n=50, headers=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 4])
-@PUBLIC
+@pytest.mark.parametrize(("public", "topology"), VARIANTS[:-1], ids=VARIANT_IDS[:-1],
+                         indirect=["topology"])  # (a cold key: misses, never the fast path)
 def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_prefix, processes,
                                                           public):
     counter = f"{redis_prefix}loads"

@@ -76,7 +76,8 @@ def under_tm_tween_factory(handler, registry):
     return under_tm_tween
 
 
-def make_app(counts: Counts, *, subscribers: bool = True, **settings):
+def make_app(counts: Counts, *, subscribers: bool | str = True, **settings):
+    """The test app (``subscribers``: both events, none, or ``"new_response"`` only)."""
     def item(request):
         n = counts("item")
         response = Response(f"item {request.matchdict['id']} page={request.GET.getall('page')} "
@@ -171,7 +172,8 @@ def make_app(counts: Counts, *, subscribers: bool = True, **settings):
                 # request.tm is reified: pyramid_tm's tween put it in the request's __dict__
                 event.response.headers["X-TM"] = str("tm" in event.request.__dict__)
 
-            config.add_subscriber(new_request, NewRequest)
+            if subscribers is True:
+                config.add_subscriber(new_request, NewRequest)
             config.add_subscriber(new_response, NewResponse)
         return config.make_wsgi_app()
 

@@ -1,0 +1,256 @@
+"""The WSGI fast path: early hits served before Pyramid builds a request.
+
+The early-hit tween (:mod:`.early`) still costs the router's request setup, the
+tweens above it, a WebOb response and its ``__call__``.  :func:`fast_path` wraps
+the application's router (``fast_path(config.make_wsgi_app())``, or
+``[filter:examcache] use = egg:pyramid_examcache#fast_path`` in a Paste
+pipeline) and answers the same hits from the WSGI ``environ``, with the functions
+the deriver and the tween use: the route's :class:`.eligibility.EarlyRoute`,
+:func:`.views.locate`, :meth:`.policy.CachePolicy.peek_local` and the stored
+entity's head (:func:`.http.entity_head`).  Everything else goes to the router.
+
+What it serves is decided once, when it wraps the router (:func:`plan`): the
+early-hit table's routes whose key needs nothing but the environ (no ``cache_vary``
+name that is per user or read by application code), in an application where the
+early-hit tween is the outermost tween (nothing of the application's runs before
+it) and nothing subscribes to ``NewRequest``.  A route with ``http_cache`` or an
+application subscribing to ``NewResponse`` gets a real request
+(``router.request_context``: threadlocals pushed) and the subscribers run, as on
+the router's path; otherwise the hit never builds a request.  A combination where
+no route can ever be served because of the application's code is a
+``ConfigurationError`` naming why; where the deployment's settings prevent it
+(``examcache.enabled = false``, a near cache that cannot answer without I/O, the
+debug toolbar) the router is returned as it is, with one warning.  The rules and
+why the answer is the same: ``docs/design/early-hits.md``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pyramid.events import NewResponse
+from pyramid.exceptions import ConfigurationError
+from pyramid.interfaces import IRoutesMapper, ITweens
+from webob.request import BaseRequest
+
+from ..trace import ENVIRON_KEY
+from . import http
+from .eligibility import METHODS, NOTES_KEY, TABLE_KEY, EarlyRoute, subscribed
+from .views import locate, serve_entity
+
+log = logging.getLogger(__name__)
+
+#: the dotted name of the early-hit tween (the fast path needs it outermost)
+TWEEN = "pyramid_examcache.cache.early.early_hits_tween_factory"
+#: a tween that may sit above the early-hit tween: the fast path then stands aside
+TOOLBAR = "pyramid_debugtoolbar.toolbar_tween_factory"
+#: the registry key of the fast path's plan (read by tests and the docs)
+PLAN_KEY = "pyramid_examcache.fast_path"
+
+
+@dataclass(frozen=True, slots=True)
+class FrontRoute:
+    """An early route the fast path serves, and whether its hits need a real request."""
+
+    early: EarlyRoute
+    #: build a request and run ``NewResponse`` (or apply ``http_cache``)
+    full: bool
+
+
+@dataclass
+class Plan:
+    """The routes the fast path serves, and why each other early route is not (or why
+    the fast path stands aside: ``disabled``)."""
+
+    routes: dict[str, FrontRoute]
+    skipped: dict[str, str]
+    disabled: str | None = None
+    #: ``disabled`` by the deployment's settings (a warning), not by the application's code
+    by_settings: bool = False
+
+
+def _environ_only(early: EarlyRoute) -> str | None:
+    """Why the route's key needs more than the environ (None: it does not)."""
+    varies = early.spec.varies
+    if varies is None:
+        return "its cache_vary names are bound at the first request (@cached)"
+    for vary in varies:
+        if vary.per_user:
+            return f"cache_vary {vary.name!r} is per user (it needs the security policy)"
+        if not vary.header:
+            return f"cache_vary {vary.name!r} is read by application code"
+    return None
+
+
+def _tweens_above(registry) -> list[str]:
+    """The tweens Pyramid runs before the early-hit tween (the order ``ptweens`` shows)."""
+    tweens = registry.queryUtility(ITweens)
+    order = [name for name, _ in (tweens.explicit or tweens.implicit())] if tweens else []
+    return order[:order.index(TWEEN)] if TWEEN in order else ["(no early-hit tween)"]
+
+
+def plan(registry) -> Plan:
+    """Decide which routes the fast path serves (the configuration is committed)."""
+    from . import get_policy
+
+    policy = get_policy(registry)
+    table = registry.get(TABLE_KEY)
+    if not policy.settings.enabled:
+        return Plan({}, {}, "examcache.enabled = false", True)
+    if table is None:
+        return Plan({}, {}, "examcache.early_hits = false", True)
+    if table.disabled is not None:
+        by_settings = registry.get(NOTES_KEY) is None  # eligibility.off_reason said no
+        hint = "" if policy.backend.answers_locally() else " (examcache.near_cache = lease does)"
+        return Plan({}, {}, table.disabled + (hint if by_settings else ""), by_settings)
+    above = _tweens_above(registry)
+    if above == [TOOLBAR]:
+        return Plan({}, {}, "pyramid_debugtoolbar records every request (development)", True)
+    if above:
+        return Plan({}, {}, f"tweens run before the early-hit tween: {', '.join(above)} "
+                            f"(add them under {TWEEN!r})")
+    if table.new_request:
+        return Plan({}, {}, "the application subscribes to NewRequest")
+    new_response = subscribed(registry, NewResponse)
+    routes: dict[str, FrontRoute] = {}
+    skipped = dict(table.skipped)
+    for name, early in table.routes.items():
+        reason = _environ_only(early)
+        if reason is None:
+            routes[name] = FrontRoute(early, new_response or early.http_cache is not None)
+        else:
+            skipped[name] = reason
+    if not routes:
+        return Plan({}, skipped, "no route's key can be built from the WSGI environ alone")
+    return Plan(routes, skipped)
+
+
+class FastPath:
+    """The WSGI application in front of ``router`` (see the module docstring)."""
+
+    def __init__(self, router, table: Plan) -> None:
+        from . import get_policy
+
+        self.router = router
+        registry = router.registry
+        self.routes = table.routes
+        self.mapper = registry.getUtility(IRoutesMapper)
+        self.policy = get_policy(registry)
+        self.notify = registry.notify
+
+    def __getattr__(self, name: str) -> Any:  # the router's attributes (registry, ...)
+        return getattr(self.router, name)
+
+    def __call__(self, environ: dict, start_response) -> Any:
+        method = environ["REQUEST_METHOD"]
+        if method in METHODS and ENVIRON_KEY not in environ:
+            found = self._match(environ, method)
+            if found is not None:
+                served = self._serve(environ, start_response, *found)
+                if served is not None:
+                    return served
+        return self.router(environ, start_response)
+
+    def _match(self, environ: dict, method: str) -> tuple | None:
+        """``(route entry, route, matchdict)`` when the first route the router would
+        match (the mapper's routes, in its order) is served here; else None."""
+        try:  # PEP 3333: PATH_INFO is latin-1 text of the raw bytes (Pyramid decodes UTF-8)
+            path = (environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return None
+        for route in self.mapper.get_routes():
+            match = route.match(path)
+            if match is not None:
+                if route.predicates:  # predicates need a request: the router evaluates them
+                    return None
+                entry = self.routes.get(route.name)
+                if entry is None or method not in entry.early.methods:
+                    return None
+                return entry, route, match
+        return None
+
+    def _serve(self, environ, start_response, entry: FrontRoute, route, match):
+        request = BaseRequest(environ)
+        try:
+            found = locate(entry.early.spec, request, match)
+        except Exception:  # noqa: BLE001 (an undecodable query): the deriver's business
+            return None
+        if isinstance(found, str):  # a bypass: the deriver counts it
+            return None
+        key, tags, _ = found
+        data = self.policy.peek_local(key, tags)
+        if data is None:
+            return None
+        if entry.full:
+            return self._serve_full(environ, start_response, entry, route, match, data)
+        try:
+            etag, headers, offset = http.entity_head(data)
+        except ValueError:
+            return None
+        stats = self.policy.stats
+        if http.matches(request, etag):
+            response = serve_entity(request, data, stats)  # the 304, as the deriver gives it
+            if response is None:
+                return None
+            stats.incr("early_hits")
+            return response(environ, start_response)
+        body = data[offset:]
+        stats.incr("early_hits")
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body))),
+                                  ("X-Cache", "HIT")])
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    def _serve_full(self, environ, start_response, entry: FrontRoute, route, match, data):
+        """A hit with a real request: ``http_cache`` applied and ``NewResponse`` run, as
+        on the router's path (threadlocals pushed by the router's ``request_context``)."""
+        stats = self.policy.stats
+        with self.router.request_context(environ) as request:
+            response = serve_entity(request, data, stats)
+            if response is None:
+                return None
+            early = entry.early
+            if early.http_cache is not None:
+                seconds, options = early.http_cache
+                response.cache_expires(seconds, **options)
+            stats.incr("early_hits")
+            attrs = request.__dict__
+            attrs["matchdict"] = match
+            attrs["matched_route"] = route
+            request.request_iface = early.request_iface
+            try:
+                self.notify(NewResponse(request, response))
+            except Exception:  # noqa: BLE001 what the router's execution policy does with it
+                response = request.invoke_exception_view(reraise=True)
+            return response(environ, start_response)
+
+
+def fast_path(app) -> Any:
+    """Wrap a committed Pyramid application (its router) in the WSGI fast path.
+
+    Returns ``app`` itself, with one warning, where the deployment's settings keep
+    the fast path from serving (``examcache.enabled = false``, early hits off, a
+    backend that cannot answer without I/O, pyramid_debugtoolbar); raises
+    ``ConfigurationError`` naming why where the application's code does (tweens
+    above the early-hit tween, ``NewRequest`` subscribers, no route servable)."""
+    registry = getattr(app, "registry", None)
+    if registry is None or not callable(getattr(app, "request_context", None)):
+        raise ConfigurationError(f"fast_path() wraps a Pyramid router "
+                                 f"(config.make_wsgi_app()), got {app!r}")
+    table = plan(registry)
+    registry[PLAN_KEY] = table
+    if table.disabled is not None:
+        if table.by_settings:
+            log.warning("pyramid_examcache fast path off: %s", table.disabled)
+            return app
+        raise ConfigurationError(f"pyramid_examcache fast_path can serve no route: "
+                                 f"{table.disabled}")
+    return FastPath(app, table)
+
+
+def filter_app_factory(app, global_conf: dict, **local_conf: str) -> Any:
+    """Paste ``filter_app_factory`` (``use = egg:pyramid_examcache#fast_path``)."""
+    if local_conf:
+        raise ConfigurationError(f"the fast_path filter takes no options, got "
+                                 f"{', '.join(sorted(local_conf))}")
+    return fast_path(app)
