@@ -106,8 +106,10 @@ def test_the_pure_python_parser_keeps_the_stream_and_serves_held_values(private_
     commands = out["commands"]
     commands.pop("set", None)   # the noise writer's
     commands.pop("info", None)  # the measurement's
-    # held values are served with no command: no read ever reached Redis ...
-    assert commands.get("hmget", 0) == 0, commands
+    # held values are served with no command: no read reached Redis (in barrier mode a
+    # barrier that misses its deadline on a busy machine falls back to one validated read,
+    # hence the allowance of one in a thousand; a broken stream would validate every read) ...
+    assert commands.get("hmget", 0) <= out["reads"] // 1000, commands
     if lease_ms:  # ... and under a lease nothing per read at all (only the lease keeper's)
         assert sum(commands.values()) < out["reads"] / 100, commands
     else:  # ... with a barrier per read, only the shared PINGs on the tracking connection
