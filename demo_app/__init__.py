@@ -13,6 +13,7 @@ from pyramid.config import Configurator
 from pyramid.renderers import JSON
 from pyramid.tweens import INGRESS
 
+from .headers import EARLY_HITS_TWEEN
 from .settings import parse_demo_settings
 
 
@@ -66,11 +67,18 @@ def make_config(settings: dict) -> Configurator:
     from .throttle import make_throttle
 
     config.registry["demo.throttle"] = make_throttle(settings)
-    config.add_tween("demo_app.tweens.body_limit_tween_factory", under=INGRESS)
+    # under the early-hit tween where there is one (nothing may run before it for the
+    # WSGI fast path, and an early hit is a GET whose body is never read)
+    config.add_tween("demo_app.tweens.body_limit_tween_factory",
+                     under=(EARLY_HITS_TWEEN, INGRESS))
     config.scan(".views")
     return config
 
 
 def main(global_config, **settings):
-    """Return the demo's WSGI application (paste ``app_factory``)."""
-    return make_config(settings).make_wsgi_app()
+    """Return the demo's WSGI application (paste ``app_factory``): its router, behind
+    pyramid_examcache's WSGI fast path where the settings turn early hits on
+    (production.ini: ``examcache.near_cache = lease``)."""
+    from pyramid_examcache import fast_path
+
+    return fast_path(make_config(settings).make_wsgi_app(), optional=True)

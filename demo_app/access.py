@@ -1,10 +1,16 @@
 """Who may read the metrics on the site's listener: ``demo.metrics_allow``.
 
 ``examcache.metrics_path`` (``/metrics``) runs database queries on every scrape and
-describes the site's traffic, so it is not for the public.  After routing (a
-:class:`pyramid.events.ContextFound` subscriber), a request for it from a client
-address outside ``demo.metrics_allow`` (default: this host, ``127.0.0.0/8 ::1/128``)
-is answered exactly like a path that does not exist: 404.
+describes the site's traffic, so it is not for the public.  A request for it from a
+client address outside ``demo.metrics_allow`` (default: this host, ``127.0.0.0/8
+::1/128``) is answered exactly like a path that does not exist: 404.
+
+The guard is a tween under Pyramid's exception-view tween (so the 404 is the
+application's not-found view, as for any unknown path), and it compares the path
+Pyramid routes on (``request.path_info``) with the route's fixed pattern.  It is
+not a ``ContextFound`` subscriber: an application subscribing to ``ContextFound`` gets
+no early hits (pyramid_examcache warns, naming the subscriber's event), because early
+hits skip routing.
 
 The client address is ``REMOTE_ADDR`` as the WSGI server set it, never a header the
 client writes.  Behind a reverse proxy on this host every request comes from
@@ -16,8 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyramid.events import ContextFound
 from pyramid.httpexceptions import HTTPNotFound
+from pyramid.tweens import EXCVIEW
 
 from .settings import get_demo_settings
 
@@ -47,15 +53,18 @@ def metrics_allowed(request) -> bool:
         address in network for network in get_demo_settings(request).metrics_allow)
 
 
-def includeme(config) -> None:
-    path = str(config.get_settings().get(METRICS_PATH) or "").strip()
-    if not path:
-        return
+def metrics_guard_tween_factory(handler, registry):
+    """404 for ``examcache.metrics_path`` unless the client may read the metrics."""
+    path = str(registry.settings.get(METRICS_PATH) or "").strip()
 
-    def guard_metrics(event: ContextFound) -> None:
-        request = event.request
-        route = request.matched_route
-        if route is not None and route.pattern == path and not metrics_allowed(request):
+    def metrics_guard_tween(request):
+        if request.path_info == path and not metrics_allowed(request):
             raise HTTPNotFound(request.path_info)  # the same answer as any unknown path
+        return handler(request)
 
-    config.add_subscriber(guard_metrics, ContextFound)
+    return metrics_guard_tween
+
+
+def includeme(config) -> None:
+    if str(config.get_settings().get(METRICS_PATH) or "").strip():
+        config.add_tween("demo_app.access.metrics_guard_tween_factory", under=EXCVIEW)

@@ -3,14 +3,19 @@
 every HTML page (the demo's, the add-on's admin page, the docs): none may be framed
 (clickjacking).
 
-Set by a :class:`pyramid.events.NewResponse` subscriber, i.e. after the view
-and pyramid_examcache's view deriver have returned: the per-user copy of the
-exam view is still stored in the cache (the add-on refuses to store responses
-marked ``private``), and hits get the headers as well as misses.
+Set by a tween placed right under pyramid_examcache's early-hit tween (over
+pyramid_tm and the exception views), i.e. after the view and the add-on's view
+deriver have returned: the per-user copy of the exam view is still stored in the
+cache (the add-on refuses to store responses marked ``private``), and the deriver's
+hits get the headers as well as misses.  The early hits the tween above it (or the
+WSGI fast path) serves are the questions route's: public JSON, which these rules
+leave as stored (``tests/demo/test_early_hits.py`` checks they are byte for byte
+the router's).  It is not a ``NewResponse`` subscriber: with one, each fast-path hit
+would build a request to notify it (four times the cost, ``docs/design/early-hits.md``).
 """
 from __future__ import annotations
 
-from pyramid.events import NewResponse
+from pyramid.tweens import EXCVIEW, INGRESS
 
 #: routes whose every response concerns the caller (credentials, tokens, own account)
 PRIVATE_ROUTES = frozenset({"login", "register", "verify", "job"})
@@ -36,8 +41,7 @@ def frame_headers(response) -> None:
         response.headers["Content-Security-Policy"] = policy
 
 
-def private_headers(event: NewResponse) -> None:
-    request, response = event.request, event.response
+def private_headers(request, response) -> None:
     route = getattr(request, "matched_route", None)
     name = route.name if route is not None else None
     frame_headers(response)
@@ -50,5 +54,20 @@ def private_headers(event: NewResponse) -> None:
             response.headers["Cache-Control"] = "private"
 
 
+def headers_tween_factory(handler, registry):
+    def headers_tween(request):
+        response = handler(request)
+        private_headers(request, response)
+        return response
+
+    return headers_tween
+
+
+#: pyramid_examcache's early-hit tween (``ptweens`` shows it)
+EARLY_HITS_TWEEN = "pyramid_examcache.cache.early.early_hits_tween_factory"
+
+
 def includeme(config) -> None:
-    config.add_subscriber(private_headers, NewResponse)
+    config.add_tween("demo_app.headers.headers_tween_factory",
+                     under=(EARLY_HITS_TWEEN, INGRESS),
+                     over=("pyramid_tm.tm_tween_factory", EXCVIEW))

@@ -28,6 +28,8 @@ skipped and why the answer is the same: ``docs/design/early-hits.md``.
 """
 from __future__ import annotations
 
+import logging
+
 from pyramid.events import NewRequest
 from pyramid.interfaces import IRoutesMapper
 
@@ -37,6 +39,8 @@ from .views import locate, serve_entity
 
 #: dotted name of the tween factory (``ptweens`` shows it)
 TWEEN = "pyramid_examcache.cache.early.early_hits_tween_factory"
+
+log = logging.getLogger(__name__)
 
 
 def early_hits_tween_factory(handler, registry):
@@ -49,7 +53,13 @@ def early_hits_tween_factory(handler, registry):
         return handler
     table = early_table(registry)
     registry[TABLE_KEY] = table
-    if table.disabled is not None or not table.routes:
+    if table.disabled is not None:
+        # the settings asked for early hits and the application's code rules them out:
+        # say so once, with the reason (the demo's ContextFound guard did this silently)
+        log.warning("pyramid_examcache early hits off: %s (docs/design/early-hits.md "
+                    "says what the tween needs)", table.disabled)
+        return handler
+    if not table.routes:
         return handler
     policy = get_policy(registry)
     routes = table.routes

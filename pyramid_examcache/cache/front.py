@@ -225,14 +225,16 @@ class FastPath:
             return response(environ, start_response)
 
 
-def fast_path(app) -> Any:
+def fast_path(app, *, optional: bool = False) -> Any:
     """Wrap a committed Pyramid application (its router) in the WSGI fast path.
 
     Returns ``app`` itself, with one warning, where the deployment's settings keep
     the fast path from serving (``examcache.enabled = false``, early hits off, a
     backend that cannot answer without I/O, pyramid_debugtoolbar); raises
     ``ConfigurationError`` naming why where the application's code does (tweens
-    above the early-hit tween, ``NewRequest`` subscribers, no route servable)."""
+    above the early-hit tween, ``NewRequest`` subscribers, no route servable).
+    ``optional=True`` (an app factory that always calls it): no warning for the
+    settings' reasons, which are then the deployment's choice; the code's still raise."""
     registry = getattr(app, "registry", None)
     if registry is None or not callable(getattr(app, "request_context", None)):
         raise ConfigurationError(f"fast_path() wraps a Pyramid router "
@@ -241,7 +243,8 @@ def fast_path(app) -> Any:
     registry[PLAN_KEY] = table
     if table.disabled is not None:
         if table.by_settings:
-            log.warning("pyramid_examcache fast path off: %s", table.disabled)
+            if not optional:
+                log.warning("pyramid_examcache fast path off: %s", table.disabled)
             return app
         raise ConfigurationError(f"pyramid_examcache fast_path can serve no route: "
                                  f"{table.disabled}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import functools
+import logging
 import os
 import subprocess
 import sys
@@ -624,8 +625,11 @@ def test_an_invalidation_committed_by_a_write_is_seen_by_the_next_early_read(app
     assert early_hits(early) == 5
 
 
-def test_a_context_found_subscriber_turns_early_hits_off():
+def test_a_context_found_subscriber_turns_early_hits_off(caplog):
+    """...and says so once, naming the event: the demo's ContextFound guard of /metrics
+    once turned production.ini's early hits off without a word."""
     counts = Counts()
+    caplog.set_level(logging.WARNING, logger="pyramid_examcache.cache.early")
     with Configurator(settings={"examcache.redis_url": "memory://"}) as config:
         config.include("pyramid_examcache")
         config.add_subscriber(lambda event: counts("context"), ContextFound)
@@ -637,6 +641,8 @@ def test_a_context_found_subscriber_turns_early_hits_off():
     app.get("/items/1")
     assert counts["context"] == 2 and early_hits(wsgi) == 0
     assert "ContextFound" in wsgi.registry[TABLE_KEY].disabled
+    warned = [r.getMessage() for r in caplog.records if r.name == "pyramid_examcache.cache.early"]
+    assert len(warned) == 1 and "early hits off" in warned[0] and "ContextFound" in warned[0]
     get_policy(wsgi.registry).close()
 
 

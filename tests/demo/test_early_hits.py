@@ -2,9 +2,17 @@
 served by the early-hit tween, byte for byte what the view deriver serves."""
 from __future__ import annotations
 
+import logging
+
+import pytest
+from webtest import TestApp
+
+import demo_app
 from pyramid_examcache.cache import get_policy
 from pyramid_examcache.cache.early import TABLE_KEY
+from pyramid_examcache.cache.front import PLAN_KEY
 
+from ..polling import wait_until
 from .conftest import base_settings, close_testapp, make_testapp
 
 
@@ -14,7 +22,7 @@ def early_hits(app) -> int:
 
 def test_the_demo_serves_its_questions_list_early(db, redis_prefix):
     """The demo's exam questions route (public, no permission, no vary) is eligible; its
-    NewResponse subscriber (``headers.py``, reads ``request.matched_route``) still runs;
+    headers tween (``headers.py``, reads ``request.matched_route``) still runs;
     the per-user exam view (``cache_vary``) is not served early."""
     url = db.url.render_as_string(hide_password=False)
     responses = {}
@@ -30,12 +38,61 @@ def test_the_demo_serves_its_questions_list_early(db, redis_prefix):
             assert [r.headers["X-Cache"] for r in seen] == ["MISS", "HIT", "HIT"]
             login = app.post_json("/api/auth/login", {"email": "teacher@example.com",
                                                       "password": "examcache-demo"})
-            assert "no-store" in login.headers["Cache-Control"]  # the subscriber's work
+            assert "no-store" in login.headers["Cache-Control"]  # the headers tween's work
             exam = [app.get("/api/exams/1") for _ in range(2)]
             assert exam[1].headers["X-Cache"] == "HIT"
-            assert "Authorization" in exam[1].headers["Vary"]  # per-user route: subscriber
+            assert "Authorization" in exam[1].headers["Vary"]  # per-user route: the tween
             responses[flag] = (seen[-1].status, sorted(seen[-1].headerlist), seen[-1].body)
             assert early_hits(app.app) == (2 if flag == "true" else 0)
         finally:
             close_testapp(app)
     assert responses["true"] == responses["false"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis-lease"])
+def test_main_serves_the_questions_hits_before_pyramid_builds_a_request(
+        db, redis_url, redis_prefix, backend, caplog):
+    """``demo_app.main`` (what pserve runs) wraps the router in the add-on's WSGI fast
+    path when early hits are on, as with production.ini's ``near_cache = lease`` and
+    ``metrics_path``: the questions' hits are served from the environ (no request, no
+    subscriber), byte for byte what the router serves; the /metrics guard, the body
+    limit and the per-user headers (tweens under the early-hit tween) still apply."""
+    extra = {"examcache.key_prefix": redis_prefix, "examcache.metrics_path": "/metrics"}
+    if backend == "redis-lease":
+        extra.update({"examcache.redis_url": redis_url, "examcache.near_cache": "lease"})
+    settings = base_settings(db.url.render_as_string(hide_password=False), **extra)
+    caplog.set_level(logging.WARNING)
+    fast = TestApp(demo_app.main({}, **settings))
+    plain = make_testapp(dict(settings, **{"examcache.key_prefix": redis_prefix + "plain:"}))
+    try:
+        plan = fast.app.registry[PLAN_KEY]
+        assert plan.disabled is None, plan.disabled
+        assert {name: r.full for name, r in plan.routes.items()} == {"exam_questions": False}
+        seen = {}
+        for name, app in (("fast", fast), ("plain", plain)):
+            assert app.get("/api/exams/1/questions").headers["X-Cache"] == "MISS", name
+            # on Redis the near cache holds the value once tracking confirms the fill
+            # (asynchronously): read until a hit is served locally, then once more
+            wait_until(lambda app=app: app.get("/api/exams/1/questions").headers["X-Cache"]
+                       == "HIT" and early_hits(app.app) >= 1, timeout=10)
+            before = early_hits(app.app)
+            last = app.get("/api/exams/1/questions")
+            assert last.headers["X-Cache"] == "HIT" and early_hits(app.app) == before + 1
+            seen[name] = (last.status, sorted(last.headerlist), last.body)
+        assert seen["fast"] == seen["plain"]
+        outsider = {"REMOTE_ADDR": "203.0.113.9"}
+        hidden = fast.get("/metrics", extra_environ=outsider, status=404).body
+        assert hidden == fast.get("/nometrics", extra_environ=outsider, status=404).body \
+            .replace(b"/nometrics", b"/metrics")  # as if the path did not exist
+        assert b"examcache_" in fast.get("/metrics", extra_environ={"REMOTE_ADDR": "127.0.0.1"}).body
+        fast.post("/api/auth/register", b"x" * (2 << 20),
+                  headers={"Content-Type": "application/json"}, status=413)
+        login = fast.post_json("/api/auth/login", {"email": "teacher@example.com",
+                                                   "password": "examcache-demo"})
+        assert "no-store" in login.headers["Cache-Control"]
+        assert "Authorization" in fast.get("/api/exams/1").headers["Vary"]
+        off = [r.getMessage() for r in caplog.records if "off:" in r.getMessage()]
+        assert off == []  # neither "early hits off" nor "fast path off"
+    finally:
+        close_testapp(fast)
+        close_testapp(plain)
