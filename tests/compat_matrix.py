@@ -13,7 +13,6 @@ tests/test_compat_matrix.py. What runs and why: docs/testing.md#compatibility-ma
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import subprocess
@@ -27,7 +26,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from .distributions import ROOT, clean_env, run
+from .distributions import ROOT, clean_env, run, uv_env, wheel_requirement
 
 #: the dependencies whose floor and newest version the matrix pins down and reports
 AXES = ("redis", "hiredis", "sqlalchemy", "pyramid", "huey")
@@ -137,37 +136,8 @@ def combinations(allowed: list[Interpreter]) -> list[Combination]:
     return combos
 
 
-@functools.cache
-def pip_index_args() -> tuple[str, ...]:
-    """pip's index configuration (``pip config list``, which includes PIP_* variables),
-    as uv options; uv looks at every index for the best version, as pip does."""
-    listed = run([sys.executable, "-m", "pip", "config", "list"], 60)
-    assert listed.returncode == 0, listed.stderr
-    values: dict[str, str] = {}
-    for line in listed.stdout.splitlines():
-        match = re.fullmatch(r"[^.]*\.([\w-]+)='(.*)'", line.strip())
-        if match:
-            values[match.group(1)] = match.group(2)  # later lines (env) win, as in pip
-    args = ["--index-strategy", "unsafe-best-match"]
-    if "index-url" in values:
-        args += ["--index-url", values["index-url"]]
-    for option in ("extra-index-url", "find-links", "constraint"):
-        for value in values.get(option, "").split():
-            args += [f"--{option}", value]
-    return tuple(args)
-
-
-def uv_env(venv: Path) -> dict[str, str]:
-    env = clean_env(venv)
-    cert = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
-    if cert:
-        env["SSL_CERT_FILE"] = cert
-    return env
-
-
 def requirements(combo: Combination, wheel: Path) -> list[str]:
-    extras = "[hiredis]" if combo.hiredis else ""
-    reqs = [f"pyramid_examcache{extras} @ {wheel.resolve().as_uri()}"]
+    reqs = [wheel_requirement(wheel, ("hiredis",) if combo.hiredis else ())]
     if combo.floor:  # direct requirements, so that lowest-direct takes their floor
         reqs += project()["dependencies"]
     return reqs
@@ -180,7 +150,7 @@ def make_env(uv: str, combo: Combination, wheel: Path, venv: Path) -> str:
     if made.returncode != 0:
         return f"uv venv failed:\n{made.stderr[-3000:]}"
     install = [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
-               *pip_index_args(), *requirements(combo, wheel)]
+               *requirements(combo, wheel)]
     if combo.floor:
         install[3:3] = ["--resolution", "lowest-direct"]
         cached = run([*install, "--offline"], 300, env=uv_env(venv))

@@ -1,7 +1,8 @@
 """The package as users get it: build the sdist and the wheel from a copy of the sources, and
 make fresh virtual environments that install the wheel (never the working tree, never
 editable). Shared by tests/test_wheel.py and tests/test_minimal_install.py through the
-session fixture ``built_dists`` (tests/conftest.py), so the wheel is built once per run.
+session fixture ``built_dists`` (tests/conftest.py), so the wheel is built once per run;
+tests/compat_matrix.py makes its environments with the same pip index (``uv_env``).
 
 uv (the test extra) installs, in the build's isolated environments too, from the registry
 pip is configured with (``pip config list``, PIP_* variables; every index searched for the

@@ -20,9 +20,8 @@ from pathlib import Path
 from uv import find_uv_bin
 
 from .compat_matrix import (Combination, combinations, installed_versions, interpreters,
-                            make_env, pip_index_args, project,
-                            version_problems)
-from .distributions import ROOT, clean_env, run
+                            make_env, project, version_problems)
+from .distributions import ROOT, clean_env, pip_index, run
 
 
 def run_combination(uv: str, combo: Combination, wheel: Path, redis_url: str, tmp: Path) -> dict:
@@ -77,7 +76,7 @@ def test_the_wheel_works_on_every_python_with_the_oldest_and_newest_dependencies
     combos = combinations(allowed)
     tmp = Path(tempfile.mkdtemp(prefix="examcache-compat-"))
     uv = find_uv_bin()  # once: it reads sysconfig, which is not thread-safe
-    pip_index_args()  # once (pip config list), before the threads ask for it
+    pip_index()  # once (pip config list), before the threads ask for it
     try:
         with ThreadPoolExecutor(len(combos)) as pool:
             results = list(pool.map(
