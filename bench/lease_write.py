@@ -34,6 +34,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+from .charts import pyplot, save
+
 MODES = {"lease": 1000, "barrier": 0}  # examcache.tracking_lease_ms per mode
 GOALS = {"p99_ms_n16_load": 10.0, "writes_per_s_8_writers": 1000.0}
 
@@ -184,12 +186,7 @@ def measure_writers(url: str, mode: str, writers: int, readers: int, seconds: fl
 
 
 def chart(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for mode in MODES:
         for load, style in ((False, "--"), (True, "-")):
             rows = [r for r in results["scaling"] if r["mode"] == mode and r["load"] == load]
@@ -202,8 +199,7 @@ def chart(results: dict, path: str) -> None:
     ax.set_ylabel("invalidate() p99, ms")
     ax.set_title("What a write costs as processes multiply")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
 
 
 def report(results: dict, chart_rel: str) -> str:

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from importlib import metadata
 
+from .charts import pyplot, save
+from .stats import sum_counts
+
 PACKAGES = ("pyramid", "pyramid_tm", "waitress", "SQLAlchemy", "psycopg", "redis", "hiredis",
             "huey", "aiosmtpd", "dogpile.cache", "webob")
 
@@ -68,18 +71,13 @@ def _goals(goals: dict) -> list[str]:
 
 
 def chart(result: dict, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [name for name, _ in _ordered(result["targets"])]
     rps = [result["targets"][n]["rps"] for n in names]
     runs = [[x["rps"] for x in result["targets"][n]["runs"]] for n in names]
     palette = {"ours": "#1f77b4", "ours-tracking": "#ff7f0e", "ours-lease": "#2ca02c",
                "ours-early": "#d62728"}
     colors = [palette.get(n, "#999999") for n in names]
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(9, 4.2), dpi=110)
     bars = ax.bar(names, rps, color=colors)
     for i, values in enumerate(runs):
         ax.scatter([i] * len(values), values, color="black", s=8, zorder=3)
@@ -94,10 +92,7 @@ def chart(result: dict, path: str) -> str:
                  f"{result['connections']} connections, waitress {result['server_threads']} threads",
                  fontsize=9)
     ax.set_ylim(0, max(max(v) for v in runs) * 1.25)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
@@ -434,7 +429,7 @@ def _write_section(t: dict) -> list[str]:
               f"(including the wait for the empty table): {deletes} DELETE statements for "
               f"{len(on_runs) * t['writes']} PUTs, "
               + ", ".join(f"{k} {v}" for k, v in sorted(
-                  _sum_counts([x["relay_statements"] for x in on_runs]).items()))
+                  sum_counts([x["relay_statements"] for x in on_runs]).items()))
               + f", {sum(x['relay_commits'] for x in on_runs)} COMMITs.", ""]
     for mode, m in t["modes"].items():
         x = m["configs"]["on"]
@@ -492,14 +487,6 @@ def median_list(values):
     from .stats import median
 
     return median(values)
-
-
-def _sum_counts(dicts) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def _join(runs, field, fmt) -> str:

@@ -1,4 +1,4 @@
-"""Small statistics helpers (medians, percentiles, ratios)."""
+"""Small statistics helpers (medians, percentiles, ratios, summed counts)."""
 from __future__ import annotations
 
 import statistics
@@ -20,3 +20,12 @@ def percentile(values, p: float):
 
 def ratio(a, b):
     return None if not a or not b else a / b
+
+
+def sum_counts(dicts) -> dict:
+    """The counts of every ``{name: count}`` in ``dicts``, summed name by name."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out

@@ -12,12 +12,13 @@ out within a priority). Each mail must arrive exactly once.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
 
+from ..charts import pyplot, save
 from ..stats import median, percentile
+from .mail_parts import insert_rows, outbox_rows, run_alone
 
 BACKLOG = 3000
 PROBES = 30
@@ -25,25 +26,12 @@ INTERVAL = 0.3
 
 
 def _rows(prefix: str, n: int, priority: int) -> list[dict]:
-    from pyramid_examcache.mail.message import make_message_id
-    from pyramid_examcache.mail.outbox import new_row, utcnow
-
-    sender = "no-reply@example.com"
-    rows = []
-    for i in range(n):
-        job_id = uuid.uuid4().hex
-        rows.append(new_row(job_id, make_message_id(job_id, sender), sender,
-                            [f"{prefix}{i}@example.com"], "Priority", "<p>p</p>", None, {},
-                            utcnow(), priority=priority))
-    return rows
+    return outbox_rows(prefix, n, "Priority", "<p>p</p>", priority=priority)
 
 
 def _queue(queue, engine, rows: list[dict]) -> None:
     """Commit ``rows`` in one transaction, then push them (the after-commit step)."""
-    from pyramid_examcache.mail.outbox import outbox_table
-
-    with engine.begin() as conn:
-        conn.execute(outbox_table.insert(), rows)
+    insert_rows(engine, rows)
     if len(rows) == 1:
         queue.push(engine, rows[0]["id"])
     else:
@@ -117,11 +105,9 @@ def run(env, sink, queue_url: str, workers: int = 4, quick: bool = False) -> dic
 
 def chart(t: dict, path: str) -> str:
     """A histogram of the probes' queue-to-delivery latency, high vs low (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     values = t["latency_s"]
     lo = max(min(min(v) for v in values.values()), 0.01)
@@ -140,10 +126,7 @@ def chart(t: dict, path: str) -> str:
                  f"{t['interval_s']} s behind a backlog of {t['backlog']:,} low-priority mails; "
                  f"examcache-consumer -w {t['workers']}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def markdown(t: dict, chart_path: str | None = None) -> list[str]:
@@ -173,19 +156,8 @@ def markdown(t: dict, chart_path: str | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run this part alone in its own bench environment: ``OUT_DIR/mail-priority.json``, the
     chart ``OUT_DIR/mail-priority.png`` and the Markdown section on stdout."""
-    import json
-
-    from ..env import environment
-    from ..smtpsink import Sink
-
-    out_dir = (argv or sys.argv[1:] or ["bench/results"])[0]
-    os.makedirs(out_dir, exist_ok=True)
-    with environment() as env, Sink() as sink:
-        result = run(env, sink, env.queue_url.rsplit("/", 1)[0] + "/2")
-    with open(os.path.join(out_dir, "mail-priority.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
-    path = chart(result, os.path.join(out_dir, "mail-priority.png"))
-    print("\n".join(markdown(result, path)))
+    result, path = run_alone("mail-priority", run, argv)
+    print("\n".join(markdown(result, chart(result, path))))
     return 0
 
 

@@ -14,12 +14,13 @@ processes start on the same queue and share the limit through its Redis. At the 
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
 
+from ..charts import pyplot, save
 from ..stats import median
+from .mail_parts import insert_rows, outbox_rows, run_alone
 
 #: (mail.rate_limit, mails queued): about four periods' worth each
 RATES = (("10/s", 40), ("25/s", 100), ("50/s", 200))
@@ -40,19 +41,8 @@ def most_in_any_window(times: list[float], period: float) -> int:
 def _queue(db_url: str, prefix: str, n: int) -> None:
     from sqlalchemy import create_engine
 
-    from pyramid_examcache.mail.message import make_message_id
-    from pyramid_examcache.mail.outbox import new_row, outbox_table, utcnow
-
     engine = create_engine(db_url)
-    sender = "no-reply@example.com"
-    rows = []
-    for i in range(n):
-        job_id = uuid.uuid4().hex
-        rows.append(new_row(job_id, make_message_id(job_id, sender), sender,
-                            [f"{prefix}{i}@example.com"], "Rate", "<p>rate</p>", None, {},
-                            utcnow()))
-    with engine.begin() as conn:
-        conn.execute(outbox_table.insert(), rows)
+    insert_rows(engine, outbox_rows(prefix, n, "Rate", "<p>rate</p>"))
     engine.dispose()
 
 
@@ -133,12 +123,7 @@ def markdown(t: dict) -> list[str]:
 def chart(t: dict, path: str) -> str:
     """Arrivals in the trailing window of one period, ÷ the limit, over time (first round of
     each rate): the guarantee is that the line never rises above 1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = pyplot().subplots(figsize=(8, 3.6))
     for rate, x in t["rates"].items():
         run = x["runs"][0]
         times, period = run["arrivals"], run["period_s"]
@@ -151,27 +136,14 @@ def chart(t: dict, path: str) -> str:
     ax.set_ylim(0, 1.2)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Rate limiter: arrivals at the SMTP sink in the trailing window")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run this part alone in its own bench environment: ``OUT_DIR/mail-ratelimit.json``, the
     chart ``OUT_DIR/mail-ratelimit.png`` and the Markdown section on stdout."""
-    import json
-
-    from ..env import environment
-    from ..smtpsink import Sink
-
-    out_dir = (argv or sys.argv[1:] or ["bench/results"])[0]
-    os.makedirs(out_dir, exist_ok=True)
-    with environment() as env, Sink() as sink:
-        result = run(env, sink, env.queue_url.rsplit("/", 1)[0] + "/2")
-    with open(os.path.join(out_dir, "mail-ratelimit.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
-    chart(result, os.path.join(out_dir, "mail-ratelimit.png"))
+    result, path = run_alone("mail-ratelimit", run, argv)
+    chart(result, path)
     print("\n".join(markdown(result)))
     return 0
 

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import time
 
+from ..charts import pyplot, save
 from ..deployments import Deployment
 from ..stats import median, ratio
 from .consistency import _VERSION, race
@@ -160,14 +161,9 @@ def _summary(plan, runs: dict, rounds: int, seconds: float, count: int) -> dict:
 
 
 def chart(result: dict, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     deps = result["deployments"]
     names = list(deps)
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(9, 4.2), dpi=110)
     xs = range(len(names))
     ax.bar([i - 0.2 for i in xs], [deps[n]["rps"] for n in names], width=0.4,
            label="hits only", color="#1f77b4")
@@ -182,10 +178,7 @@ def chart(result: dict, path: str) -> str:
                  f"{os.cpu_count()} cores", fontsize=9)
     ax.legend(fontsize=8)
     ax.set_ylim(0, max(deps[n]["rps"] for n in names) * 1.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _rounds(hits: list[dict]) -> str:

@@ -23,7 +23,7 @@ import subprocess
 import time
 
 from ..env import THREADS
-from ..stats import median, ratio
+from ..stats import median, ratio, sum_counts
 
 CONNECTIONS = 8
 WRK_THREADS = 2
@@ -197,7 +197,7 @@ def run(env, quick: bool = False, rounds: int | None = None, seconds: float | No
             "server_cpu_us": median([x["server_cpu_us"] for x in r]),
             "redis_cpu_us": median([x["redis_cpu_us"] for x in r]),
             "redis_calls_per_req": median([x.get("redis_calls_per_req") for x in r]),
-            "redis_calls": _sum_calls(x.get("redis_calls") or {} for x in r),
+            "redis_calls": sum_counts(x.get("redis_calls") or {} for x in r),
             "requests": round(sum(x["rps"] for x in r) * max(1, round(seconds))),
             "other_cpu_s": [x["other_cpu_s"] for x in r],
             "errors": sum(x["non2xx"] + x["socket_errors"] for x in r)}
@@ -254,11 +254,3 @@ def _serve_bare(env, bodies: dict, responses: dict):
     path = os.path.join(env.workdir, "bare-response.json")
     save_response(path, body, headers)
     return env.serve("bare", name="bare", response=path)
-
-
-def _sum_calls(dicts) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
