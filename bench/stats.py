@@ -1,4 +1,5 @@
-"""Small statistics helpers (medians, percentiles, ratios, summed counts)."""
+"""Small statistics helpers (medians, percentiles, ratios, summed counts, the
+most events in one window)."""
 from __future__ import annotations
 
 import statistics
@@ -29,3 +30,16 @@ def sum_counts(dicts) -> dict:
         for k, v in d.items():
             out[k] = out.get(k, 0) + v
     return out
+
+
+def most_in_any_window(times: list[float], period: float) -> int:
+    """The largest number of ``times`` in one window ``[t, t + period)`` anchored at any of
+    them (a window holding the most arrivals can always be slid to start at one)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < start + period:
+            j += 1
+        best = max(best, j - i)
+    return best

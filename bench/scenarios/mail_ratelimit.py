@@ -19,23 +19,12 @@ import time
 import uuid
 
 from ..charts import pyplot, save
-from ..stats import median
+from ..stats import median, most_in_any_window
 from .mail_parts import insert_rows, outbox_rows, run_alone
 
 #: (mail.rate_limit, mails queued): about four periods' worth each
 RATES = (("10/s", 40), ("25/s", 100), ("50/s", 200))
 CONSUMERS = 2
-
-
-def most_in_any_window(times: list[float], period: float) -> int:
-    times = sorted(times)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        j = max(j, i)
-        while j < len(times) and times[j] < start + period:
-            j += 1
-        best = max(best, j - i)
-    return best
 
 
 def _queue(db_url: str, prefix: str, n: int) -> None:

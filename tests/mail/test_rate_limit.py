@@ -26,23 +26,12 @@ from pyramid_examcache.mail.status import job_status
 from pyramid_examcache.rates import Rate
 from pyramid_examcache.settings import parse_mail_settings
 
+from bench.stats import most_in_any_window
+
 from .helpers import insert_job
 from .support import ConsumerProcess, wait_until, write_ini
 
 SENDER = "no-reply@exams.example"
-
-
-def most_in_any_window(times: list[float], period: float) -> int:
-    """The largest number of ``times`` in one window ``[t, t + period)`` anchored at any of
-    them (a window holding the most arrivals can always be slid to start at one)."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        j = max(j, i)
-        while j < len(times) and times[j] < start + period:
-            j += 1
-        best = max(best, j - i)
-    return best
 
 
 def test_most_in_any_window_counts_across_bucket_boundaries():
