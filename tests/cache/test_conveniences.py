@@ -137,6 +137,31 @@ def test_another_process_near_cache_sees_a_set_on_its_next_read(private_redis, p
         assert reader.get_or_set("k", lambda: "loaded") == f"v{version}"
 
 
+@pytest.mark.parametrize("mode", ["check", "barrier", "lease"])
+def test_a_committed_request_cache_set_reaches_another_process_near_cache(private_redis,
+                                                                         policies, mode):
+    """``request.cache.set`` in a transaction: another process (its own backend, tracking)
+    keeps its near-cached value until the commit, and reads the new one on its very next
+    read after it."""
+    extra = {"examcache.near_cache": mode}
+    app = make_app(private_redis.url, **extra)
+    env = prepare(registry=app.registry)
+    request, reader = env["request"], policies(private_redis.url, **extra)
+    try:
+        request.cache.set("k", "v1")  # no transaction: at once
+        wait_until(lambda: reader.get("k") == "v1" and reader.backend.near_cache_bytes() > 0,
+                   timeout=10, message="the reader holds v1 in its near cache")
+        for version in range(2, 12):
+            request.tm.begin()
+            request.cache.set("k", f"v{version}")
+            assert reader.get("k") == f"v{version - 1}"  # not before the commit
+            request.tm.commit()
+            assert reader.get("k") == f"v{version}"  # its very next read, no polling
+    finally:
+        env["closer"]()
+        get_policy(app.registry).close()
+
+
 # -- in a transaction --------------------------------------------------------------------------
 
 def test_set_and_delete_wait_for_the_commit_and_vanish_on_abort(script_request):
