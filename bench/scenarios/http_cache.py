@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import threading
+from contextlib import contextmanager
 
 from ..stats import median, ratio
 from .throughput import CONNECTIONS, WRK_THREADS, _process_cpu, parse_wrk, wait_quiet
@@ -113,22 +114,36 @@ def _summary(runs: list[dict]) -> dict:
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in runs)}
 
 
+@contextmanager
+def _served(env, name: str):
+    """(the demo served as ``ours`` under ``name``, the bench's Redis); stopped on leaving."""
+    server = env.serve("ours", name=name)
+    try:
+        yield server, env.redis()
+    finally:
+        server.stop()
+
+
+def _alternating(server, redis, variants: dict[str, dict], rounds: int,
+                 seconds: float) -> dict[str, list]:
+    """``rounds`` wrk runs of each variant (name: its request headers), alternating."""
+    runs: dict[str, list] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, headers in variants.items():
+            runs[name].append(measured(server, redis, headers, seconds))
+    return runs
+
+
 def run_logged_in(env, quick: bool = False, rounds: int = 5, seconds: float = 5.0) -> dict:
     if quick:
         rounds, seconds = 1, 1.0
-    server = env.serve("ours", name="logged-in")
-    redis = env.redis()
-    try:
+    with _served(env, "logged-in") as (server, redis):
         tokens = _tokens(env, server, THREADS)
         auth = [{"Authorization": f"Bearer {t}"} for t in tokens]
         ratios = {"logged-in": hit_ratio(server, redis, lambda i: auth[i]),
                   "anonymous": hit_ratio(server, redis, lambda i: {})}
-        runs: dict[str, list] = {"logged-in": [], "anonymous": []}
-        for _ in range(rounds):
-            runs["logged-in"].append(measured(server, redis, auth[0], seconds))
-            runs["anonymous"].append(measured(server, redis, {}, seconds))
-    finally:
-        server.stop()
+        runs = _alternating(server, redis, {"logged-in": auth[0], "anonymous": {}}, rounds,
+                            seconds)
     out = {"threads": THREADS, "per_thread": PER_THREAD, "rounds": rounds, "seconds": seconds,
            "connections": CONNECTIONS, "hit_ratio": ratios,
            "wrk": {name: _summary(r) for name, r in runs.items()}}
@@ -142,9 +157,7 @@ def run_logged_in(env, quick: bool = False, rounds: int = 5, seconds: float = 5.
 def run_revalidate(env, quick: bool = False, rounds: int = 5, seconds: float = 5.0) -> dict:
     if quick:
         rounds, seconds = 1, 1.0
-    server = env.serve("ours", name="revalidate")
-    redis = env.redis()
-    try:
+    with _served(env, "revalidate") as (server, redis):
         client = server.client()
         for _ in range(3):
             status, headers, body = client.request("GET", PATH)
@@ -153,13 +166,8 @@ def run_revalidate(env, quick: bool = False, rounds: int = 5, seconds: float = 5
         status, h304, body304 = client.request("GET", PATH, headers={"If-None-Match": etag})
         client.close()
         assert status == 304 and body304 == b"", (status, body304[:100])
-        runs: dict[str, list] = {"plain GET": [], "If-None-Match": []}
-        for _ in range(rounds):
-            runs["plain GET"].append(measured(server, redis, {}, seconds))
-            runs["If-None-Match"].append(measured(server, redis, {"If-None-Match": etag},
-                                                  seconds))
-    finally:
-        server.stop()
+        runs = _alternating(server, redis, {"plain GET": {}, "If-None-Match": {
+            "If-None-Match": etag}}, rounds, seconds)
     out = {"rounds": rounds, "seconds": seconds, "connections": CONNECTIONS, "etag": etag,
            "body_bytes": len(body), "wrk": {name: _summary(r) for name, r in runs.items()},
            "headers_304": sorted(h304)}
