@@ -16,6 +16,7 @@ import copy
 import json
 import pathlib
 import re
+import shutil
 
 import pytest
 import yaml
@@ -36,18 +37,22 @@ def _types(exposition: str) -> dict[str, str]:
     return dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE))
 
 
-def _web_exposition(tmp_path) -> str:
+def _web_exposition(tmp_path, redis_url: str) -> str:
+    """``/metrics`` of a web app on ``redis_url`` (with a Redis, the durable invalidation
+    log's table too: its relay runs)."""
     from pyramid.config import Configurator
     from sqlalchemy import create_engine
     from webtest import TestApp
 
+    from pyramid_examcache.cache import get_policy, invalidation_log
     from pyramid_examcache.mail import outbox
 
     db_url = f"sqlite:///{tmp_path / 'app.sqlite'}"
     engine = create_engine(db_url)
     outbox.metadata.create_all(engine)
+    invalidation_log.metadata.create_all(engine)
     engine.dispose()
-    settings = {"sqlalchemy.url": db_url, "examcache.redis_url": "memory://",
+    settings = {"sqlalchemy.url": db_url, "examcache.redis_url": redis_url,
                 "examcache.metrics_path": "/metrics", "mail.transport": "file",
                 "mail.file_dir": str(tmp_path / "mail"),
                 "mail.queue_url": f"sqlite:///{tmp_path / 'huey.sqlite'}"}
@@ -55,7 +60,10 @@ def _web_exposition(tmp_path) -> str:
         config.include("pyramid_tm")
         config.include("pyramid_examcache")
     app = TestApp(config.make_wsgi_app())
-    return app.get("/metrics", status=200).text
+    try:
+        return app.get("/metrics", status=200).text
+    finally:
+        get_policy(app.app.registry).close()
 
 
 def _consumer_exposition(tmp_path) -> str:
@@ -82,10 +90,18 @@ def _series(family: str, kind: str) -> set[str]:
     return {family + suffix for suffix in SERIES[kind]}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> set[str]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def exported(request, tmp_path_factory) -> set[str]:
+    """The names a web process on ``memory://``, or on a private redis-server, and the
+    consumer export."""
+    from .conftest import PrivateRedis
+
     tmp_path = tmp_path_factory.mktemp("grafana")
-    types = _types(_web_exposition(tmp_path))
+    server = PrivateRedis() if request.param == "redis" else None
+    if server is not None:
+        server.start()
+        request.addfinalizer(lambda: (server.stop(), shutil.rmtree(server.dir, True)))
+    types = _types(_web_exposition(tmp_path, server.url if server else "memory://"))
     types.update(_types(_consumer_exposition(tmp_path)))
     names = {series for family, kind in types.items() if family.startswith("examcache_")
              for series in _series(family, kind)}
