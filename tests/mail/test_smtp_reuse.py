@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -36,6 +39,21 @@ class CountingHandler(ScriptedHandler):
     ehlos: int = 0
     noops: int = 0
     quits: int = 0
+    #: stall the RCPT of the n-th recipient, or the reply to the n-th stored message, until
+    #: ``release`` is set (0: never)
+    stall_rcpt_at: int = 0
+    stall_data_at: int = 0
+    rcpts: int = 0
+    stalled_id: str = ""
+    rcpt_stalled: threading.Event = field(default_factory=threading.Event)
+    data_stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    async def _stall(self, reached: threading.Event) -> None:
+        reached.set()
+        deadline = time.monotonic() + 120
+        while not self.release.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -50,8 +68,18 @@ class CountingHandler(ScriptedHandler):
         self.quits += 1
         return "221 Bye"
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.rcpts += 1
+        if self.rcpts == self.stall_rcpt_at:  # this mail is not stored until released
+            await self._stall(self.rcpt_stalled)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
     async def handle_DATA(self, server, session, envelope):
         reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250") and len(self.accepted) == self.stall_data_at:
+            # stored: the reply waits for the release
+            self.stalled_id = str(self.accepted[-1]["Message-ID"])
+            await self._stall(self.data_stalled)
         session.messages = getattr(session, "messages", 0) + 1
         if self.drop_before_reply:
             server.transport.close()
@@ -67,6 +95,7 @@ def server():
     smtp.controller = Controller(smtp.handler, hostname="127.0.0.1", port=smtp.port)
     smtp.start()
     yield smtp
+    smtp.handler.release.set()  # stalled sessions of a killed consumer end
     smtp.stop()
 
 
@@ -248,3 +277,82 @@ def test_consumer_with_a_server_closing_after_every_two_messages(system, server,
     consumer.start()
     delivered_once(server, db, jobs)
     assert server.handler.ehlos >= 6  # at most two messages per connection
+
+
+def idle_for(seconds: float) -> None:
+    """Let the consumer's connection sit unused for ``seconds`` (a precondition, not a proof)."""
+    start = time.monotonic()
+    wait_until(lambda: time.monotonic() - start > seconds, timeout=seconds + 5,
+               message=f"{seconds}s idle")
+
+
+NOOP_AFTER_IDLE = 5.0  # SMTPTransport's noop_after_idle (no setting)
+
+
+def test_consumer_checks_an_idle_connection_with_noop_and_replaces_a_dead_one(system, server, db):
+    """After 5 s unused, a worker's connection is checked with NOOP before the next mail:
+    alive, it is reused (no new EHLO); dropped by the server while idle, the NOOP fails and
+    the mail goes out on a new connection -- never tried on the dead one ("lost before
+    DATA" not logged), delivered once, one attempt."""
+    testapp, consumer = system()
+    consumer.start()
+    first = queue_mails(testapp, 1, "first")
+    delivered_once(server, db, first)
+    idle_for(NOOP_AFTER_IDLE + 0.5)
+    second = queue_mails(testapp, 1, "second")
+    delivered_once(server, db, first + second)
+    assert (server.handler.ehlos, server.handler.noops) == (1, 1)  # checked, then reused
+    idle_for(NOOP_AFTER_IDLE + 0.5)
+    server.stop()  # the idle connection dies with the server
+    server.restart()
+    third = queue_mails(testapp, 1, "third")
+    delivered_once(server, db, first + second + third)
+    assert server.handler.ehlos == 2 and server.handler.noops == 1  # the NOOP got no reply
+    assert "lost before DATA" not in consumer.log()
+
+
+def test_consumer_killed_mid_batch_on_reused_connections_loses_nothing(system, server, db):
+    """SIGKILL while two workers hold reused connections, 30 mails queued: one worker waits
+    for the reply to a mail the server has stored, the other is in RCPT of the next, 20 are
+    still in Redis. After a restart every mail arrives; the only duplicate is the stored one
+    (at-least-once), with the same Message-ID; no recipient ever sees two Message-IDs."""
+    server.handler.stall_data_at = 8  # the 8th stored mail: stored, reply held
+    server.handler.stall_rcpt_at = 10  # the 10th recipient: not stored
+    testapp, consumer = system(**{"mail.workers": 2})
+    jobs = queue_mails(testapp, 30, "batch")
+    consumer.start()
+    assert server.handler.data_stalled.wait(30) and server.handler.rcpt_stalled.wait(30)
+    assert consumer.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert server.handler.ehlos == 2  # two connections, reused for the first 9 mails
+    assert len(server.handler.accepted) == 9
+    assert _states(db, jobs) == Counter(completed=8, active=2, waiting=20)
+    stored_twice = server.handler.stalled_id
+    server.handler.release.set()
+    consumer.start()
+    expected = {f"<{j}@exams.example>" for j in jobs}
+    wait_until(lambda: expected <= set(ids(server)), timeout=60, message="all delivered")
+    wait_until(lambda: _states(db, jobs) == Counter(completed=30), message="all completed")
+    consumer.wait_for_rounds(3)  # a re-queue or a second push would have been sent by now
+    copies = Counter(ids(server))
+    assert set(copies) == expected  # every copy has its job's Message-ID
+    assert {mid: n for mid, n in copies.items() if n > 1} == {stored_twice: 2}
+    assert sum(copies.values()) == 31
+    by_rcpt: dict[str, set[str]] = {}
+    for msg in server.handler.accepted:
+        by_rcpt.setdefault(str(msg["To"]), set()).add(str(msg["Message-ID"]))
+    assert len(by_rcpt) == 30 and all(len(mids) == 1 for mids in by_rcpt.values())
+    attempts = _attempts(db, jobs)
+    assert sorted(attempts.values()) == [1] * 28 + [2, 2]  # the two cut off, tried again
+    assert attempts[stored_twice.strip("<>").partition("@")[0]] == 2
+
+
+def _states(db, jobs: list[str]) -> Counter:
+    with db.connect() as conn:
+        return Counter(conn.execute(select(outbox_table.c.state)
+                                    .where(outbox_table.c.id.in_(jobs))).scalars().all())
+
+
+def _attempts(db, jobs: list[str]) -> dict[str, int]:
+    with db.connect() as conn:
+        return dict(conn.execute(select(outbox_table.c.id, outbox_table.c.attempts)
+                                 .where(outbox_table.c.id.in_(jobs))).all())
