@@ -11,13 +11,15 @@ import uuid
 import pytest
 from webtest import TestApp
 
+from pyramid.csrf import CookieCSRFStoragePolicy
+
 from pyramid_examcache.mail import Message
 from pyramid_examcache.mail.outbox import DELAYED, claim, outbox_table, started_at, utcnow
 from pyramid_examcache.mail.relay import push_one, relay
 from pyramid_examcache.settings import parse_mail_settings
 from pyramid_examcache.testing import get_mail_capture
 
-from ..admin.support import ADMIN, admin_app, csrf_of
+from ..admin.support import ADMIN, HeaderPolicy, admin_app, csrf_of
 from .helpers import insert_job, load
 from .support import ConsumerProcess, make_app, wait_until, write_ini
 
@@ -234,5 +236,50 @@ def test_a_scheduled_mail_due_while_no_consumer_runs_is_sent_at_start(db, pg_url
         wait_until(lambda: load(db, job_id).state == "completed", timeout=30, message="sent")
         consumer.wait_for_rounds(3)
         assert smtp_server.accepted_ids() == [f"<{job_id}@exams.example>"]
+    finally:
+        consumer.stop()
+
+
+@pytest.mark.e2e
+def test_send_now_from_the_admin_page_through_the_consumer(db, pg_url, smtp_server, private_redis,
+                                                           tmp_path):
+    """A mail scheduled 10 s ahead, already in the consumer's schedule: the admin page's
+    "Send now" has aiosmtpd receive it at once; at its old due time the schedule's entry
+    runs and finds nothing to do -- one delivery, one attempt."""
+    settings = {"sqlalchemy.url": pg_url, "mail.transport": "smtp", "mail.host": "127.0.0.1",
+                "mail.port": smtp_server.port, "mail.default_sender": "no-reply@exams.example",
+                "mail.queue_url": private_redis.url,
+                "mail.queue_name": f"mailtest-{uuid.uuid4().hex[:8]}",
+                "mail.relay_interval": "1", "mail.workers": "2", "mail.lease": "3"}
+
+    def extra(config):
+        config.set_security_policy(HeaderPolicy())
+        config.set_csrf_storage_policy(CookieCSRFStoragePolicy(httponly=True))
+        views(config)
+
+    app = TestApp(make_app(pg_url, {**settings, "examcache.redis_url": "memory://",
+                                    "examcache.admin_path": "/_examcache/"},
+                           engine=db, include="pyramid_examcache", extra=extra))
+    consumer = ConsumerProcess(write_ini(str(tmp_path / "mail.ini"), settings),
+                               str(tmp_path / "consumer.log"))
+    consumer.start()
+    try:
+        wall, mono = time.time(), time.monotonic()
+        job_id = app.post_json("/later", mail(delay=10), status=201).json["jobId"]
+        due = dt.datetime.fromisoformat(app.get(f"/jobs/{job_id}").json["nextAttemptAt"])
+        due_mono = mono + (due.timestamp() - wall)
+        consumer.wait_for_log("Added task", timeout=10)  # a worker moved it to the schedule
+        page = app.get(f"/_examcache/jobs/{job_id}", headers=ADMIN)
+        assert smtp_server.handler.attempts == [] and load(db, job_id).state == DELAYED
+        page.forms["send-now"].submit(headers=ADMIN, status=303)
+        wait_until(lambda: smtp_server.handler.attempts, timeout=10, message="sent now")
+        [attempt] = smtp_server.handler.attempts
+        assert attempt.at < due_mono - 3  # well before its scheduled time
+        assert attempt.message_id == f"<{job_id}@exams.example>"
+        wait_until(lambda: load(db, job_id).state == "completed", message="completed")
+        # the schedule's own entry runs at the old due time and finds the job done
+        consumer.wait_for_log(f"mail {job_id}: nothing to do", timeout=30)
+        consumer.wait_for_rounds(2)
+        assert len(smtp_server.handler.attempts) == 1 and load(db, job_id).attempts == 1
     finally:
         consumer.stop()
