@@ -112,3 +112,17 @@ def test_the_api_reference_lists_the_public_names_only(built):
                                 "pyramid_examcache.cache.RequestCache",
                                 "pyramid_examcache.cache.RequestCache._work"], public) == [
         "pyramid_examcache.cache.orm.register", "pyramid_examcache.cache.RequestCache._work"]
+
+
+def test_the_quickstart_covers_what_a_new_user_had_to_guess():
+    """docs/quickstart.md, in order: pip install, include, a first cached view, ``register``
+    with the request (not ``request.tm``), the tables, and the consumer in a second terminal."""
+    text = (DOCS / "quickstart.md").read_text()
+    steps = ["pip install pyramid_examcache", "config.include(", "cache=",
+             "pyramid_examcache.register(dbsession, request)", "create_invalidation_log",
+             "create_outbox", "examcache-consumer"]
+    where = [text.find(step) for step in steps]
+    assert -1 not in where, dict(zip(steps, where))
+    assert where == sorted(where), dict(zip(steps, where))
+    assert "hiredis" in text and "second terminal" in text
+    assert "register(dbsession, request.tm)" not in text
