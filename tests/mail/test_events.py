@@ -29,13 +29,30 @@ SENDER = "no-reply@exams.example"
 def events_system(smtp_server, db, pg_url, private_redis, tmp_path, monkeypatch):
     """(web app, consumer --app, read_events): the consumer loads tests.mail.events_app,
     whose subscribers append every event to a file."""
+    system = build_events_system(smtp_server, db, pg_url, private_redis, tmp_path, monkeypatch)
+    yield system
+    system[1].stop()
+
+
+@pytest.fixture
+def expiring_events_system(smtp_server, db, pg_url, private_redis, tmp_path, monkeypatch):
+    """The same, with mail.max_age = 3 s and quick retries: transient failures expire."""
+    system = build_events_system(smtp_server, db, pg_url, private_redis, tmp_path, monkeypatch,
+                                 **{"mail.max_age": "3", "mail.retry_delay": "0.5",
+                                    "mail.max_retry_delay": "1"})
+    yield system
+    system[1].stop()
+
+
+def build_events_system(smtp_server, db, pg_url, private_redis, tmp_path, monkeypatch,
+                        **overrides):
     events_file = tmp_path / "events.jsonl"
     settings = {"sqlalchemy.url": pg_url, "mail.transport": "smtp", "mail.host": "127.0.0.1",
                 "mail.port": str(smtp_server.port), "mail.default_sender": SENDER,
                 "mail.queue_url": private_redis.url,
                 "mail.queue_name": f"mailtest-{uuid.uuid4().hex[:8]}",
                 "mail.relay_interval": "1", "mail.workers": "1", "mail.lease": "3",
-                "mail.shutdown_timeout": "5", "test.events_file": str(events_file)}
+                "mail.shutdown_timeout": "5", "test.events_file": str(events_file), **overrides}
     ini = write_ini(str(tmp_path / "mail.ini"), settings)
     with open(ini) as fh:
         text = fh.read().replace("use = egg:examcache_demo", "use = call:tests.mail.events_app:main")
@@ -49,8 +66,7 @@ def events_system(smtp_server, db, pg_url, private_redis, tmp_path, monkeypatch)
             return []
         return [json.loads(line) for line in events_file.read_text().splitlines()]
 
-    yield TestApp(make_app(pg_url, settings, engine=db)), consumer, read_events
-    consumer.stop()
+    return TestApp(make_app(pg_url, settings, engine=db)), consumer, read_events
 
 
 def send(testapp, to, subject="Hello") -> str:
@@ -92,6 +108,37 @@ def test_the_consumer_notifies_the_apps_subscribers(events_system, smtp_server):
     assert none["refused"] == {"gone@example.com": "550 5.1.1 gone"}
     consumer.wait_for_rounds(2)  # one event per job, nothing more
     assert sorted(e["job"]["id"] for e in read_events()) == sorted([spam, ok, partly, nobody])
+
+
+def test_the_consumer_notifies_an_expired_mail_with_its_reason_and_refusals(
+        expiring_events_system, smtp_server, db):
+    """Transient failures until mail.max_age (3 s): one MailFailed per job, expired (not
+    permanent), the reason naming the limit and the last reply, and the recipients refused
+    with a 4xx; the row says the same."""
+    testapp, consumer, read_events = expiring_events_system
+    smtp_server.handler.refuse = {"busy@example.com": "450 4.2.1 mailbox busy"}
+    smtp_server.handler.replies = ["451 4.7.1 greylisted"] * 100
+    consumer.start()
+    busy = send(testapp, "busy@example.com", "Busy")
+    grey = send(testapp, "grey@example.com", "Grey")
+    for job_id, last_reply, refused in [
+            (busy, "busy@example.com: 450 4.2.1 mailbox busy",
+             {"busy@example.com": "450 4.2.1 mailbox busy"}),
+            (grey, "451 4.7.1 greylisted", {})]:
+        event = event_for(read_events, job_id)
+        assert event["event"] == "MailFailed", event
+        assert event["expired"] is True and event["permanent"] is False
+        attempts = event["job"]["attempts"]
+        assert attempts >= 2  # retried before it expired
+        assert event["reason"] == f"gave up after {attempts} attempts (mail.max_age): {last_reply}"
+        assert event["refused"] == refused
+        assert event["job"]["message_id"] == f"<{job_id}@exams.example>"
+        status = testapp.get(f"/jobs/{job_id}").json
+        assert status["state"] == "failed" and status["failedReason"] == event["reason"]
+        assert status["failedRecipients"] == (refused or None)
+    consumer.wait_for_rounds(2)  # one event per job, nothing more
+    assert sorted(e["job"]["id"] for e in read_events()) == sorted([busy, grey])
+    assert smtp_server.handler.accepted == []
 
 
 def test_the_in_process_test_queue_notifies_too(db, pg_url):
