@@ -164,7 +164,7 @@ def test_the_purge_keeps_a_keyed_job_for_the_window_and_then_releases_it(db):
     assert load(db, keyed) is None
 
 
-def values_for(key: str) -> dict:
+def values_for(key: str | None) -> dict:
     job_id = uuid.uuid4().hex
     return new_row(job_id, f"<{job_id}@x.org>", "a@x.org", ["b@x.org"], "s", "h", None, {},
                    utcnow(), idempotency_key=key)
@@ -195,6 +195,25 @@ def test_insert_once_through_a_savepoint_keeps_the_transaction(db):
     with db.connect() as conn:
         assert len(conn.execute(select(users_table.c.email)).all()) == 2
     assert count_rows(db) == 1
+
+
+def test_the_database_itself_refuses_a_second_row_with_a_key(db):
+    """The guarantee is the unique index: a plain INSERT of a taken key, bypassing
+    insert_once, is refused by PostgreSQL; keyless rows are not constrained."""
+    from sqlalchemy import exc, inspect
+
+    [index] = [i for i in inspect(db).get_indexes(outbox_table.name)
+               if i["column_names"] == ["idempotency_key"]]
+    assert index["unique"] is True
+    with db.begin() as conn:
+        conn.execute(outbox_table.insert().values(**values_for("taken")))
+    with pytest.raises(exc.IntegrityError, match="idempotency_key"):
+        with db.begin() as conn:
+            conn.execute(outbox_table.insert().values(**values_for("taken")))
+    with db.begin() as conn:
+        conn.execute(outbox_table.insert().values(**values_for(None)))
+        conn.execute(outbox_table.insert().values(**values_for(None)))
+    assert count_rows(db, idempotency_key="taken") == 1 and count_rows(db) == 3
 
 
 @pytest.mark.parametrize("key, error", [("", "non-empty"), ("x" * 256, "longer than 255"),
