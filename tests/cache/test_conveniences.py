@@ -177,10 +177,12 @@ def test_set_and_delete_wait_for_the_commit_and_vanish_on_abort(script_request):
     request.tm.commit()
     assert policy.get_many(["k", "j"]) == {"k": {"v": 2}, "j": 3}
     assert request.cache.get("k") == {"v": 2}  # no transaction now: at once
+    assert request.cache.get_many(["k", "j", "nope"]) == {"k": {"v": 2}, "j": 3}
     request.tm.begin()
     request.cache.delete("k")
     request.cache.delete_many(["j"])
     assert policy.get_many(["k", "j"]) == {"k": {"v": 2}, "j": 3}
+    assert request.cache.get_many(["k", "j"]) == {}  # the transaction wrote: not read
     request.tm.abort()
     assert policy.get_many(["k", "j"]) == {"k": {"v": 2}, "j": 3}
     request.tm.begin()
