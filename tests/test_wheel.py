@@ -105,7 +105,8 @@ def test_smoke_on_the_wheel_installed_with_its_extras(built_dists, wheel_python,
     assert smoke.returncode == 0, output[-8000:]
     done = set(smoke.stdout.splitlines())
     assert {f"ok template {name}" for name in names} <= done, output
-    assert {"ok debugtoolbar panel", "ok admin page", "ok metrics", "SMOKE OK"} <= done, output
+    assert {"ok debugtoolbar panel", "ok admin page", "ok metrics", "ok entry points",
+            "SMOKE OK"} <= done, output
     editable = run([str(wheel_python), "-m", "pip", "show", "-f", "pyramid_examcache"], 120,
                    env=clean_env(wheel_python.parent.parent))
     assert "Editable project location" not in editable.stdout and editable.returncode == 0

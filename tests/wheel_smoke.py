@@ -108,6 +108,19 @@ def check_version(expected: str) -> None:
     print("ok version", expected)
 
 
+def check_entry_points() -> None:
+    """The console script and the Paste filter of the installed distribution resolve."""
+    from importlib.metadata import distribution
+
+    points = {(ep.group, ep.name): ep for ep in distribution("pyramid_examcache").entry_points}
+    consumer = points[("console_scripts", "examcache-consumer")].load()
+    assert callable(consumer), consumer
+    assert (Path(sys.prefix) / "bin" / "examcache-consumer").is_file()
+    fast_path = points[("paste.filter_app_factory", "fast_path")].load()
+    assert callable(fast_path), fast_path
+    print("ok entry points")
+
+
 def check_templates(names: list[str]) -> None:
     """Every template of the source tree is in the installed package and compiles with its
     engine: Jinja2 for the admin page, Mako for the toolbar panel."""
@@ -167,7 +180,8 @@ def main(argv: list[str]) -> int:
     """Run every check, even after one failed (each names what it found); 1 if any failed."""
     version, templates = argv[0], argv[1:]
     checks = [("version", lambda: check_version(version)),
-              ("templates", lambda: check_templates(templates)), ("app", check_app)]
+              ("templates", lambda: check_templates(templates)),
+              ("entry points", check_entry_points), ("app", check_app)]
     failed = []
     for name, check in checks:
         try:
