@@ -138,8 +138,9 @@ def combinations(allowed: list[Interpreter]) -> list[Combination]:
 
 def requirements(combo: Combination, wheel: Path) -> list[str]:
     reqs = [wheel_requirement(wheel, ("hiredis",) if combo.hiredis else ())]
-    if combo.floor:  # direct requirements, so that lowest-direct takes their floor
-        reqs += project()["dependencies"]
+    if combo.floor:  # pinned: an --offline install from uv's cache gets them or fails
+        # (a range let it settle for a newer release the cache held: SQLAlchemy 2.0.54)
+        reqs += [f"{name}=={low}" for name, low in floors(combo.python.version).items()]
     return reqs
 
 
