@@ -32,9 +32,10 @@ def later_view(request):
     if body.get("send_at"):
         body["send_at"] = dt.datetime.fromisoformat(body["send_at"])
     try:
-        if body.pop("message", False):
-            job = request.mailer.send(Message(subject=body.pop("subject"), html=body.pop("html"),
-                                              recipients=[body.pop("to")]), **body)
+        if body.pop("message", False):  # pyramid_mailer's send, or (via) send_to_queue
+            send = getattr(request.mailer, body.pop("via", "send"))
+            job = send(Message(subject=body.pop("subject"), html=body.pop("html"),
+                               recipients=[body.pop("to")]), **body)
         else:
             job = request.mailer.send_queued(**body)
     except ValueError as exc:
@@ -213,6 +214,54 @@ def test_a_scheduled_mail_survives_a_consumer_restart(db, pg_url, smtp_server, p
         wait_until(lambda: load(db, job_id).state == "completed", message="completed")
         consumer.wait_for_rounds(3)  # a second push would have been delivered by now
         assert len(smtp_server.handler.attempts) == 1 and load(db, job_id).attempts == 1
+    finally:
+        consumer.stop()
+
+
+@pytest.mark.e2e
+def test_scheduled_mails_by_every_api_survive_a_kill_and_a_restart(db, pg_url, smtp_server,
+                                                                   private_redis, tmp_path):
+    """Four mails scheduled through send_queued, send and send_to_queue (due in 5, 9 and 11 s,
+    and one in an hour); the consumer is SIGKILLed once all four are in its schedule, and
+    stopped (SIGTERM) and started again after the first is delivered. Each of the three
+    arrives once, never before its due time; the hour-ahead one is still waiting, untried."""
+    settings = {"sqlalchemy.url": pg_url, "mail.transport": "smtp", "mail.host": "127.0.0.1",
+                "mail.port": smtp_server.port, "mail.default_sender": "no-reply@exams.example",
+                "mail.queue_url": private_redis.url,
+                "mail.queue_name": f"mailtest-{uuid.uuid4().hex[:8]}",
+                "mail.relay_interval": "1", "mail.workers": "2", "mail.lease": "3"}
+    app = TestApp(make_app(pg_url, settings, engine=db, extra=views))
+    consumer = ConsumerProcess(write_ini(str(tmp_path / "mail.ini"), settings),
+                               str(tmp_path / "consumer.log"))
+    consumer.start()
+    try:
+        wall, mono = time.time(), time.monotonic()
+        later = utcnow() + 9 * S
+        jobs = [app.post_json("/later", body, status=201).json["jobId"] for body in (
+            mail(to="a@example.com", delay=5),
+            mail(to="b@example.com", message=True, send_at=later.isoformat()),
+            mail(to="c@example.com", message=True, via="send_to_queue", delay=11),
+            mail(to="d@example.com", delay=3600))]
+        due_mono = {j: mono + (load(db, j).send_at.timestamp() - wall) for j in jobs}
+        consumer.wait_for_log("Added task", timeout=15, count=4)  # all four in the schedule
+        assert consumer.kill(signal.SIGKILL) == -signal.SIGKILL
+        consumer.start()
+        first = f"<{jobs[0]}@exams.example>"
+        wait_until(lambda: first in smtp_server.accepted_ids(), timeout=30, message="a's mail")
+        assert time.monotonic() < due_mono[jobs[1]] - 1  # b and c still ahead
+        consumer.stop()
+        consumer.start()
+        expected = sorted(f"<{j}@exams.example>" for j in jobs[:3])
+        wait_until(lambda: len(smtp_server.handler.attempts) >= 3, timeout=30, message="3 sent")
+        wait_until(lambda: all(load(db, j).state == "completed" for j in jobs[:3]),
+                   message="completed")
+        consumer.wait_for_rounds(3)  # a second push would have been delivered by now
+        assert sorted(a.message_id for a in smtp_server.handler.attempts) == expected
+        for attempt in smtp_server.handler.attempts:
+            job = attempt.message_id.strip("<>").partition("@")[0]
+            assert attempt.at >= due_mono[job] - 0.05, job  # not early
+        assert [load(db, j).attempts for j in jobs] == [1, 1, 1, 0]
+        assert load(db, jobs[3]).state == DELAYED
     finally:
         consumer.stop()
 
