@@ -267,7 +267,7 @@ def _m(name: str) -> str:
     return "mail." + name
 
 
-#: Every ``examcache.*`` setting (the README's settings table); defaults of None are
+#: Every ``examcache.*`` setting (docs/configuration.md is generated from it); defaults of None are
 #: resolved by the parser (from another setting or the topology).
 CACHE_TABLE: tuple[Setting, ...] = (
     Setting(_c("redis_url"), _url, "memory://", "the cache's Redis (or memory://)",
@@ -535,7 +535,7 @@ def _map_deprecated(settings: Mapping[str, Any], values: dict[str, Any],
             raise _both((old, settings[old]), (new, settings[new]),
                         f"{old} is the deprecated name of {new}: give only {new}")
         warnings.warn(f"{old} is deprecated (accepted for one release): use {new} "
-                      f"(see the README's settings table)", DeprecationWarning, stacklevel=4)
+                      f"(see docs/configuration.md)", DeprecationWarning, stacklevel=4)
     leases_off = False
     if is_given(settings, _c("tracking_lease_ms")):
         old_ms = read(settings, _c("tracking_lease_ms"))

@@ -188,9 +188,3 @@ def test_the_consumer_refuses_an_ini_with_a_misspelled_name(tmp_path):
     assert ("Unknown setting examcache.redis-url; did you mean examcache.redis_url?"
             in out.stderr), out.stderr
     assert "Unknown setting mail.queueurl; did you mean mail.queue_url?" in out.stderr
-
-
-def test_every_name_of_the_table_has_a_row_in_the_readme():
-    readme = (ROOT / "README.md").read_text()
-    missing = [name for name in sorted(CACHE_SETTINGS | MAIL_SETTINGS) if f"`{name}`" not in readme]
-    assert missing == []
