@@ -97,7 +97,7 @@ def markdown(result: dict) -> list[str]:
 def backend_profile(seconds: float = 3.0, threads: int = 8, rounds: int = 3) -> dict:
     """Where a hit's time goes below the web stack: each topology's backend serving one
     held 46 KB value to ``threads`` threads (``get``, no HTTP): hits/s, process CPU per hit,
-    and the fence's I/O per hit (``PING`` barriers sent, probe rounds run)."""
+    and the fence's I/O per hit (``PING`` barriers sent, probes sent with them)."""
     import statistics
     import threading
     import time
@@ -112,10 +112,9 @@ def backend_profile(seconds: float = 3.0, threads: int = 8, rounds: int = 3) -> 
     def counters(backend) -> tuple[int, int]:
         near = getattr(backend, "_tracked_near", None) or backend._near
         stream = near.stream
-        pings = (sum(s.pings_sent for s in stream.streams.values())
-                 if hasattr(stream, "streams") else stream.pings_sent)
-        check = getattr(stream, "check", None) or getattr(near, "check", None)
-        return pings, check.runs if check is not None else 0
+        streams = list(stream.streams.values()) if hasattr(stream, "streams") else [stream]
+        return (sum(s.pings_sent for s in streams),  # (probes: INFO replication, one per
+                sum(s.probes_sent for s in streams))  # PING on Sentinel and Cluster)
 
     def measure(backend) -> tuple[float, float, float, float]:
         found = backend.lookup("k", "t1", 5, 600, tags)
@@ -159,7 +158,7 @@ def backend_profile(seconds: float = 3.0, threads: int = 8, rounds: int = 3) -> 
         single.stop()
         sentinel.close()
         cluster.close()
-    keys = ("hits_per_s", "cpu_us_per_hit", "pings_per_hit", "probe_rounds_per_hit")
+    keys = ("hits_per_s", "cpu_us_per_hit", "pings_per_hit", "probes_per_hit")
     return {name: {k: round(statistics.median(s[i] for s in rows), 3)
                    for i, k in enumerate(keys)} for name, rows in samples.items()}
 
@@ -167,11 +166,11 @@ def backend_profile(seconds: float = 3.0, threads: int = 8, rounds: int = 3) -> 
 def profile_markdown(profile: dict) -> list[str]:
     lines = ["### Below the web stack (`--backend-profile`)", "",
              "8 threads calling the backend's `get` on one held 46 KB value (no HTTP).", "",
-             "| topology | hits/s | CPU µs/hit | PINGs/hit | probe rounds/hit |",
+             "| topology | hits/s | CPU µs/hit | PINGs/hit | probes/hit |",
              "|---|---:|---:|---:|---:|"]
     for name, p in profile.items():
         lines.append(f"| {name} | {p['hits_per_s']:,.0f} | {p['cpu_us_per_hit']:.0f} | "
-                     f"{p['pings_per_hit']:.2f} | {p['probe_rounds_per_hit']:.2f} |")
+                     f"{p['pings_per_hit']:.2f} | {p['probes_per_hit']:.2f} |")
     return lines + [""]
 
 

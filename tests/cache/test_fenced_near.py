@@ -13,6 +13,7 @@ tests/cache/test_topology_faults.py."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -188,3 +189,45 @@ def test_a_write_on_any_primary_empties_the_near_cache_before_it_returns(redis_c
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_hit_waits_for_the_stream_of_every_primary_even_a_slow_one(redis_cluster,
+                                                                     redis_prefix):
+    """Every stream's reader thread applies each message 0.1 s late (a busy process).
+    Another client invalidates values held from every primary; right after its call
+    returns, the reader's next read is never the old value: its barrier waited for the
+    ``PONG`` of every primary's stream, which its reader reads after the message."""
+    reader = ClusterBackend(redis_cluster.url, prefix=redis_prefix, near_cache_bytes=NEAR,
+                            tracking=True, socket_timeout=2.0)
+    writer = ClusterBackend(redis_cluster.url, prefix=redis_prefix)
+    try:
+        streams = reader._tracked_near.stream
+        poll(lambda: streams.healthy, 10, "a tracking stream on every primary")
+        keys = [f"s{i}" for i in range(12)]
+        assert {redis_cluster.node_of(f"{redis_prefix}v:{{{k}}}") for k in keys} == \
+            set(redis_cluster.ports)
+        for key in keys:
+            found = reader.lookup(key, "t", 5, 60, ())
+            assert reader.fill(key, "t", key.encode(), 60, (), found.versions)
+        tracked = reader._tracked_near.tracked
+        for key in keys:
+            poll(lambda: reader.get(key) == key.encode() and tracked.get(key) is not None, 10,
+                 f"{key} held")
+        pings = sum(s.pings_sent for s in streams.streams.values())
+        for stream in streams.streams.values():
+            stream.on_keys = late(stream.on_keys, 0.1)
+        for key in keys:
+            writer.invalidate(keys=[key])
+            assert reader.get(key) is None, f"{key} served after its write"
+        assert sum(s.pings_sent for s in streams.streams.values()) > pings, "no barrier ran"
+    finally:
+        reader.close()
+        writer.close()
+
+
+def late(apply, delay: float):
+    """``apply`` run ``delay`` seconds late, on the stream's reader thread."""
+    def slowly(keys):
+        time.sleep(delay)
+        apply(keys)
+    return slowly

@@ -3,20 +3,25 @@
 :class:`~.tracked_near.BarrierNearCache` serves a held value after a barrier on one
 tracking stream (``docs/design/tracking.md``).  With more than one Redis node a barrier
 must also prove that the node(s) it waited on were the primaries of every key the entry
-depends on, from the entry's read until after the request began:
+depends on, from the entry's read until after the request began.  Each stream here carries
+a probe (:class:`PrimaryProbe`: ``INFO replication`` on a second, plain connection to its
+node) that travels with each of the stream's barrier ``PING``: sent with it, read by the
+stream's reader thread when the ``PONG`` arrives, and a barrier succeeds only if it answered
+"master of the stream's mastership" (:class:`~.tracking.InvalidationStream`, ``probe``).
+One group-committed round per round trip, driven by the reader thread as on one Redis:
 
 * :class:`SentinelNearCache` -- one stream on the primary; its handshake reads the primary's
   *epoch* (replication ID, :mod:`.failover`).  A held value is served only to a request
-  whose connection is in that epoch, after a barrier on the stream *and* a group-committed
-  ``INFO replication`` on a second connection (:class:`PrimaryProbe`) that answers "master
-  of this epoch"; a failover (the stream lost, ``+switch-master``, a request that reads
-  another epoch, a probe that fails) drops the stream, which flushes everything before
-  the new epoch serves.
+  whose connection is in that epoch, after a barrier (and its probe) on the stream; a
+  failover (the stream lost, ``+switch-master``, a request that reads another epoch, a probe
+  that answers otherwise) drops the stream, which flushes everything before the new epoch
+  serves.
 * :class:`ClusterNearCache` -- one stream per primary (:class:`ClusterStreams`, BCAST on
-  the prefix on each); a barrier waits on all of them, and the probe checks that each is
-  still a primary of the same mastership and that the client knows no other primary; a
-  value is inserted only if every key it depends on maps to a node with a stream.  A
-  lost node, a new primary or a demotion flushes everything.
+  the prefix on each); a barrier waits on all of them (the ``PING``, probe pairs sent at
+  once), each probe checks that its node is still a primary of the same mastership, and
+  the client must know no other primary; a value is inserted only if every key it depends
+  on maps to a node with a stream.  A lost node, a new primary or a demotion flushes
+  everything.
 
 The proofs (and the residual split-brain windows they share with the validated path):
 ``docs/design/topologies.md``, "Tracking on Sentinel" and "Tracking on Cluster".
@@ -26,66 +31,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from . import failover
 from .tracked_near import BarrierNearCache, TrackedNearCache
-from .tracking import InvalidationStream
+from .tracking import PROBE_ERRORS, InvalidationStream
 
 log = logging.getLogger(__name__)
 
-#: errors a probe or a handshake may raise (redis-py's cluster errors are no RedisError)
-PROBE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError)
+__all__ = ["PROBE_ERRORS", "ClusterNearCache", "ClusterStreams", "PrimaryProbe",
+           "SentinelNearCache", "primary_identity"]
 
 
-class GroupCheck:
-    """Group commit of a synchronous check: :meth:`wait` returns the result of a run of
-    ``check()`` that began after :meth:`wait` was called.  One run at a time; every caller
-    that arrived during a run shares the next one."""
-
-    def __init__(self, check: Callable[[], bool]) -> None:
-        self._check = check
-        self._cond = threading.Condition()
-        self._started = 0
-        self._running = False
-        self._last = (0, False)  # (run number, result) of the last finished run
-        self.runs = 0
-
-    def wait(self, deadline: float) -> bool:
-        with self._cond:
-            need = self._started + 1  # a run that starts from now on
-            while True:
-                if self._last[0] >= need:
-                    return self._last[1]
-                if not self._running:
-                    self._running = True
-                    self._started += 1
-                    run = self._started
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._cond.wait(remaining):
-                    return False
-        ok = False
-        try:
-            ok = bool(self._check())
-        except Exception:  # noqa: BLE001 -- a failed check is a negative answer
-            ok = False
-        finally:
-            with self._cond:
-                self.runs += 1
-                self._running = False
-                self._last = (run, ok)
-                self._cond.notify_all()
-        return ok
+#: ``INFO replication`` in RESP
+INFO_REPLICATION = b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n"
 
 
 class PrimaryProbe:
     """A plain connection beside a stream (a subscribed RESP2 connection can only PING):
-    ``probe(node)`` is True when the node it reaches is a primary whose mastership is
-    ``node`` (:func:`primary_identity`)."""
+    :meth:`send`, then :meth:`same` is True when the node it reaches is a primary whose
+    mastership is ``node`` (:func:`primary_identity`).  Sent with each barrier ``PING``
+    and read by the stream's reader thread (:class:`~.tracking.InvalidationStream`)."""
 
     def __init__(self, connection_kwargs: dict[str, Any], connection_class: type) -> None:
         self.kwargs = {**connection_kwargs, "health_check_interval": 0}
@@ -99,7 +67,7 @@ class PrimaryProbe:
             if conn is None:
                 conn = self._conn = self.connection_class(**self.kwargs)
                 conn.connect()  # (a Sentinel connection asks the sentinels where to)
-            conn.send_command("INFO", "replication")
+            conn.send_packed_command([INFO_REPLICATION], check_health=False)
         except BaseException:
             self._lost(conn)
             raise
@@ -118,10 +86,6 @@ class PrimaryProbe:
         except BaseException:
             self._lost(conn)
             raise
-
-    def __call__(self, node: Any) -> bool:
-        self.send()
-        return self.same(node)
 
     def _lost(self, conn) -> None:
         if conn is not None:
@@ -147,44 +111,27 @@ class SentinelNearCache(BarrierNearCache):
     """``barrier`` on a Sentinel-managed primary (module docstring).  ``conn`` of
     :meth:`get` is the backend's ``(holder, key prefix with the request's epoch)``."""
 
-    def _start(self) -> None:
-        self.tracked = self._new_store()
-        self.stream = self._new_stream({})
-        pool = self.client.connection_pool
-        self.probe = PrimaryProbe(pool.connection_kwargs, pool.connection_class)
-        self.check = GroupCheck(self._round)
-        self.stream.start()
+    _epoch_key: tuple[Any, str] = (None, "")  # (stream.node, its key prefix)
 
     @staticmethod
     def _handshake(conn) -> str:
         return primary_identity(conn)
 
+    def _new_probe(self) -> PrimaryProbe:
+        pool = self.client.connection_pool
+        return PrimaryProbe(pool.connection_kwargs, pool.connection_class)
+
     def _new_store(self) -> TrackedNearCache:
         return TrackedNearCache(self.max_bytes, lambda k: f"{self._epoch_prefix()}v:{k}",
                                 lambda t: f"{self._epoch_prefix()}t:{t}")
 
-    def _epoch_prefix(self) -> str:
-        return f"{self.prefix}{self.stream.node}:"
-
-    def _round(self) -> bool:
-        """One group's fence: a PING on the stream and ``INFO replication`` on the probe,
-        both sent now, both answered as they must be (module docstring)."""
-        stream = self.stream
-        deadline = time.monotonic() + self.barrier_timeout
-        ticket = stream.begin_barrier()
-        if ticket is None:
-            return False
-        node = stream.node
-        try:
-            same = self.probe(node)
-        except PROBE_ERRORS:
-            return False  # no answer (a stall, a lost node): not served; the stream decides
-        if not same:
-            log.warning("cache tracking for %r: the primary changed (probe); near cache "
-                        "flushed", self.prefix)
-            self.failover()
-            return False
-        return stream.await_barrier(ticket, deadline)
+    def _epoch_prefix(self, node: Any = None) -> str:
+        """The key prefix of ``node``'s epoch (default: the stream's), built once per node."""
+        node = self.stream.node if node is None else node
+        known = self._epoch_key
+        if known[0] is not node:
+            known = self._epoch_key = (node, f"{self.prefix}{node}:")
+        return known[1]
 
     def failover(self) -> None:
         """The primary may have changed: forget everything now and reconnect the stream
@@ -195,8 +142,10 @@ class SentinelNearCache(BarrierNearCache):
     def get(self, key, tags, conn):
         stream, tracked = self.stream, self.tracked
         node = stream.node
-        if conn[1] == f"{self.prefix}{node}:" and tracked.get(key, tags) is not None:
-            if self.check.wait(time.monotonic() + self.barrier_timeout) and stream.node is node:
+        if node is not None and conn[1] == self._epoch_prefix(node) \
+                and tracked.get(key, tags) is not None:
+            # the barrier's probe found ``node`` the primary of its epoch after it began
+            if stream.barrier(self.barrier_timeout) and stream.node is node:
                 data = tracked.get(key, tags)
                 if data is not None:
                     return data
@@ -207,7 +156,7 @@ class SentinelNearCache(BarrierNearCache):
         token = stream.mark()
         node = stream.node  # read after the mark: a reconnection in between voids the token
         data, stamp, ttl_ms = self._fetch_expiring(key, tags, conn)
-        if conn[1] != f"{self.prefix}{node}:":
+        if node is None or conn[1] != self._epoch_prefix(node):
             # the read was answered by a primary (its batch ended with ROLE) in another
             # epoch than the stream's: the stream is on an old primary, or not connected
             if stream.healthy:
@@ -221,9 +170,6 @@ class SentinelNearCache(BarrierNearCache):
         prefix = self._epoch_prefix()
         self.tracked.on_keys([f"{prefix}v:{k}" for k in keys] + [f"{prefix}t:{t}" for t in tags])
 
-    def close(self):
-        super().close()
-        self.probe.close()
 
 
 class ClusterStreams:
@@ -239,8 +185,6 @@ class ClusterStreams:
         self._lock = threading.Lock()
         self.generation = 0
         self.streams: dict[tuple[str, int], InvalidationStream] = {}
-        self.probes: dict[tuple[str, int], PrimaryProbe] = {}
-        self.check = GroupCheck(self._round)
         self.rebuilds = 0
         self._stopped = False
 
@@ -257,53 +201,28 @@ class ClusterStreams:
         with self._lock:
             if self._stopped or (seen is not None and seen != self.generation):
                 return
-            old, oldp = self.streams, self.probes
+            old = self.streams
             self.on_flush()
-            streams, probes = {}, {}
+            streams = {}
             for address, node in self._primaries().items():
                 pool = self.client.get_redis_connection(node).connection_pool
                 kwargs = {**pool.connection_kwargs, "host": address[0], "port": address[1]}
                 streams[address] = InvalidationStream(
                     kwargs, self.prefix, self.on_keys, self.on_flush,
-                    connection_class=pool.connection_class, handshake=primary_identity)
-                probes[address] = PrimaryProbe(kwargs, pool.connection_class)
+                    connection_class=pool.connection_class, handshake=primary_identity,
+                    probe=PrimaryProbe(kwargs, pool.connection_class))
             self.generation += 1
-            self.streams, self.probes = streams, probes
+            self.streams = streams
             self.rebuilds += 1
         for stream in streams.values():
             stream.start()
         for stream in old.values():
-            stream.stop()
-        for probe in oldp.values():
-            probe.close()
+            stream.stop()  # (and closes its probe)
 
     def current(self) -> bool:
         """Do the streams cover exactly the client's primaries?"""
         return set(self._primaries()) == set(self.streams)
 
-    def _round(self) -> bool:
-        """One group's fence: a PING on every stream and ``INFO replication`` to every
-        stream's node (pipelined), all sent now, all answered as they must be."""
-        deadline = time.monotonic() + self.barrier_timeout
-        generation, streams, probes = self.generation, self.streams, self.probes
-        tickets = [(s, s.begin_barrier()) for s in streams.values()]
-        if not tickets or any(t is None for _, t in tickets):
-            return False
-        try:
-            for probe in probes.values():
-                probe.send()
-            answers = [probes[a].same(s.node) for a, s in streams.items()]  # read every reply
-        except PROBE_ERRORS:
-            for probe in probes.values():  # never read a reply left unread in a later round
-                probe.close()
-            return False  # no answer (a stall, a lost node): not served; the streams decide
-        same = all(answers) and self.current()
-        if not same:
-            log.warning("cache tracking for %r: the cluster's primaries changed; near cache "
-                        "flushed", self.prefix)
-            self.rebuild(generation)
-            return False
-        return all(s.await_barrier(t, deadline) for s, t in tickets) and self.streams is streams
 
     @property
     def healthy(self) -> bool:
@@ -311,7 +230,22 @@ class ClusterStreams:
         return bool(streams) and all(s.healthy for s in streams.values())
 
     def barrier(self, timeout: float) -> bool:
-        return self.check.wait(time.monotonic() + timeout)
+        """A barrier on every stream (each with its probe: "still the primary it connected
+        to"), all ``PING``, probe pairs sent before any is awaited; then the client must know no
+        primary without a stream (else the set is rebuilt, everything flushed)."""
+        deadline = time.monotonic() + timeout
+        generation, streams = self.generation, self.streams
+        tickets = [(s, s.begin_barrier()) for s in streams.values()]
+        if not tickets or any(t is None for _, t in tickets):
+            return False
+        if not all(s.await_barrier(t, deadline) for s, t in tickets):
+            return False
+        if not self.current():
+            log.warning("cache tracking for %r: the cluster's primaries changed; near cache "
+                        "flushed", self.prefix)
+            self.rebuild(generation)
+            return False
+        return self.streams is streams
 
     def mark(self) -> tuple[int, dict] | None:
         streams = self.streams
@@ -346,9 +280,7 @@ class ClusterStreams:
         with self._lock:
             self._stopped = True
         for stream in self.streams.values():
-            stream.stop()
-        for probe in self.probes.values():
-            probe.close()
+            stream.stop()  # (and closes its probe)
 
     @property
     def connections(self) -> int:

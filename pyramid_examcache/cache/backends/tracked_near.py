@@ -152,10 +152,14 @@ class BarrierNearCache(NearCache):
         return InvalidationStream({**pool.connection_kwargs, **extra}, self.prefix,
                                   self._on_keys, self._on_flush,
                                   connection_class=pool.connection_class,
-                                  handshake=self._handshake)
+                                  handshake=self._handshake, probe=self._new_probe())
 
     #: run on each new tracking connection (:mod:`.fenced_near`: the Sentinel primary's epoch)
     _handshake: Callable | None = None
+
+    def _new_probe(self):
+        """The probe sent with each barrier (:mod:`.fenced_near`; none on one Redis)."""
+        return None
 
     def _on_keys(self, redis_keys: list[str]) -> None:
         self.tracked.on_keys(redis_keys)

@@ -21,6 +21,7 @@ costs: ``docs/design/tracking.md``.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -44,6 +45,12 @@ RECENT = 65536
 #: error replies that say "not now" rather than "never" (a failover; ``LOADING`` and the
 #: like are already ``ConnectionError``s), and ``BUSY`` (a script running) below
 TRANSIENT = (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+#: errors a probe (or a handshake) may raise: no answer, not a negative one
+PROBE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError)
+
+
+class NotPrimaryAnymore(redis.ConnectionError):
+    """The probe beside the stream found its node no longer the primary it connected to."""
 
 
 class TrackingUnavailable(redis.RedisError):
@@ -58,13 +65,21 @@ class InvalidationStream:
     is forced to RESP2). ``prefix``: the key prefix tracked (BCAST). ``on_keys(keys)`` is
     called from the reader thread with the ``str`` keys of each message; ``on_flush()``
     when everything must be forgotten (a FLUSH message, a (re)connection, a loss).
+
+    ``probe`` (Sentinel, Cluster: :class:`~.fenced_near.PrimaryProbe`): a second, plain
+    connection to the node that travels with every barrier ``PING``: ``probe.send()`` just
+    before the ``PING`` is sent, ``probe.same(node)`` read by the reader thread when its
+    ``PONG`` arrives.  A barrier then succeeds only if the probe sent with its ``PING`` (or
+    a later one's) answered "the primary of :attr:`node`"; another answer breaks the
+    connection (flush, reconnect), no answer fails the barriers waiting on that ``PING``.
     """
 
     def __init__(self, connection_kwargs: dict[str, Any], prefix: str,
                  on_keys: Callable[[list[str]], None], on_flush: Callable[[], None],
                  reconnect_delay: float = 0.5,
                  connection_class: type = redis.Connection,
-                 handshake: Callable[[redis.Connection], Any] | None = None) -> None:
+                 handshake: Callable[[redis.Connection], Any] | None = None,
+                 probe: Any = None) -> None:
         # RESP2; no socket timeout (the reader blocks until a message); and no redis-py
         # health check: it would send its own PING and read the reply on a request
         # thread, racing the reader (found by the bench after 30 s of idle)
@@ -85,6 +100,10 @@ class InvalidationStream:
         #: node and mastership this is, ``docs/design/topologies.md``); its result is :attr:`node`
         self.handshake = handshake
         self.node: Any = None
+        self.probe = probe
+        #: the PING numbers whose probe is sent and not yet read (oldest first)
+        self._probed: collections.deque[int] = collections.deque()
+        self._refused = 0  # the last PING whose probe gave no answer
         self._conn: redis.Connection | None = None
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -98,7 +117,7 @@ class InvalidationStream:
         self._messages = 0  # invalidation messages processed (for mark/unchanged)
         self._recent: dict[str, int] = {}  # key -> message number of its last invalidation
         self._floor = 0  # message number below which trimmed records may hide changes
-        self.pings_sent = 0
+        self.pings_sent = self.probes_sent = 0
         #: successful (re)connections, and losses of a connection that was healthy
         self.connections = self.losses = 0
         #: why tracking can never work here (logged once; the stream stays unhealthy)
@@ -123,6 +142,7 @@ class InvalidationStream:
                 pass
         if self._thread is not None:
             self._thread.join(5)
+        self._reset_probe()
 
     @property
     def healthy(self) -> bool:
@@ -229,6 +249,7 @@ class InvalidationStream:
             conn, self._conn = self._conn, None
             self._in_flight = self._next = None
             self._cond.notify_all()  # barrier waiters give up
+        self._reset_probe()  # (a reply left unread is never taken for a later PING's)
         if conn is not None:
             try:
                 conn.disconnect()  # never left open (a dead reader's socket stayed in Redis)
@@ -264,9 +285,13 @@ class InvalidationStream:
                 if not reply[1].isdigit():
                     continue  # not one of our barrier PINGs
                 number = int(reply[1])
+                answered = self.probe is None or self._probe_answer(number)
                 send = None
                 with self._cond:
-                    self._acked = max(self._acked, number)
+                    if answered:
+                        self._acked = max(self._acked, number)
+                    else:
+                        self._refused = max(self._refused, number)
                     if self._in_flight == number:  # the next group's PING goes now
                         self._in_flight, self._next = self._next, None
                         if self._in_flight is not None:
@@ -320,25 +345,63 @@ class InvalidationStream:
         mine, epoch = ticket
         with self._cond:
             ok = self._cond.wait_for(
-                lambda: self._acked >= mine or self._epoch != epoch or not self._healthy,
-                max(0.0, deadline - time.monotonic()))
+                lambda: self._acked >= mine or self._refused >= mine or self._epoch != epoch
+                or not self._healthy, max(0.0, deadline - time.monotonic()))
             return bool(ok) and self._acked >= mine and self._epoch == epoch
 
     def _send(self, number: int) -> None:
         """Send ``PING <number>`` on the current connection, from the caller's thread (the
-        reader thread is blocked reading it). A connection that was lost is never reopened
-        by this (:func:`_connecting_once`): a failure is the reader's to notice."""
+        reader thread is blocked reading it), after the probe if there is one. A connection
+        that was lost is never reopened by this (:func:`_connecting_once`): a failure is the
+        reader's to notice."""
         arg = str(number).encode()
         packed = b"*2\r\n$4\r\nPING\r\n$%d\r\n%s\r\n" % (len(arg), arg)
         with self._send_lock:
             conn = self._conn
             if conn is None:
                 return
+            if self.probe is not None:  # first: its reply is awaited once the PONG is read
+                try:
+                    self.probe.send()
+                    self._probed.append(number)
+                    self.probes_sent += 1
+                except PROBE_ERRORS:
+                    pass  # no probe for this PING: its barriers fail (_probe_answer)
             try:
                 conn.send_packed_command([packed], check_health=False)
                 self.pings_sent += 1
             except (redis.RedisError, OSError, AttributeError):
                 pass  # (AttributeError: the reader dropped the socket meanwhile)
+
+    def _probe_answer(self, number: int) -> bool:
+        """On the reader thread, ``PING number`` answered: read the replies of the probes
+        sent up to it.  True if the one sent with it says "the primary of :attr:`node`";
+        False if there was none or it gave no answer (the probe reconnects on its next
+        send); raises :class:`NotPrimaryAnymore` (a ``ConnectionError``: flush, reconnect) if any
+        says another node or mastership is the primary."""
+        probed, verdict = self._probed, False
+        while probed and probed[0] <= number:
+            sent = probed.popleft()
+            try:
+                same = self.probe.same(self.node)
+            except PROBE_ERRORS as exc:
+                log.debug("cache tracking for %r: the probe gave no answer (%s)",
+                          self.prefix, exc)
+                self._reset_probe()
+                return False
+            if not same:
+                raise NotPrimaryAnymore(f"the probe found {self.node!r} no longer the "
+                                        f"primary; near cache flushed")
+            verdict = sent == number
+        return verdict
+
+    def _reset_probe(self) -> None:
+        """Forget the probes in flight and close the probe's connection (their replies
+        are never read)."""
+        if self.probe is not None:
+            with self._send_lock:
+                self._probed.clear()
+                self.probe.close()
 
     # -- safe fills ---------------------------------------------------------------------------
 
