@@ -244,6 +244,10 @@ def test_scheduled_mails_by_every_api_survive_a_kill_and_a_restart(db, pg_url, s
             mail(to="d@example.com", delay=3600))]
         due_mono = {j: mono + (load(db, j).send_at.timestamp() - wall) for j in jobs}
         consumer.wait_for_log("Added task", timeout=15, count=4)  # all four in the schedule
+        for job_id in jobs:  # the outbox holds the due time; the status shows it
+            status = app.get(f"/jobs/{job_id}").json
+            assert (status["state"], status["attempts"]) == ("delayed", 0), status
+            assert status["nextAttemptAt"] == load(db, job_id).send_at.isoformat()
         assert consumer.kill(signal.SIGKILL) == -signal.SIGKILL
         consumer.start()
         first = f"<{jobs[0]}@exams.example>"
