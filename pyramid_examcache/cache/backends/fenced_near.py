@@ -172,6 +172,75 @@ class SentinelNearCache(BarrierNearCache):
 
 
 
+class _Round:
+    """One round of :class:`JointBarrier`: a ticket per stream; ``done`` once settled."""
+
+    __slots__ = ("sent_at", "tickets", "done", "ok")
+
+    def __init__(self) -> None:
+        self.sent_at = 0.0
+        self.tickets: list[tuple[InvalidationStream, Any]] = []
+        self.done = threading.Event()
+        self.ok = False
+
+
+class JointBarrier:
+    """Group commit over several streams (a Cluster's primaries): a round sends a barrier
+    ``PING`` (with its probe) on every stream at once and succeeds once every one is
+    acknowledged.  A request joins the round in flight if it was sent after the request
+    began, else the next one, which the reader thread that settles the round in flight
+    sends at once -- as one stream's group commit, with one wake-up per request and round
+    whatever the number of streams."""
+
+    def __init__(self, streams: list[InvalidationStream]) -> None:
+        self.streams = streams
+        self._lock = threading.Lock()
+        self._current: _Round | None = None  # sent, not yet settled
+        self._next: _Round | None = None  # for the requests that began after it was sent
+        self.rounds = 0
+        for stream in streams:
+            stream.on_settled = self._settle
+
+    def wait(self, deadline: float) -> bool:
+        started = time.monotonic()
+        with self._lock:
+            current = self._current
+            if current is not None and current.sent_at >= started:
+                joined = current
+            elif current is None:
+                joined = self._launch(_Round())
+            else:
+                joined = self._next = self._next or _Round()
+        return joined.done.wait(max(0.0, deadline - time.monotonic())) and joined.ok
+
+    def _launch(self, round_: _Round) -> _Round:
+        """Send ``round_`` on every stream now (under the lock)."""
+        round_.sent_at = time.monotonic()
+        round_.tickets = [(s, s.begin_barrier()) for s in self.streams]
+        self.rounds += 1
+        if not round_.tickets or any(t is None for _, t in round_.tickets):
+            round_.done.set()  # a stream down: no round (ok stays False)
+        else:
+            self._current = round_
+        return round_
+
+    def _settle(self) -> None:
+        """On a reader thread, after a ``PONG`` or a loss: the round in flight is over once
+        every stream answered its ``PING`` (ok) or one failed; then the next one goes."""
+        with self._lock:
+            current = self._current
+            if current is None:
+                return
+            results = [s.settled(t) for s, t in current.tickets]
+            if False not in results and None in results:
+                return  # still waiting
+            current.ok = all(results)
+            self._current, waiting, self._next = None, self._next, None
+            if waiting is not None:
+                self._launch(waiting)
+        current.done.set()
+
+
 class ClusterStreams:
     """One :class:`~.tracking.InvalidationStream` per primary of a Redis Cluster, behind the
     one-stream interface :class:`~.tracked_near.BarrierNearCache` uses (``barrier``,
@@ -185,6 +254,7 @@ class ClusterStreams:
         self._lock = threading.Lock()
         self.generation = 0
         self.streams: dict[tuple[str, int], InvalidationStream] = {}
+        self.joint = JointBarrier([])
         self.rebuilds = 0
         self._stopped = False
 
@@ -212,7 +282,7 @@ class ClusterStreams:
                     connection_class=pool.connection_class, handshake=primary_identity,
                     probe=PrimaryProbe(kwargs, pool.connection_class))
             self.generation += 1
-            self.streams = streams
+            self.streams, self.joint = streams, JointBarrier(list(streams.values()))
             self.rebuilds += 1
         for stream in streams.values():
             stream.start()
@@ -230,22 +300,19 @@ class ClusterStreams:
         return bool(streams) and all(s.healthy for s in streams.values())
 
     def barrier(self, timeout: float) -> bool:
-        """A barrier on every stream (each with its probe: "still the primary it connected
-        to"), all ``PING``, probe pairs sent before any is awaited; then the client must know no
+        """A round of :class:`JointBarrier`: a barrier on every stream (each with its probe:
+        "still the primary it connected to"), all sent at once; then the client must know no
         primary without a stream (else the set is rebuilt, everything flushed)."""
         deadline = time.monotonic() + timeout
-        generation, streams = self.generation, self.streams
-        tickets = [(s, s.begin_barrier()) for s in streams.values()]
-        if not tickets or any(t is None for _, t in tickets):
-            return False
-        if not all(s.await_barrier(t, deadline) for s, t in tickets):
+        generation, joint = self.generation, self.joint  # (the streams of one generation)
+        if not joint.streams or not joint.wait(deadline):
             return False
         if not self.current():
             log.warning("cache tracking for %r: the cluster's primaries changed; near cache "
                         "flushed", self.prefix)
             self.rebuild(generation)
             return False
-        return self.streams is streams
+        return self.joint is joint  # (no rebuild since: those are still the streams)
 
     def mark(self) -> tuple[int, dict] | None:
         streams = self.streams

@@ -104,6 +104,9 @@ class InvalidationStream:
         #: the PING numbers whose probe is sent and not yet read (oldest first)
         self._probed: collections.deque[int] = collections.deque()
         self._refused = 0  # the last PING whose probe gave no answer
+        #: called by the reader thread once a barrier PING is answered and on every loss
+        #: (:class:`~.fenced_near.JointBarrier`: rounds over several streams)
+        self.on_settled: Callable[[], None] | None = None
         self._conn: redis.Connection | None = None
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -255,6 +258,8 @@ class InvalidationStream:
                 conn.disconnect()  # never left open (a dead reader's socket stayed in Redis)
             except Exception:  # noqa: BLE001
                 pass
+        if self.on_settled is not None:
+            self.on_settled()
         if was:
             self.losses += 1
             self.on_flush()
@@ -300,6 +305,8 @@ class InvalidationStream:
                     self._cond.notify_all()
                 if send is not None:
                     self._send(send)
+                if self.on_settled is not None:
+                    self.on_settled()
 
     # -- the barrier ----------------------------------------------------------------------------
 
@@ -348,6 +355,18 @@ class InvalidationStream:
                 lambda: self._acked >= mine or self._refused >= mine or self._epoch != epoch
                 or not self._healthy, max(0.0, deadline - time.monotonic()))
             return bool(ok) and self._acked >= mine and self._epoch == epoch
+
+    def settled(self, ticket: tuple[int, int] | None) -> bool | None:
+        """:meth:`await_barrier` without waiting: None while its ``PING`` is unanswered."""
+        if ticket is None:
+            return False
+        mine, epoch = ticket
+        with self._cond:
+            if self._acked >= mine and self._epoch == epoch:
+                return True
+            if self._refused >= mine or self._epoch != epoch or not self._healthy:
+                return False
+            return None
 
     def _send(self, number: int) -> None:
         """Send ``PING <number>`` on the current connection, from the caller's thread (the
