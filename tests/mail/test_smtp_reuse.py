@@ -42,6 +42,9 @@ class CountingHandler(ScriptedHandler):
     #: stall the RCPT of the n-th recipient, or the reply to the n-th stored message, until
     #: ``release`` is set (0: never)
     stall_rcpt_at: int = 0
+    #: answer MAIL FROM on a connection that already carried a mail with 421 and close it,
+    #: this many times
+    closing_421: int = 0
     stall_data_at: int = 0
     rcpts: int = 0
     stalled_id: str = ""
@@ -67,6 +70,15 @@ class CountingHandler(ScriptedHandler):
     async def handle_QUIT(self, server, session, envelope):
         self.quits += 1
         return "221 Bye"
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.closing_421 and getattr(session, "messages", 0) > 0:
+            self.closing_421 -= 1  # a provider closing a reused connection
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.7.0 Too many messages on this connection, closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         self.rcpts += 1
@@ -309,6 +321,19 @@ def test_consumer_checks_an_idle_connection_with_noop_and_replaces_a_dead_one(sy
     delivered_once(server, db, first + second + third)
     assert server.handler.ehlos == 2 and server.handler.noops == 1  # the NOOP got no reply
     assert "lost before DATA" not in consumer.log()
+
+
+def test_consumer_resends_on_a_new_connection_after_421_on_a_reused_one(system, server, db):
+    """The provider answers MAIL FROM on a reused connection with 421 and closes it: the
+    mail goes out on a new connection within the same attempt -- once, one attempt."""
+    server.handler.closing_421 = 2
+    testapp, consumer = system(**{"mail.smtp_max_messages_per_connection": 0})
+    jobs = queue_mails(testapp, 5, "closing421")
+    consumer.start()
+    delivered_once(server, db, jobs)
+    assert server.handler.closing_421 == 0  # both 421s were met
+    assert server.handler.ehlos == 3
+    assert consumer.log().count("lost before DATA") == 2
 
 
 def test_consumer_killed_mid_batch_on_reused_connections_loses_nothing(system, server, db):
