@@ -11,7 +11,9 @@ Run as ``python -m tests.cache.faultapp`` with :mod:`.itemapp`'s arguments.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 import threading
 import time
@@ -96,6 +98,8 @@ def main() -> None:
     extra = dict(item.split("=", 1) for item in args.setting)
     app = itemapp.make_app(args.db, **{"examcache.redis_url": args.redis,
                                        "examcache.key_prefix": args.prefix, **extra})
+    # SIGUSR1: every thread's stack to the log (a test that sees the process hang asks)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     print("faultapp ready", flush=True, file=sys.stderr)
     waitress.serve(Window(app), host="127.0.0.1", port=args.port, threads=args.threads,
                    connection_limit=1000, channel_timeout=60)

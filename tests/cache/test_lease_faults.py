@@ -154,6 +154,18 @@ def apps(db: str, urls: list[str], tmp_path, names: list[str] | None = None,
         stop_processes([p for p in procs if p.poll() is None])
 
 
+def exit_code(app: App, timeout: float = 30) -> int:
+    """The worker's exit code; if it has not exited, fail with its threads' stacks."""
+    try:
+        return app.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        app.proc.send_signal(signal.SIGUSR1)  # faulthandler: the stacks go to its log
+        wait_until(lambda: "Current thread" in open(app.log_path).read()
+                   or "Thread 0x" in open(app.log_path).read(), timeout=10, message="stacks")
+        raise AssertionError(f"{app.name} still running {timeout}s after the signal; its log:\n"
+                             + open(app.log_path).read()[-6000:]) from None
+
+
 # -- load and the stale-read count ----------------------------------------------------------
 
 @dataclass
@@ -868,7 +880,7 @@ def test_a_worker_that_exits_cleanly_unregisters(db, server, tmp_path, sig):
         since = time.monotonic()
         write = put(client, 1)  # at once: its lease would still be running
         client.close()
-        code = leaving.proc.wait(30)
+        code = exit_code(leaving)
         ms = invalidation_ms(w, since)
         waited = w.state()["stats"].get("lease_waits", 0) - waits
     report(f"clean-exit {sig.name}", exit_code=code,
