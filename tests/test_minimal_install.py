@@ -49,7 +49,9 @@ def test_tracking_and_read_leases_on_a_minimal_install_without_hiredis(built_dis
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(ROOT / "setup.cfg", work / "setup.cfg")
         log = work / "warnings.log"
-        tests = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FILES,
+        # (-o addopts: setup.cfg's `-n 2` needs pytest-xdist, which this install has not)
+        tests = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+                     "addopts=-ra --strict-markers", *FILES,
                      f"--log-file={log}", "--log-file-level=WARNING",
                      "--log-file-format=%(levelname)s %(name)s %(message)s"],
                     600, env=env, cwd=work)
