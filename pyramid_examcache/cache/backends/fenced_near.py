@@ -8,7 +8,9 @@ a probe (:class:`PrimaryProbe`: ``INFO replication`` on a second, plain connecti
 node) that travels with each of the stream's barrier ``PING``: sent with it, read by the
 stream's reader thread when the ``PONG`` arrives, and a barrier succeeds only if it answered
 "master of the stream's mastership" (:class:`~.tracking.InvalidationStream`, ``probe``).
-One group-committed round per round trip, driven by the reader thread as on one Redis:
+One group-committed round per round trip, driven by the reader thread as on one Redis;
+requests wait for a round of :class:`JointBarrier` (every stream's ``PING`` and probe, one
+wake-up per request and round):
 
 * :class:`SentinelNearCache` -- one stream on the primary; its handshake reads the primary's
   *epoch* (replication ID, :mod:`.failover`).  A held value is served only to a request
@@ -112,6 +114,11 @@ class SentinelNearCache(BarrierNearCache):
     :meth:`get` is the backend's ``(holder, key prefix with the request's epoch)``."""
 
     _epoch_key: tuple[Any, str] = (None, "")  # (stream.node, its key prefix)
+    joint: JointBarrier
+
+    def _start(self) -> None:
+        super()._start()
+        self.joint = JointBarrier([self.stream])  # (one wake-up per request and round)
 
     @staticmethod
     def _handshake(conn) -> str:
@@ -145,7 +152,9 @@ class SentinelNearCache(BarrierNearCache):
         if node is not None and conn[1] == self._epoch_prefix(node) \
                 and tracked.get(key, tags) is not None:
             # the barrier's probe found ``node`` the primary of its epoch after it began
-            if stream.barrier(self.barrier_timeout) and stream.node is node:
+            joint = self.joint
+            if joint.streams[0] is stream and \
+                    joint.wait(time.monotonic() + self.barrier_timeout) and stream.node is node:
                 data = tracked.get(key, tags)
                 if data is not None:
                     return data
