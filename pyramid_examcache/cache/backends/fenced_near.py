@@ -62,13 +62,26 @@ class PrimaryProbe:
         self.connection_class = connection_class
         self._conn: redis.Connection | None = None
 
+    def connect(self) -> None:
+        """Open the connection now if there is none."""
+        if self._conn is None:
+            conn = self._conn = self.connection_class(**self.kwargs)
+            try:
+                conn.connect()  # (a Sentinel connection asks the sentinels where to)
+            except BaseException:
+                self._lost(conn)
+                raise
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
     def send(self) -> None:
-        """Send ``INFO replication`` (connecting first if need be)."""
+        """Send ``INFO replication`` (never connects: the stream's reader thread does)."""
         conn = self._conn
         try:
             if conn is None:
-                conn = self._conn = self.connection_class(**self.kwargs)
-                conn.connect()  # (a Sentinel connection asks the sentinels where to)
+                raise redis.ConnectionError("the probe's connection was lost")
             conn.send_packed_command([INFO_REPLICATION], check_health=False)
         except BaseException:
             self._lost(conn)

@@ -69,9 +69,10 @@ class InvalidationStream:
     ``probe`` (Sentinel, Cluster: :class:`~.fenced_near.PrimaryProbe`): a second, plain
     connection to the node that travels with every barrier ``PING``: ``probe.send()`` just
     before the ``PING`` is sent, ``probe.same(node)`` read by the reader thread when its
-    ``PONG`` arrives.  A barrier then succeeds only if the probe sent with its ``PING`` (or
-    a later one's) answered "the primary of :attr:`node`"; another answer breaks the
-    connection (flush, reconnect), no answer fails the barriers waiting on that ``PING``.
+    ``PONG`` arrives; its connection is opened by the reader thread only (``connect()``).
+    A barrier then succeeds only if the probe sent with its ``PING`` (or a later one's)
+    answered "the primary of :attr:`node`"; another answer breaks the connection (flush,
+    reconnect), no answer fails the barriers waiting on that ``PING``.
     """
 
     def __init__(self, connection_kwargs: dict[str, Any], prefix: str,
@@ -231,6 +232,7 @@ class InvalidationStream:
         except BaseException:
             conn.disconnect()
             raise
+        self._connect_probe()
         with self._cond:
             self._conn = conn
             self.node = node
@@ -395,9 +397,10 @@ class InvalidationStream:
     def _probe_answer(self, number: int) -> bool:
         """On the reader thread, ``PING number`` answered: read the replies of the probes
         sent up to it.  True if the one sent with it says "the primary of :attr:`node`";
-        False if there was none or it gave no answer (the probe reconnects on its next
-        send); raises :class:`NotPrimaryAnymore` (a ``ConnectionError``: flush, reconnect) if any
-        says another node or mastership is the primary."""
+        False if there was none or it gave no answer (the probe is then reconnected here,
+        never on a request thread); raises :class:`NotPrimaryAnymore` (a
+        ``ConnectionError``: flush, reconnect) if any says another node or mastership is
+        the primary."""
         probed, verdict = self._probed, False
         while probed and probed[0] <= number:
             sent = probed.popleft()
@@ -407,12 +410,27 @@ class InvalidationStream:
                 log.debug("cache tracking for %r: the probe gave no answer (%s)",
                           self.prefix, exc)
                 self._reset_probe()
-                return False
+                verdict = False
+                break
             if not same:
                 raise NotPrimaryAnymore(f"the probe found {self.node!r} no longer the "
                                         f"primary; near cache flushed")
             verdict = sent == number
+        if not self.probe.connected:
+            self._connect_probe()
         return verdict
+
+    def _connect_probe(self) -> None:
+        """Open the probe's connection on the reader thread: before the stream serves, and
+        after a barrier found it closed (a request thread never pays a connection: a
+        stalled node costs one barrier timeout)."""
+        if self.probe is not None:
+            with self._send_lock:
+                try:
+                    self.probe.connect()
+                except PROBE_ERRORS as exc:
+                    log.debug("cache tracking for %r: the probe could not connect (%s)",
+                              self.prefix, exc)
 
     def _reset_probe(self) -> None:
         """Forget the probes in flight and close the probe's connection (their replies
