@@ -47,6 +47,8 @@ TWEEN = "pyramid_examcache.cache.early.early_hits_tween_factory"
 TOOLBAR = "pyramid_debugtoolbar.toolbar_tween_factory"
 #: the registry key of the fast path's plan (read by tests and the docs)
 PLAN_KEY = "pyramid_examcache.fast_path"
+#: at most this many paths remembered as matched to a fast route (then forgotten at once)
+MATCHED_PATHS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,11 @@ class FastPath:
         registry = router.registry
         self.routes = table.routes
         self.mapper = registry.getUtility(IRoutesMapper)
+        #: path -> (route entry, route, matchdict) of paths already matched to a fast route
+        #: (the first matching route depends on the path alone: no predicates here); emptied
+        #: when full or when the mapper's routes change
+        self._matched: dict[str, tuple] = {}
+        self._mapped = len(self.mapper.get_routes())
         self.policy = get_policy(registry)
         self.notify = registry.notify
 
@@ -155,19 +162,37 @@ class FastPath:
     def _match(self, environ: dict, method: str) -> tuple | None:
         """``(route entry, route, matchdict)`` when the first route the router would
         match (the mapper's routes, in its order) is served here; else None."""
+        raw = environ.get("PATH_INFO") or "/"
+        found = self._matched.get(raw)
+        if found is None or len(self.mapper.get_routes()) != self._mapped:
+            found = self._first_match(raw)
+            if found is None:
+                return None
+        entry, route, match = found
+        if method not in entry.early.methods:
+            return None
+        return entry, route, dict(match)
+
+    def _first_match(self, raw: str) -> tuple | None:
         try:  # PEP 3333: PATH_INFO is latin-1 text of the raw bytes (Pyramid decodes UTF-8)
-            path = (environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8")
+            path = raw.encode("latin-1").decode("utf-8")
         except UnicodeError:
             return None
-        for route in self.mapper.get_routes():
+        routes = self.mapper.get_routes()
+        for route in routes:
             match = route.match(path)
             if match is not None:
                 if route.predicates:  # predicates need a request: the router evaluates them
                     return None
                 entry = self.routes.get(route.name)
-                if entry is None or method not in entry.early.methods:
+                if entry is None:
                     return None
-                return entry, route, match
+                memo = self._matched
+                if len(memo) >= MATCHED_PATHS or len(routes) != self._mapped:
+                    memo.clear()  # (a flood of distinct paths costs the loop, never memory)
+                    self._mapped = len(routes)
+                memo[raw] = found = (entry, route, match)
+                return found
         return None
 
     def _serve(self, environ, start_response, entry: FrontRoute, route, match):

@@ -23,6 +23,7 @@ from pyramid.tweens import INGRESS
 
 from pyramid_examcache import fast_path
 from pyramid_examcache.cache import get_policy
+from pyramid_examcache.cache import front
 from pyramid_examcache.cache.front import PLAN_KEY, FastPath, filter_app_factory
 
 from .servers import thread_server
@@ -258,3 +259,24 @@ def test_a_new_request_subscriber_added_later_is_refused_too():
         router = config.make_wsgi_app()
     with pytest.raises(ConfigurationError, match="NewRequest"):
         fast_path(router)
+
+
+def test_a_flood_of_distinct_paths_keeps_the_matched_paths_bounded(monkeypatch):
+    """The fast path remembers the paths it matched to a fast route (no regex loop on the
+    next hit); a client sending ever new ids cannot grow that memory past its bound, and
+    every answer stays the router's."""
+    monkeypatch.setattr(front, "MATCHED_PATHS", 50)
+    counts = Counts()
+    app = fast_path(make_app(counts, subscribers=False))
+    plain = make_app(Counts(), subscribers=False, **{"examcache.early_hits": "false"})
+    with thread_server(app) as base, thread_server(plain) as plain_base:
+        for n in range(1, 121):
+            get(base, f"/items/{n}")  # the miss fills
+            get(plain_base, f"/items/{n}")
+            hit = get(base, f"/items/{n}")
+            assert hit[1]["X-Cache"] == "HIT" and wire(hit) == wire(get(plain_base, f"/items/{n}"))
+            assert 1 <= len(app._matched) <= 50
+        assert early_hits(app) == 120
+        assert get(base, "/items/7", method="HEAD")[2] == b""  # a remembered path, another method
+    get_policy(app.registry).close()
+    get_policy(plain.registry).close()
