@@ -195,16 +195,21 @@ def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_p
 
 
 @pytest.mark.slow
-def test_no_stale_reads_when_one_process_has_a_slow_link(db, private_redis, redis_prefix):
+@pytest.mark.parametrize("path", ["tween", "fast"])
+def test_no_stale_reads_when_one_process_has_a_slow_link(db, private_redis, redis_prefix, path):
     """G2 with read leases and early hits (``near_cache = lease``), the way it is hardest:
     the readers' process reaches Redis over a slow link (every reply and invalidation message 20 ms
     late) while the writer's process does not. Held values are served with no Redis
-    command, so only the writers' wait for the readers' acknowledgement keeps them fresh."""
+    command, so only the writers' wait for the readers' acknowledgement keeps them fresh.
+    ``fast``: the hits are served by the WSGI fast path, before Pyramid builds a request."""
+    settings = {"examcache.near_cache": "lease", **HEALTHY}
+    if path == "fast":
+        settings["test.fast_path"] = "true"
     with RespProxy("127.0.0.1", private_redis.port) as proxy:
         proxy.delay[DOWN] = 0.02
         urls = [private_redis.url, f"redis://127.0.0.1:{proxy.port}/0"]
         with process_servers(2, db, urls, redis_prefix, load_delay=LOAD_DELAY,
-                             settings={"examcache.near_cache": "lease", **HEALTHY}) as bases:
+                             settings=settings) as bases:
             caches: list = []
             # paced, so that between two writes the slow process fills and holds the value
             stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=60,
