@@ -46,10 +46,18 @@ def hold(b: RedisBackend, key: str, value: bytes, tags=()) -> None:
 def test_a_held_value_is_served_with_no_command_and_no_barrier(private_redis):
     b = backend(private_redis.url)
     store(b, "k", b"v1", ("t",))
-    hold(b, "k", b"v1", ("t",))
-    pings = b._stream.pings_sent
-    before = commandstats(private_redis)
-    assert [b.peek_local("k", ("t",)) for _ in range(500)] == [b"v1"] * 500
+    for _ in range(5):
+        hold(b, "k", b"v1", ("t",))
+        pings = b._stream.pings_sent
+        before = commandstats(private_redis)
+        got = [b.peek_local("k", ("t",)) for _ in range(500)]
+        if got == [b"v1"] * 500:
+            break
+        # a lease that lapsed on a loaded machine (its keeper thread not scheduled in time)
+        # serves nothing, which is right: hold it again (seen once in the minimal install)
+        assert set(got) <= {b"v1", None}, got[:5]
+    else:
+        pytest.fail("500 peeks of a held value never all served it, in 5 tries")
     assert [read(b, "k", ("t",)) for _ in range(500)] == [b"v1"] * 500
     after = commandstats(private_redis)
     # whatever ran meanwhile is the lease keeper's (a cycle every 250 ms), not the reads
