@@ -280,3 +280,7 @@ class ConsumerProcess:
         self.proc = None
 
 
+def queue_mails(testapp, n: int, tag: str) -> list[str]:
+    """Queue ``n`` registration mails through the test app's ``/register``; their job ids."""
+    return [testapp.post_json("/register", {"email": f"{tag}{i}@example.com"}, status=201)
+            .json["jobId"] for i in range(n)]

@@ -78,6 +78,16 @@ class RecordingBroker:
         self.pushed.append((job_id, eta))
 
 
+
+def queue_scheduled(app, consumer, delay: float) -> tuple[str, float]:
+    """Queue a mail due in ``delay`` s through ``/later`` and wait until a worker moved it
+    to Huey's schedule; its job id and due time on ``time.monotonic()``'s clock."""
+    wall, mono = time.time(), time.monotonic()
+    job_id = app.post_json("/later", mail(delay=delay), status=201).json["jobId"]
+    due = dt.datetime.fromisoformat(app.get(f"/jobs/{job_id}").json["nextAttemptAt"])
+    consumer.wait_for_log("Added task", timeout=10)  # a worker moved it to the schedule
+    return job_id, mono + (due.timestamp() - wall)
+
 def test_a_delayed_mail_is_delayed_until_its_due_time(app, db):
     before = utcnow()
     job_id = app.post_json("/later", mail(delay=3600), status=201).json["jobId"]
@@ -199,11 +209,7 @@ def test_a_scheduled_mail_survives_a_consumer_restart(db, pg_url, smtp_server, p
     consumer = ConsumerProcess(ini, str(tmp_path / "consumer.log"))
     consumer.start()
     try:
-        wall, mono = time.time(), time.monotonic()
-        job_id = app.post_json("/later", mail(delay=6), status=201).json["jobId"]
-        due = dt.datetime.fromisoformat(app.get(f"/jobs/{job_id}").json["nextAttemptAt"])
-        due_mono = mono + (due.timestamp() - wall)
-        consumer.wait_for_log("Added task", timeout=10)  # a worker moved it to the schedule
+        job_id, due_mono = queue_scheduled(app, consumer, delay=6)
         assert consumer.kill(signal.SIGKILL) == -signal.SIGKILL
         consumer.start()  # before the due time
         assert time.monotonic() < due_mono - 1 and smtp_server.handler.attempts == []
@@ -317,11 +323,7 @@ def test_send_now_from_the_admin_page_through_the_consumer(db, pg_url, smtp_serv
                                str(tmp_path / "consumer.log"))
     consumer.start()
     try:
-        wall, mono = time.time(), time.monotonic()
-        job_id = app.post_json("/later", mail(delay=10), status=201).json["jobId"]
-        due = dt.datetime.fromisoformat(app.get(f"/jobs/{job_id}").json["nextAttemptAt"])
-        due_mono = mono + (due.timestamp() - wall)
-        consumer.wait_for_log("Added task", timeout=10)  # a worker moved it to the schedule
+        job_id, due_mono = queue_scheduled(app, consumer, delay=10)
         page = app.get(f"/_examcache/jobs/{job_id}", headers=ADMIN)
         assert smtp_server.handler.attempts == [] and load(db, job_id).state == DELAYED
         page.forms["send-now"].submit(headers=ADMIN, status=303)

@@ -23,7 +23,8 @@ from pyramid_examcache.mail.transports import SMTPTransport, TransientMailError
 from pyramid_examcache.settings import parse_mail_settings
 
 from ..conftest import free_port
-from .support import ConsumerProcess, ScriptedHandler, SMTPServer, make_app, wait_until, write_ini
+from .support import (ConsumerProcess, ScriptedHandler, SMTPServer, make_app, queue_mails,
+                      wait_until, write_ini)
 from .test_transports import message
 
 SENDER = "no-reply@exams.example"
@@ -236,11 +237,6 @@ def system(server, db, pg_url, private_redis, tmp_path):
     yield build
     for consumer in consumers:
         consumer.stop()
-
-
-def queue_mails(testapp, n: int, tag: str) -> list[str]:
-    return [testapp.post_json("/register", {"email": f"{tag}{i}@example.com"}, status=201)
-            .json["jobId"] for i in range(n)]
 
 
 def delivered_once(server, db, jobs: list[str]) -> None:

@@ -17,7 +17,8 @@ from aiosmtpd.smtp import AuthResult
 from webtest import TestApp
 
 from ..conftest import free_port
-from .support import ConsumerProcess, ScriptedHandler, SMTPServer, make_app, wait_until, write_ini
+from .support import (ConsumerProcess, ScriptedHandler, SMTPServer, make_app, queue_mails,
+                      wait_until, write_ini)
 
 SENDER = "no-reply@exams.example"
 USER, PASSWORD = "exams", "s3cret"
@@ -108,11 +109,6 @@ def system(secure_server, db, pg_url, private_redis, tmp_path):
     yield build
     for consumer in consumers:
         consumer.stop()
-
-
-def queue_mails(testapp, n: int, tag: str) -> list[str]:
-    return [testapp.post_json("/register", {"email": f"{tag}{i}@example.com"}, status=201)
-            .json["jobId"] for i in range(n)]
 
 
 def status(testapp, job_id: str) -> dict:
