@@ -285,7 +285,7 @@ CACHE_TABLE: tuple[Setting, ...] = (
     Setting(_c("lease_ms"), _lease_ms, 1000, "read lease length (ms)", allow_zero=False,
             integer=True),
     Setting(_c("early_hits"), _boolean, None, "cached-view hits from a tween "
-            "(default: on with leases or memory://)"),
+            "(default: on with barrier, lease or memory://)"),
     _bool(_c("enabled"), True, "false: every read bypasses the cache"),
     _int(_c("max_value_bytes"), 1048576, "larger values are not stored", allow_zero=False),
     _bool(_c("require_registration"), False, "unregistered sessions raise"),
@@ -553,6 +553,10 @@ def _map_deprecated(settings: Mapping[str, Any], values: dict[str, Any],
     return leases_off
 
 
+#: the near-cache modes whose held values early hits may serve (``barrier`` after its barrier)
+EARLY_MODES = ("barrier", "lease")
+
+
 def _default_mode(kind: str, size_mb: float) -> str:
     """The default mode per topology: memory:// has no near cache; every Redis topology
     tracks with a barrier per read (fenced by the primaries' identity on Sentinel and
@@ -601,11 +605,12 @@ def _check_mode(settings: Mapping[str, Any], given: dict[str, str], kind: str, m
     if mode == "lease" and leases_off and "near_cache" in given:
         raise _both(shown, (_c("tracking_lease_ms"), settings[_c("tracking_lease_ms")]),
                     "lease needs read leases, which tracking_lease_ms = 0 turns off")
-    if "early_hits" in given and read(settings, _c("early_hits")) and mode != "lease" \
-            and kind != "memory":
+    if "early_hits" in given and read(settings, _c("early_hits")) \
+            and mode not in EARLY_MODES and kind != "memory":
         raise _both((_c("early_hits"), settings[_c("early_hits")]), shown,
-                    "early hits need read leases: examcache.near_cache = lease on a single "
-                    "Redis (or memory://)")
+                    "early hits need a near cache this process vouches for: "
+                    "examcache.near_cache = barrier (after its barrier, every topology) or "
+                    "lease (read leases, a single Redis), or memory://")
 
 
 def resolve_near_cache(settings: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -621,7 +626,7 @@ def resolve_near_cache(settings: Mapping[str, Any], values: Mapping[str, Any]) -
             else _default_mode(kind, size_mb))
     _check_topology(settings, given, kind, mode)
     _check_mode(settings, given, kind, mode, size_mb, leases_off)
-    early = values["early_hits"] if "early_hits" in given else (mode == "lease"
+    early = values["early_hits"] if "early_hits" in given else (mode in EARLY_MODES
                                                                 or kind == "memory")
     return {"near_cache": mode, "near_cache_mb": size_mb if mode != "off" else 0.0,
             "lease_ms": 0 if mode == "barrier" or leases_off else values["lease_ms"],

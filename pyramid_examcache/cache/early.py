@@ -87,7 +87,8 @@ def early_hits_tween_factory(handler, registry):
 
 def _server(policy, notify):
     """The function answering one request for an eligible route, or None (fall through)."""
-    peek_local = policy.peek_local
+    # peek_local, or peek_after_barrier (eligibility.off_reason installed the tween: one is)
+    peek = policy.early_peek() or policy.peek_local
     stats = policy.stats
 
     def serve(request, entry, route, match):
@@ -99,7 +100,7 @@ def _server(policy, notify):
         if isinstance(found, str):  # a bypass: the deriver counts it
             return None
         key, tags, _ = found
-        data = peek_local(key, tags)
+        data = peek(key, tags)
         if data is None:
             return None
         response = serve_entity(request, data, stats)

@@ -90,10 +90,10 @@ def off_reason(settings, backend) -> str | None:
         return "examcache.early_hits = false"
     if not settings.enabled:
         return "examcache.enabled = false"
-    if not backend.answers_locally():
-        return ("the backend never serves a hit without I/O (only read leases do: "
-                "examcache.near_cache = lease, on a single Redis; barrier, on every "
-                "topology, waits for a barrier)")
+    if not (backend.answers_locally() or backend.answers_after_barrier()):
+        return ("the backend never serves a hit from this process alone (read leases do: "
+                "examcache.near_cache = lease, on a single Redis; so does barrier, after "
+                "its barrier, on every topology; check and off read Redis)")
     return None
 
 

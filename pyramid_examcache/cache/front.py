@@ -104,7 +104,8 @@ def plan(registry) -> Plan:
         return Plan({}, {}, "examcache.early_hits = false", True)
     if table.disabled is not None:
         by_settings = registry.get(NOTES_KEY) is None  # eligibility.off_reason said no
-        hint = "" if policy.backend.answers_locally() else " (examcache.near_cache = lease does)"
+        hint = ("" if policy.early_peek() is not None
+                else " (examcache.near_cache = barrier or lease does)")
         return Plan({}, {}, table.disabled + (hint if by_settings else ""), by_settings)
     above = _tweens_above(registry)
     if above == [TOOLBAR]:
@@ -144,6 +145,8 @@ class FastPath:
         self._matched: dict[str, tuple] = {}
         self._mapped = len(self.mapper.get_routes())
         self.policy = get_policy(registry)
+        #: peek_local, or peek_after_barrier (the ``barrier`` near cache): plan() said one is
+        self.peek = self.policy.early_peek() or self.policy.peek_local
         self.notify = registry.notify
 
     def __getattr__(self, name: str) -> Any:  # the router's attributes (registry, ...)
@@ -204,7 +207,7 @@ class FastPath:
         if isinstance(found, str):  # a bypass: the deriver counts it
             return None
         key, tags, _ = found
-        data = self.policy.peek_local(key, tags)
+        data = self.peek(key, tags)
         if data is None:
             return None
         if entry.full:

@@ -320,6 +320,33 @@ class CachePolicy:
             self.stats.incr("hits")
         return data
 
+    def peek_after_barrier(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
+        """As :meth:`peek_local`, but the backend may wait for its ordering barrier
+        (:meth:`.Backend.peek_after_barrier`: the ``barrier`` near cache's held value, served
+        after the barrier the ordinary read waits for, never read from Redis).  None also
+        while the breaker is not closed (the ordinary path then serves without the cache:
+        no barrier is waited for)."""
+        if self.deferred or self._apply_lock.locked() or not self.settings.enabled \
+                or self.breaker.state != "closed":
+            return None
+        try:
+            data = self.backend.peek_after_barrier(key, tags)
+        except Exception:  # noqa: BLE001 -- unsure: the ordinary path decides (and counts)
+            return None
+        if data is not None:
+            self.stats.incr("hits")
+        return data
+
+    def early_peek(self) -> Callable[[str, Sequence[str]], bytes | None] | None:
+        """What early hits (the tween, the WSGI fast path) read with: :meth:`peek_local`
+        where the backend answers with no I/O, else :meth:`peek_after_barrier` where it
+        answers after a barrier; None where it can do neither."""
+        if self.backend.answers_locally():
+            return self.peek_local
+        if self.backend.answers_after_barrier():
+            return self.peek_after_barrier
+        return None
+
     def _release(self, key: str, token: str) -> None:
         self._call("release", self.backend.release, key, token)
 

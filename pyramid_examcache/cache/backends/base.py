@@ -102,7 +102,23 @@ class Backend(abc.ABC):
     def answers_locally(self) -> bool:
         """Can :meth:`peek_local` ever return a value here (known from the
         configuration)?  False by default; the early-hit tween is installed only
-        where it is True."""
+        where it or :meth:`answers_after_barrier` is True."""
+        return False
+
+    def peek_after_barrier(self, key: str, tags: Sequence[str] = ()) -> bytes | None:
+        """A held value servable after this process's ordering barrier; None whenever unsure.
+
+        What :meth:`get` would return from the near cache, after the same barrier wait
+        (``docs/design/tracking.md``; on Sentinel and Cluster with its mastership probe,
+        ``docs/design/topologies.md``), but never the validating read: a value not held,
+        a barrier that fails or a stream that is unhealthy give None, and the caller takes
+        the ordinary path.  May wait up to the barrier's timeout (the early-hit tween and
+        the WSGI fast path call it where :meth:`answers_locally` is False)."""
+        return None
+
+    def answers_after_barrier(self) -> bool:
+        """Can :meth:`peek_after_barrier` ever return a value here (the ``barrier`` near
+        cache)?  False by default."""
         return False
 
     @abc.abstractmethod

@@ -92,6 +92,15 @@ class ClusterBackend(Backend):
             return "barrier"
         return "check" if self._near is not None else "off"
 
+    def answers_after_barrier(self) -> bool:
+        return self._tracked_near is not None
+
+    def peek_after_barrier(self, key, tags=()):
+        """The held value after a :class:`~.fenced_near.JointBarrier` round (every primary's
+        ``PING`` and probe), as :meth:`get` waits for it; never the validating read."""
+        tracked = self._tracked_near
+        return tracked.held(key, tags, None) if tracked is not None else None
+
     def near_cache_bytes(self) -> int:
         near = self._tracked_near or self._near
         return near.nbytes if near is not None else 0

@@ -159,7 +159,7 @@ class SentinelNearCache(BarrierNearCache):
         self.tracked.on_flush()
         self.stream.drop()
 
-    def get(self, key, tags, conn):
+    def held(self, key, tags, conn) -> bytes | None:
         stream, tracked = self.stream, self.tracked
         node = stream.node
         if node is not None and conn[1] == self._epoch_prefix(node) \
@@ -168,10 +168,8 @@ class SentinelNearCache(BarrierNearCache):
             joint = self.joint
             if joint.streams[0] is stream and \
                     joint.wait(time.monotonic() + self.barrier_timeout) and stream.node is node:
-                data = tracked.get(key, tags)
-                if data is not None:
-                    return data
-        return self._read(key, tags, conn)
+                return tracked.get(key, tags)
+        return None
 
     def _read(self, key, tags, conn) -> bytes | None:
         stream = self.stream

@@ -111,6 +111,11 @@ class NearCache:
         """A held value servable with no I/O and no wait (:meth:`.Backend.peek_local`)."""
         return None
 
+    def held(self, key: str, tags: Sequence[str], conn) -> bytes | None:
+        """A held value servable after a barrier; never a read from Redis
+        (:meth:`.Backend.peek_after_barrier`)."""
+        return None
+
     def lease_held(self) -> bool:
         """Is a read lease usable now (the operators' gauge)?"""
         return False

@@ -250,6 +250,16 @@ class RedisBackend(Backend):
         may answer."""
         return self._lease is not None
 
+    def answers_after_barrier(self) -> bool:
+        """The ``barrier`` near cache (one Redis, Sentinel): :meth:`peek_after_barrier` may
+        answer."""
+        return self._near.mode == "barrier"
+
+    def peek_after_barrier(self, key, tags=()):
+        """The held value after the barrier :meth:`get` would wait for (on Sentinel: in the
+        epoch of this thread's connection, as :meth:`get`); never the validating read."""
+        return self._near.held(key, tags, self._prepare())
+
     @property
     def _tracked(self):
         return getattr(self._near, "tracked", None)

@@ -168,12 +168,16 @@ class BarrierNearCache(NearCache):
         self.tracked.on_flush()
 
     def get(self, key, tags, conn):
+        data = self.held(key, tags, conn)
+        return data if data is not None else self._read(key, tags, conn)
+
+    def held(self, key, tags, conn) -> bytes | None:
+        """The held value of ``key`` after a barrier that began after this call did, or None
+        (not held, the barrier failed or timed out, the stream is unhealthy): no read."""
         tracked = self.tracked
         if tracked.get(key, tags) is not None and self.stream.barrier(self.barrier_timeout):
-            data = tracked.get(key, tags)  # every invalidation before the barrier is applied
-            if data is not None:
-                return data
-        return self._read(key, tags, conn)
+            return tracked.get(key, tags)  # every invalidation before the barrier is applied
+        return None
 
     def _read(self, key, tags, conn) -> bytes | None:
         """The validating read, inserting what it read unless one of its keys changed
