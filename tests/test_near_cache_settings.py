@@ -40,9 +40,9 @@ def refused(settings: dict[str, str], *names: str) -> str:
 
 
 @pytest.mark.parametrize("url, expected", [
-    (ONE, ("barrier", 32.0, 0, False)),       # tracked near cache, a barrier per read
-    (SENTINEL, ("barrier", 32.0, 0, False)),  # tracked too, fenced (fenced_near.py)
-    (CLUSTER, ("barrier", 32.0, 0, False)),    # one stream per primary
+    (ONE, ("barrier", 32.0, 0, True)),       # tracked near cache, a barrier per read (early
+    (SENTINEL, ("barrier", 32.0, 0, True)),  # hits too, after it); tracked, fenced (fenced_near)
+    (CLUSTER, ("barrier", 32.0, 0, True)),    # one stream per primary
     (MEMORY, ("off", 0.0, 1000, True)),        # no near cache; memory:// hits early
 ])
 def test_defaults_follow_the_topology(url, expected):
@@ -56,7 +56,7 @@ def test_without_a_near_cache_the_mode_is_off():
 
 
 @pytest.mark.parametrize("mode, lease_ms, early", [("off", 1000, False), ("check", 1000, False),
-                                                   ("barrier", 0, False), ("lease", 1000, True)])
+                                                   ("barrier", 0, True), ("lease", 1000, True)])
 def test_each_mode_on_one_redis(mode, lease_ms, early):
     assert near({"examcache.redis_url": ONE, "examcache.near_cache": mode})[1:] == (
         0.0 if mode == "off" else 32.0, lease_ms, early)
@@ -75,6 +75,10 @@ def test_lease_ms_and_early_hits_given():
     assert near({"examcache.redis_url": ONE, "examcache.near_cache": "lease",
                  "examcache.early_hits": "false"})[3] is False
     assert near({"examcache.redis_url": MEMORY, "examcache.early_hits": "true"})[3] is True
+    # barrier: early hits after the barrier, on every topology (or off, explicitly)
+    for url in (ONE, SENTINEL, CLUSTER):
+        assert near({"examcache.redis_url": url, "examcache.early_hits": "true"})[3] is True
+        assert near({"examcache.redis_url": url, "examcache.early_hits": "false"})[3] is False
 
 
 @pytest.mark.parametrize("value", ["0", "199", "60001", "x", "1.5"])
@@ -102,12 +106,12 @@ def test_an_unknown_mode_lists_the_modes():
      "examcache.lease_ms", "examcache.redis_url"),
     ({"examcache.redis_url": MEMORY, "examcache.lease_ms": "1000"},
      "examcache.lease_ms", "examcache.redis_url"),
-    ({"examcache.redis_url": ONE, "examcache.near_cache": "barrier",
+    ({"examcache.redis_url": ONE, "examcache.near_cache": "off",
       "examcache.early_hits": "true"}, "examcache.early_hits", "examcache.near_cache"),
     ({"examcache.redis_url": ONE, "examcache.near_cache": "check",
       "examcache.early_hits": "true"}, "examcache.early_hits", "examcache.near_cache"),
-    ({"examcache.redis_url": CLUSTER, "examcache.early_hits": "true"},
-     "examcache.early_hits", "examcache.near_cache"),
+    ({"examcache.redis_url": CLUSTER, "examcache.near_cache": "check",
+      "examcache.early_hits": "true"}, "examcache.early_hits", "examcache.near_cache"),
     ({"examcache.redis_url": ONE, "examcache.near_cache": "barrier",
       "examcache.lease_ms": "1000"}, "examcache.lease_ms", "examcache.near_cache"),
     ({"examcache.redis_url": ONE, "examcache.near_cache": "lease",
@@ -151,7 +155,7 @@ def test_old_names_map_onto_the_new_ones(old, new):
 @pytest.mark.parametrize("url", [SENTINEL, CLUSTER])
 def test_barrier_and_check_are_accepted_on_sentinel_and_cluster(url):
     assert near({"examcache.redis_url": url, "examcache.near_cache": "barrier"}) == (
-        "barrier", 32.0, 0, False)
+        "barrier", 32.0, 0, True)
     assert near({"examcache.redis_url": url, "examcache.near_cache": "check"})[0] == "check"
     message = refused({"examcache.redis_url": url, "examcache.near_cache": "lease"},
                       "examcache.near_cache", "examcache.redis_url")

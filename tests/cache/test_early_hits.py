@@ -38,6 +38,7 @@ from pyramid_examcache.cache.early import TABLE_KEY, TWEEN
 from pyramid_examcache.settings import parse_cache_settings
 from pyramid_examcache.trace import ENVIRON_KEY, Trace
 
+from ..mail.support import wait_until
 from .servers import thread_server
 from .test_http_cache import Loads as Counts, get
 
@@ -531,13 +532,13 @@ def test_early_hits_false_installs_no_early_behaviour(apps):
 
 @pytest.mark.parametrize("settings,installed", [
     ({"examcache.near_cache": "lease"}, True),  # read leases: peek_local may answer
-    ({}, False),  # one Redis's default (a barrier per read): it never can
-    ({"examcache.near_cache": "check"}, False),
+    ({}, True),  # one Redis's default (barrier): peek_after_barrier may answer
+    ({"examcache.near_cache": "check"}, False),  # a round trip per read: never
 ])
-def test_the_tween_is_installed_only_where_the_backend_can_answer_locally(
+def test_the_tween_is_installed_only_where_the_backend_can_answer_early(
         redis_url, redis_prefix, settings, installed):
-    """With read leases off every early lookup would miss: no tween, so an eligible GET
-    is routed once (by the router), not twice."""
+    """Where the backend can never answer from this process (``check``) every early lookup
+    would miss: no tween, so an eligible GET is routed once (by the router), not twice."""
     counts = Counts()
     with Configurator(settings={"examcache.redis_url": redis_url,
                                 "examcache.key_prefix": redis_prefix, **settings}) as config:
@@ -550,7 +551,7 @@ def test_the_tween_is_installed_only_where_the_backend_can_answer_locally(
     policy = get_policy(wsgi.registry)
     try:
         names = [name for name, _ in wsgi.registry.queryUtility(ITweens).implicit()]
-        assert (TWEEN in names) is installed is policy.backend.answers_locally()
+        assert (TWEEN in names) is installed is (policy.early_peek() is not None)
         table = wsgi.registry[TABLE_KEY]
         if installed:
             assert table.disabled is None and "item" in table.routes
@@ -560,23 +561,35 @@ def test_the_tween_is_installed_only_where_the_backend_can_answer_locally(
         app = TestApp(wsgi)
         assert [app.get("/items/1").headers["X-Cache"] for _ in range(2)] == ["MISS", "HIT"]
         assert counts["item"] == 1
+        if installed:  # (barrier: the held value, after a barrier, may need a moment: poll)
+            wait_until(lambda: app.get("/items/1").headers["X-Cache"] == "HIT"
+                       and early_hits(wsgi) > 0, timeout=10, message="an early hit")
+            assert counts["item"] == 1
+        else:
+            assert early_hits(wsgi) == 0
     finally:
         policy.close()
 
 
-def test_a_backend_that_cannot_answer_locally_gets_no_tween_whatever_the_settings(
+def test_a_backend_that_cannot_answer_early_gets_no_tween_whatever_the_settings(
         redis_url, redis_prefix):
     settings = dataclasses.replace(
         parse_cache_settings({"examcache.redis_url": redis_url,
                               "examcache.key_prefix": redis_prefix,
-                              "examcache.tracking_lease_ms": "0"}), early_hits=True)
+                              "examcache.near_cache": "check"}), early_hits=True)
     backend = make_backend(settings)
     try:
-        assert not backend.answers_locally()
-        assert "without I/O" in off_reason(settings, backend)
+        assert not backend.answers_locally() and not backend.answers_after_barrier()
+        assert "from this process alone" in off_reason(settings, backend)
         assert off_reason(settings, MemoryBackend()) is None
     finally:
         backend.close()
+    barrier = make_backend(dataclasses.replace(settings, near_cache="barrier", lease_ms=0))
+    try:  # the default: early hits after the barrier
+        assert barrier.answers_after_barrier() and not barrier.answers_locally()
+        assert off_reason(settings, barrier) is None
+    finally:
+        barrier.close()
 
 
 IMPORTS = """

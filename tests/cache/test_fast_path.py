@@ -26,6 +26,7 @@ from pyramid_examcache.cache import get_policy
 from pyramid_examcache.cache import front
 from pyramid_examcache.cache.front import PLAN_KEY, FastPath, filter_app_factory
 
+from ..mail.support import wait_until
 from .servers import thread_server
 from .test_early_hits import Counts, early_hits, make_app, wire
 from .test_http_cache import get
@@ -200,14 +201,44 @@ def test_settings_that_keep_it_off_give_back_the_router_with_one_warning(
     get_policy(router.registry).close()
 
 
-def test_on_one_redis_without_read_leases_it_says_which_setting_turns_it_on(
+def test_on_one_redis_with_check_it_says_which_setting_turns_it_on(
         caplog, redis_url, redis_prefix):
     router = make_app(Counts(), subscribers=False, **{"examcache.redis_url": redis_url,
-                                                      "examcache.key_prefix": redis_prefix})
+                                                      "examcache.key_prefix": redis_prefix,
+                                                      "examcache.near_cache": "check"})
     with caplog.at_level(logging.WARNING, logger="pyramid_examcache.cache.front"):
         assert fast_path(router) is router
-    assert "examcache.near_cache = lease" in caplog.text
+    assert "examcache.near_cache = barrier or lease" in caplog.text
     get_policy(router.registry).close()
+
+
+def test_on_one_redis_by_default_it_serves_held_values_after_the_barrier(
+        redis_url, redis_prefix):
+    """The default near cache (``barrier``): the fast path serves what the near cache holds
+    once the barrier returned (``peek_after_barrier``), and a write by another process
+    is seen by the next fast read."""
+    counts = Counts()
+    router = make_app(counts, subscribers=False, **{"examcache.redis_url": redis_url,
+                                                    "examcache.key_prefix": redis_prefix})
+    app = fast_path(router)
+    other = make_app(Counts(), subscribers=False, **{"examcache.redis_url": redis_url,
+                                                     "examcache.key_prefix": redis_prefix,
+                                                     "examcache.near_cache": "off"})
+    try:
+        assert isinstance(app, FastPath) and app.peek == get_policy(router.registry
+                                                                    ).peek_after_barrier
+        with thread_server(app) as base:
+            assert get(base, "/items/1")[1]["X-Cache"] == "MISS"
+            wait_until(lambda: get(base, "/items/1")[1]["X-Cache"] == "HIT"
+                       and early_hits(app) > 0, timeout=10, message="a fast hit")
+            assert counts["item"] == 1
+            assert get(base, "/items/1")[1]["X-Cache"] == "HIT"
+            with thread_server(other) as other_base:  # a write, by another application
+                assert get(other_base, "/touch/1", method="POST")[0] == 200
+            assert get(base, "/items/1")[1]["X-Cache"] == "MISS" and counts["item"] == 2
+    finally:
+        get_policy(router.registry).close()
+        get_policy(other.registry).close()
 
 
 def test_a_paste_pipeline_installs_it(tmp_path):

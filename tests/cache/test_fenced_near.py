@@ -146,6 +146,7 @@ def test_a_primary_demoted_by_hand_never_answers_from_the_near_cache(sentinel):
         found = backend.lookup("k", "t1", 5, 60, ("t",))
         assert backend.fill("k", "t1", b"old", 60, ("t",), found.versions)
         poll(lambda: backend.get("k", ("t",)) == b"old" and held(backend), 10, "old held")
+        assert backend.peek_after_barrier("k", ("t",)) == b"old"  # (early hits' read)
         primary, replica = sentinel.primary_port(), sentinel.replica_port()
         assert direct(primary).execute_command("WAIT", 1, 5000) == 1
         losses = backend._stream.losses
@@ -154,6 +155,8 @@ def test_a_primary_demoted_by_hand_never_answers_from_the_near_cache(sentinel):
         poll(lambda: direct(primary).info("replication").get("master_link_status") == "up", 10,
              "the old primary to replicate the new one")
         assert backend._stream.losses == losses, "the tracking connection was dropped anyway"
+        # early hits' read waits for the same barrier and probe: never the held value
+        assert backend.peek_after_barrier("k", ("t",)) is None
         with pytest.raises(NotPrimary):
             print(backend.get("k", ("t",)))
         # the stream's reader thread flushes when the probe's "not primary" answer arrives;
@@ -196,12 +199,14 @@ def test_a_write_on_any_primary_empties_the_near_cache_before_it_returns(redis_c
         writer.close()
 
 
+@pytest.mark.parametrize("read", ["get", "peek_after_barrier"])
 def test_a_hit_waits_for_the_stream_of_every_primary_even_a_slow_one(redis_cluster,
-                                                                     redis_prefix):
+                                                                     redis_prefix, read):
     """Every stream's reader thread applies each message 0.1 s late (a busy process).
     Another client invalidates values held from every primary; right after its call
     returns, the reader's next read is never the old value: its barrier waited for the
-    ``PONG`` of every primary's stream, which its reader reads after the message."""
+    ``PONG`` of every primary's stream, which its reader reads after the message.
+    ``peek_after_barrier``: early hits' read, which serves the held value before the write."""
     reader = ClusterBackend(redis_cluster.url, prefix=redis_prefix, near_cache_bytes=NEAR,
                             tracking=True, socket_timeout=2.0)
     writer = ClusterBackend(redis_cluster.url, prefix=redis_prefix)
@@ -214,6 +219,7 @@ def test_a_hit_waits_for_the_stream_of_every_primary_even_a_slow_one(redis_clust
         for key in keys:
             found = reader.lookup(key, "t", 5, 60, ())
             assert reader.fill(key, "t", key.encode(), 60, (), found.versions)
+        assert streams.barrier(5)  # the fills' own messages applied: nothing drops below
         tracked = reader._tracked_near.tracked
         for key in keys:
             poll(lambda: reader.get(key) == key.encode() and tracked.get(key) is not None, 10,
@@ -221,9 +227,16 @@ def test_a_hit_waits_for_the_stream_of_every_primary_even_a_slow_one(redis_clust
         pings = sum(s.pings_sent for s in streams.streams.values())
         for stream in streams.streams.values():
             stream.on_keys = late(stream.on_keys, 0.1)
+        reading = getattr(reader, read)
         for key in keys:
+            if read == "peek_after_barrier":
+                rounds = streams.joint.rounds
+                assert reading(key) == key.encode(), (
+                    f"{key} held but not served early: still held {tracked.get(key)!r}, "
+                    f"rebuilds {streams.rebuilds}, healthy {streams.healthy}, rounds "
+                    f"{rounds}->{streams.joint.rounds}, again {reading(key)!r}")
             writer.invalidate(keys=[key])
-            assert reader.get(key) is None, f"{key} served after its write"
+            assert reading(key) is None, f"{key} served after its write"
         assert sum(s.pings_sent for s in streams.streams.values()) > pings, "no barrier ran"
     finally:
         reader.close()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 
+from pyramid_examcache.cache.backends.redis import RedisBackend
 from pyramid_examcache.cache.backends.tracked_near import TrackedNearCache
 from pyramid_examcache.cache.backends.tracking import InvalidationStream
 
 from ..mail.support import wait_until
+from ..topologies import poll
+from .test_fenced_near import late
 
 P = "tn:"
 
@@ -81,3 +84,41 @@ def test_losing_the_stream_empties_the_near_cache(private_redis):
     wait_until(lambda: near.get("k") is None, timeout=10, message="near cache emptied")
     assert stream.wait_healthy(10)
     stream.stop()
+
+
+def test_peek_after_barrier_never_serves_a_value_invalidated_before_it_began(private_redis):
+    """What early hits read in ``barrier`` mode (``Backend.peek_after_barrier``), G2: the
+    reader's stream applies each message 0.1 s late (a busy process); another client
+    invalidates held values one by one; right after its call returns, the reader's
+    ``peek_after_barrier`` is never the old value -- its barrier's ``PONG`` is read after the
+    message -- while a value nobody wrote is still served from the near cache."""
+    reader = RedisBackend(private_redis.url, prefix=P, near_cache_bytes=1 << 20,
+                          tracking=True, socket_timeout=2.0)
+    writer = RedisBackend(private_redis.url, prefix=P)
+    try:
+        assert reader.near_mode == "barrier" and reader.answers_after_barrier()
+        assert not reader.answers_locally() and not writer.answers_after_barrier()
+        poll(lambda: reader._stream.healthy, 10, "the tracking stream")
+        keys = [f"pb{i}" for i in range(10)]
+        for key in ("kept", *keys):
+            found = reader.lookup(key, "t", 5, 60, ("g",))
+            assert reader.fill(key, "t", key.encode(), 60, ("g",), found.versions)
+        assert reader._stream.barrier(5)  # the fills' own messages applied: nothing drops
+        for key in ("kept", *keys):  # what the reads below insert
+            poll(lambda: reader.get(key, ("g",)) == key.encode()
+                 and reader._tracked.get(key) is not None, 10, f"{key} held")
+        stream = reader._stream
+        stream.on_keys = late(stream.on_keys, 0.1)
+        pings = stream.pings_sent
+        for key in keys:
+            assert reader.peek_after_barrier(key, ("g",)) == key.encode()  # held: served
+            writer.invalidate(keys=[key])
+            assert reader.peek_after_barrier(key, ("g",)) is None, f"{key} after its write"
+            assert reader.peek_after_barrier("kept", ("g",)) == b"kept"
+            assert reader.peek_after_barrier("kept", ("other",)) is None  # other tags
+        assert stream.pings_sent > pings, "no barrier ran"
+        writer.invalidate(tags=["g"])
+        assert reader.peek_after_barrier("kept", ("g",)) is None
+    finally:
+        reader.close()
+        writer.close()
