@@ -9,13 +9,14 @@ when it safely can, and otherwise passes the request down **unchanged**::
     INGRESS -> (pyramid_debugtoolbar) -> early hits -> pyramid_tm -> excview -> router
 
 Added (and this module imported) only when ``examcache.early_hits`` and
-``examcache.enabled`` are true, and in the chain only when the backend's
-``peek_local`` can ever answer (:func:`.eligibility.off_reason`: memory://, or a
-single Redis with read leases).  Which routes it serves is decided at configuration time
+``examcache.enabled`` are true, and in the chain only when the backend can ever
+answer early (:func:`.eligibility.off_reason`: ``peek_local`` on memory:// or a
+single Redis with read leases, ``peek_after_barrier`` with the ``barrier`` near
+cache).  Which routes it serves is decided at configuration time
 (:mod:`.eligibility`); per request it only looks up: the route matched by
 Pyramid's routes mapper (called as the router calls it), the route's
 :class:`.eligibility.EarlyRoute`, the key built by :func:`.views.locate`, the
-entry from :meth:`.policy.CachePolicy.peek_local` and the response from
+entry from :meth:`.policy.CachePolicy.early_peek`'s reader and the response from
 :func:`.views.serve_entity` -- the functions the deriver uses, so the answer,
 headers, ``304`` and HEAD handling and counters (plus ``early_hits``) are the
 deriver's.  Anything unusual falls through to the ordinary path.

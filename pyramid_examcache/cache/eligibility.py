@@ -13,7 +13,7 @@ Two steps, both from public Pyramid API; the rules and why each is needed are in
   application (factories, traversal, subscribers).
 
 :func:`off_reason` says whether the tween is installed at all (it is not when
-the backend's ``peek_local`` can never answer).  Nothing here imports
+the backend can answer neither ``peek_local`` nor ``peek_after_barrier``).  Nothing here imports
 :mod:`.early`, which is imported only when the tween is installed.
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ the application's router (``fast_path(config.make_wsgi_app())``, or
 ``[filter:examcache] use = egg:pyramid_examcache#fast_path`` in a Paste
 pipeline) and answers the same hits from the WSGI ``environ``, with the functions
 the deriver and the tween use: the route's :class:`.eligibility.EarlyRoute`,
-:func:`.views.locate`, :meth:`.policy.CachePolicy.peek_local` and the stored
+:func:`.views.locate`, :meth:`.policy.CachePolicy.early_peek`'s reader (``peek_local``,
+or ``peek_after_barrier`` with the ``barrier`` near cache) and the stored
 entity's head (:func:`.http.entity_head`).  Everything else goes to the router.
 
 What it serves is decided once, when it wraps the router (:func:`plan`): the
