@@ -202,11 +202,11 @@ def redis_sentinel():
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request):
     """The cache's Redis on each topology: the shared Redis, Sentinel, Cluster."""
-    if request.param in ("redis", "tracking", "fast"):  # tracking: read leases; fast: and
-        from .topologies import SharedRedis  # the WSGI fast path (tests/cache/test_concurrency)
-
+    if request.param in ("redis", "tracking", "fast", "fast-barrier"):  # tracking: read
+        from .topologies import SharedRedis  # leases; fast: and the WSGI fast path; fast-
+        # barrier: the fast path on the default near cache (tests/cache/test_concurrency)
         shared = SharedRedis(REDIS_URL, tracking=request.param in ("tracking", "fast"))
-        if request.param == "fast":
+        if request.param.startswith("fast"):
             shared.kind += "+fast-path"
             shared.settings = {**shared.settings, "test.fast_path": "true"}
         return shared

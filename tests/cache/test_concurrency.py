@@ -22,10 +22,14 @@ LOAD_DELAY = 0.005  # widens the load window equally for both caches
 #: ... and on each Redis topology (Sentinel, Cluster: tests/topologies.py), anonymous readers
 #: (the defaults on one Redis: a tracked near cache, a barrier per read) ... and with read
 #: leases (``near_cache = lease``, the "tracking" variant), logged-in and public
-#: ... and through the WSGI fast path (``pyramid_examcache.fast_path``, read leases: "fast")
+#: ... and through the WSGI fast path (``pyramid_examcache.fast_path``, read leases: "fast";
+#: the default near cache, its hits served after the barrier: "fast-barrier").  Early hits
+#: are on by default, so the barrier variants' hits come from the early-hit tween
+#: (``peek_after_barrier``), or from the fast path in "fast-barrier"
 VARIANTS = [(False, "redis"), (True, "redis"), (False, "sentinel"), (False, "cluster"),
-            (True, "tracking"), (True, "fast")]
-VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster", "tracking", "fast"]
+            (True, "tracking"), (True, "fast-barrier"), (True, "fast")]
+VARIANT_IDS = ["anonymous", "public-logged-in", "sentinel", "cluster", "tracking",
+               "fast-barrier", "fast"]
 PUBLIC = pytest.mark.parametrize(("public", "topology"), VARIANTS, ids=VARIANT_IDS,
                                  indirect=["topology"])
 READER = {"Authorization": "Bearer a-logged-in-reader"}
@@ -59,13 +63,16 @@ def db(cache_pg_url):
 
 
 def topology_url(request, name: str) -> str:
-    return (request.getfixturevalue("redis_url") if name in ("redis", "tracking", "fast")
+    return (request.getfixturevalue("redis_url")
+            if name in ("redis", "tracking", "fast", "fast-barrier")
             else request.getfixturevalue(f"redis_{name}").url)
 
 
 def topology_settings(name: str) -> dict:
     if name == "fast":
         return {"examcache.near_cache": "lease", "test.fast_path": "true"}
+    if name == "fast-barrier":
+        return {"test.fast_path": "true"}
     return {"examcache.near_cache": "lease"} if name == "tracking" else {}
 
 
@@ -173,7 +180,7 @@ def stampede(bases, path, n=50, headers=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 4])
-@pytest.mark.parametrize(("public", "topology"), VARIANTS[:-1], ids=VARIANT_IDS[:-1],
+@pytest.mark.parametrize(("public", "topology"), VARIANTS[:-2], ids=VARIANT_IDS[:-2],
                          indirect=["topology"])  # (a cold key: misses, never the fast path)
 def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_prefix, processes,
                                                           public):
@@ -195,15 +202,19 @@ def test_fifty_concurrent_requests_on_a_cold_key_load_once(db, topology, redis_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["tween", "fast"])
+@pytest.mark.parametrize("path", ["tween", "fast", "tween-barrier", "fast-barrier"])
 def test_no_stale_reads_when_one_process_has_a_slow_link(db, private_redis, redis_prefix, path):
     """G2 with read leases and early hits (``near_cache = lease``), the way it is hardest:
     the readers' process reaches Redis over a slow link (every reply and invalidation message 20 ms
     late) while the writer's process does not. Held values are served with no Redis
     command, so only the writers' wait for the readers' acknowledgement keeps them fresh.
-    ``fast``: the hits are served by the WSGI fast path, before Pyramid builds a request."""
-    settings = {"examcache.near_cache": "lease", **HEALTHY}
-    if path == "fast":
+    ``fast``: the hits are served by the WSGI fast path, before Pyramid builds a request.
+    ``-barrier``: the default near cache (``barrier``), whose early hits wait for the barrier
+    (``peek_after_barrier``): its ``PONG`` comes over the slow link after the messages."""
+    settings = dict(HEALTHY)
+    if not path.endswith("-barrier"):
+        settings["examcache.near_cache"] = "lease"
+    if path.startswith("fast"):
         settings["test.fast_path"] = "true"
     with RespProxy("127.0.0.1", private_redis.port) as proxy:
         proxy.delay[DOWN] = 0.02
