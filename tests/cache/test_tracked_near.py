@@ -122,3 +122,35 @@ def test_peek_after_barrier_never_serves_a_value_invalidated_before_it_began(pri
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_failed_early_barrier_is_not_waited_for_again_by_the_same_request(private_redis):
+    """A slow Redis costs a request one barrier timeout, not two: the early peek
+    (``peek_after_barrier``) waits the barrier out, and the same thread's ordinary read of the
+    same key that follows reads at once (no second barrier) and still gets the value; a read
+    with no failed peek before it does wait for a barrier."""
+    reader = RedisBackend(private_redis.url, prefix=P, near_cache_bytes=1 << 20,
+                          tracking=True, socket_timeout=0.3)
+    writer = RedisBackend(private_redis.url, prefix=P)
+    try:
+        poll(lambda: reader._stream.healthy, 10, "the tracking stream")
+        for key in ("k", "other"):
+            found = reader.lookup(key, "t", 5, 60, ())
+            assert reader.fill(key, "t", b"v", 60, (), found.versions)
+        assert reader._stream.barrier(5)  # the fills' own messages applied
+        poll(lambda: reader.get("k") == b"v" and reader._tracked.get("k") is not None, 10,
+             "k held")
+        stream = reader._stream
+        barriers = []
+        barrier = stream.barrier
+        stream.barrier = lambda timeout: barriers.append(timeout) or barrier(timeout)
+        stream.on_keys = late(stream.on_keys, 2.0)  # the reader thread stuck on a message
+        writer.invalidate(keys=["other"])
+        assert reader.peek_after_barrier("k") is None  # the barrier timed out
+        assert len(barriers) == 1
+        assert reader.get("k") == b"v"  # the validating read
+        assert len(barriers) == 1, "the ordinary read waited for the barrier again"
+        assert reader.get("k") in (b"v", None) and len(barriers) == 2  # no failed peek: waits
+    finally:
+        reader.close()
+        writer.close()

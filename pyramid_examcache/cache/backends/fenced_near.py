@@ -159,17 +159,18 @@ class SentinelNearCache(BarrierNearCache):
         self.tracked.on_flush()
         self.stream.drop()
 
-    def held(self, key, tags, conn) -> bytes | None:
+    def _after_barrier(self, key, tags, conn) -> tuple[bytes | None, bool]:
         stream, tracked = self.stream, self.tracked
         node = stream.node
-        if node is not None and conn[1] == self._epoch_prefix(node) \
-                and tracked.get(key, tags) is not None:
-            # the barrier's probe found ``node`` the primary of its epoch after it began
-            joint = self.joint
-            if joint.streams[0] is stream and \
-                    joint.wait(time.monotonic() + self.barrier_timeout) and stream.node is node:
-                return tracked.get(key, tags)
-        return None
+        if node is None or conn[1] != self._epoch_prefix(node) \
+                or tracked.get(key, tags) is None:
+            return None, False
+        # the barrier's probe finds ``node`` the primary of its epoch after it began
+        joint = self.joint
+        if joint.streams[0] is stream and \
+                joint.wait(time.monotonic() + self.barrier_timeout) and stream.node is node:
+            return tracked.get(key, tags), False
+        return None, True
 
     def _read(self, key, tags, conn) -> bytes | None:
         stream = self.stream

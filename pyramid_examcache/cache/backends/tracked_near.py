@@ -130,6 +130,7 @@ class BarrierNearCache(NearCache):
         self.barrier_timeout, self.lease_ms = barrier_timeout, lease_ms
         self._fetch_expiring = fetch_expiring
         self._incr: Callable[[str], None] | None = None
+        self._local = threading.local()  # (``waited_out``: :meth:`held`)
         self.tracked: TrackedNearCache  # both set by _start
         self.stream: InvalidationStream
         self.lease: ReadLease | None = None
@@ -168,16 +169,33 @@ class BarrierNearCache(NearCache):
         self.tracked.on_flush()
 
     def get(self, key, tags, conn):
-        data = self.held(key, tags, conn)
+        local = self._local
+        if getattr(local, "waited_out", None) == key:
+            # this thread's early peek (:meth:`held`) just failed the barrier for ``key``:
+            # the read, without waiting for the barrier a second time
+            local.waited_out = None
+            data = None
+        else:
+            data, _ = self._after_barrier(key, tags, conn)
         return data if data is not None else self._read(key, tags, conn)
 
     def held(self, key, tags, conn) -> bytes | None:
         """The held value of ``key`` after a barrier that began after this call did, or None
-        (not held, the barrier failed or timed out, the stream is unhealthy): no read."""
+        (not held, the barrier failed or timed out, the stream is unhealthy): no read.  A
+        failed barrier is remembered for this thread's next :meth:`get` of ``key``, which
+        then reads at once (a slow Redis costs one barrier timeout per request, not two)."""
+        data, failed = self._after_barrier(key, tags, conn)
+        self._local.waited_out = key if failed else None
+        return data
+
+    def _after_barrier(self, key, tags, conn) -> tuple[bytes | None, bool]:
+        """``(held value after a barrier or None, did a barrier fail)``."""
         tracked = self.tracked
-        if tracked.get(key, tags) is not None and self.stream.barrier(self.barrier_timeout):
-            return tracked.get(key, tags)  # every invalidation before the barrier is applied
-        return None
+        if tracked.get(key, tags) is None:
+            return None, False
+        if not self.stream.barrier(self.barrier_timeout):
+            return None, True
+        return tracked.get(key, tags), False  # every invalidation before it is applied
 
     def _read(self, key, tags, conn) -> bytes | None:
         """The validating read, inserting what it read unless one of its keys changed
