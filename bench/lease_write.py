@@ -19,6 +19,15 @@ to ``DIR/results.json``, the chart to ``DIR/writes.png`` and the tables to the r
 "Write scaling" section (replaced in place)::
 
     python -m bench.lease_write --out bench/results-lease-write --report bench/RESULTS.md
+
+``--topologies single,sentinel,cluster`` runs the same measurement on each topology in turn,
+each a private one (tests/topologies.py: Sentinel is a primary, a replica and 3 sentinels,
+Cluster 3 primaries), readers and writers that topology's backend with tracking on; Sentinel
+and Cluster have the ``barrier`` mode only (read leases need a single Redis).  Results,
+chart and a RESULTS.md go to ``--out`` (the report above is not touched)::
+
+    python -m bench.lease_write --topologies single,sentinel,cluster \
+        --out bench/results-lease-write-topologies
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -39,11 +49,26 @@ from .charts import pyplot, save
 MODES = {"lease": 1000, "barrier": 0}  # examcache.tracking_lease_ms per mode
 GOALS = {"p99_ms_n16_load": 10.0, "writes_per_s_8_writers": 1000.0}
 
-READER = r"""
+#: the backend of a reader or writer process: a ``redis+cluster://`` URL gets the Cluster
+#: backend (barrier only: no read leases), a ``redis+sentinel://`` URL the Sentinel backend
+#: (``RedisBackend`` builds it; ``lease_ms`` is ignored there), else the single-Redis one
+BACKEND = r"""
+def make_backend(url, prefix, lease_ms, near=True):
+    near_args = {"near_cache_bytes": 1 << 20, "tracking": True} if near else {}
+    if url.startswith("redis+cluster://"):
+        from pyramid_examcache.cache.backends.cluster import ClusterBackend
+        return ClusterBackend(url, prefix=prefix, **near_args)
+    from pyramid_examcache.cache.backends.redis import RedisBackend
+    return RedisBackend(url, prefix=prefix, lease_ms=lease_ms, **near_args)
+"""
+_ns: dict = {}
+exec(BACKEND, _ns)
+make_backend = _ns["make_backend"]
+
+READER = BACKEND + r"""
 import json, sys, time
-from pyramid_examcache.cache.backends.redis import RedisBackend
 url, prefix, lease_ms, load = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-b = RedisBackend(url, prefix=prefix, near_cache_bytes=1 << 20, tracking=True, lease_ms=lease_ms)
+b = make_backend(url, prefix, lease_ms)
 work = {"questions": [{"id": i, "text": "q" * 60, "choices": ["a", "b", "c", "d"]}
                       for i in range(12)]}
 deadline = time.monotonic() + 30
@@ -53,7 +78,7 @@ while time.monotonic() < deadline:  # a held value and (leases on) a usable leas
     time.sleep(0.01)
 else:
     sys.exit("reader: no held value / lease after 30 s")
-print("up", flush=True)
+print("up", type(b).__name__, b.near_mode, flush=True)
 end = time.monotonic() + 900
 while time.monotonic() < end:
     b.get("hot")
@@ -64,12 +89,11 @@ while time.monotonic() < end:
         time.sleep(0.05)
 """
 
-WRITER = r"""
+WRITER = BACKEND + r"""
 import json, sys, time
-from pyramid_examcache.cache.backends.redis import RedisBackend
 url, prefix, lease_ms, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-b = RedisBackend(url, prefix=prefix, near_cache_bytes=1 << 20, tracking=True, lease_ms=lease_ms)
-print("up", flush=True)
+b = make_backend(url, prefix, lease_ms)
+print("up", type(b).__name__, b.near_mode, flush=True)
 sys.stdin.readline()  # all writers start together
 ms, end, i = [], time.monotonic() + seconds, 0
 while time.monotonic() < end:
@@ -105,11 +129,15 @@ def _spawn(script: str, *args: str, stdin=None) -> subprocess.Popen:
                             stdin=stdin, text=True)
 
 
-def _await_up(procs: list[subprocess.Popen]) -> None:
+def _await_up(procs: list[subprocess.Popen]) -> list[str]:
+    """Wait for each process's ``up`` line; the backends they built (class and near mode)."""
+    backends = set()
     for p in procs:
-        line = p.stdout.readline().strip()
-        if line != "up":
+        line = p.stdout.readline().split()
+        if line[:1] != ["up"]:
             raise RuntimeError(f"a bench process did not start (exit {p.wait()})")
+        backends.add(" ".join(line[1:]))
+    return sorted(backends)
 
 
 def _summary(ms: list[float]) -> dict:
@@ -129,41 +157,42 @@ def _prime(url: str, prefix: str) -> None:
     """The key every reader holds."""
     import redis
 
-    from pyramid_examcache.cache.backends.redis import RedisBackend
-
-    redis.Redis.from_url(url).flushdb()
-    b = RedisBackend(url, prefix=prefix)
+    if url.startswith("redis://"):  # the bench's own redis-server (Sentinel and Cluster are
+        redis.Redis.from_url(url).flushdb()  # fresh private ones; every prefix is new there)
+    b = make_backend(url, prefix, 0, near=False)
     b.lookup("hot", "t0", 5, 3600)  # takes the key's lease (a miss) ...
     if not b.fill("hot", "t0", b"v", 3600):  # ... and fills it
         raise RuntimeError("could not prime the held key")
     b.close()
 
 
-def measure(url: str, mode: str, readers: int, load: bool, n: int) -> dict:
-    """``n`` writes by this process while ``readers`` processes read."""
-    from pyramid_examcache.cache.backends.redis import RedisBackend
-
+def measure(url: str, mode: str, readers: int, load: bool, n: int,
+            record_backends: bool = False) -> dict:
+    """``n`` writes by this process while ``readers`` processes read (``record_backends``:
+    the row names the backends the readers and this writer built)."""
     lease_ms = MODES[mode]
     prefix = f"lw-{mode}-{readers}-{int(load)}:"
     _prime(url, prefix)
     procs = [_spawn(READER, url, prefix, str(lease_ms), "1" if load else "0")
              for _ in range(readers)]
     try:
-        _await_up(procs)
-        writer = RedisBackend(url, prefix=prefix, near_cache_bytes=1 << 20, tracking=True,
-                              lease_ms=lease_ms)
+        backends = _await_up(procs)
+        writer = make_backend(url, prefix, lease_ms)
+        backends = sorted({*backends, f"{type(writer).__name__} {writer.near_mode}"})
         ms = []
         for i in range(n):
             started = time.perf_counter()
             writer.invalidate(keys=[f"k{i % 5}"], tags=["t"])
             ms.append((time.perf_counter() - started) * 1000)
         writer.close()
-        return {"mode": mode, "readers": readers, "load": load, **_summary(ms)}
+        row = {"mode": mode, "readers": readers, "load": load, **_summary(ms)}
+        return {**row, "backends": backends} if record_backends else row
     finally:
         _stop_all(procs)
 
 
-def measure_writers(url: str, mode: str, writers: int, readers: int, seconds: float) -> dict:
+def measure_writers(url: str, mode: str, writers: int, readers: int, seconds: float,
+                    record_backends: bool = False) -> dict:
     """``writers`` processes writing back to back beside ``readers`` loaded readers."""
     lease_ms = MODES[mode]
     prefix = f"lw-{mode}-w{writers}:"
@@ -172,15 +201,16 @@ def measure_writers(url: str, mode: str, writers: int, readers: int, seconds: fl
     wprocs = [_spawn(WRITER, url, prefix, str(lease_ms), str(seconds), stdin=subprocess.PIPE)
               for _ in range(writers)]
     try:
-        _await_up(procs + wprocs)
+        backends = _await_up(procs + wprocs)
         for w in wprocs:
             w.stdin.write("go\n")
             w.stdin.flush()
         ms: list[float] = []
         for w in wprocs:
             ms += json.loads(w.stdout.readline())
-        return {"mode": mode, "writers": writers, "readers": readers, "seconds": seconds,
-                "writes_per_s": round(len(ms) / seconds), **_summary(ms)}
+        row = {"mode": mode, "writers": writers, "readers": readers, "seconds": seconds,
+               "writes_per_s": round(len(ms) / seconds), **_summary(ms)}
+        return {**row, "backends": backends} if record_backends else row
     finally:
         _stop_all(procs + wprocs)
 
@@ -239,9 +269,9 @@ def report(results: dict, chart_rel: str) -> str:
     return "\n".join(lines)
 
 
-def verdicts(results: dict) -> dict:
+def verdicts(results: dict, modes=tuple(MODES)) -> dict:
     out = {}
-    for mode in MODES:
+    for mode in modes:
         loaded = [r for r in results["scaling"] if r["mode"] == mode and r["load"]
                    and r["readers"] <= 16]
         r16 = max(loaded, key=lambda r: r["readers"])  # N = 16 in a full run
@@ -251,7 +281,7 @@ def verdicts(results: dict) -> dict:
         out[mode] = {f"p99 at N={r16['readers']} under load ≤ 10 ms": (
                          r16["p99_ms"] <= GOALS["p99_ms_n16_load"], f"{r16['p99_ms']:.1f} ms"),
                      "no write past the cap": (worst <= cap, f"max {worst:.0f} ms"),
-                     "≥ 1,000 writes/s with 8 writers": (w["writes_per_s"] >= GOALS["writes_per_s_8_writers"],
+                     f"≥ 1,000 writes/s with {w['writers']} writers": (w["writes_per_s"] >= GOALS["writes_per_s_8_writers"],
                                                          f"{w['writes_per_s']:,}/s")}
     return out
 
@@ -269,6 +299,155 @@ def _replace_section(path: str, section: str) -> None:
         f.write(text)
 
 
+def run(url: str, modes, counts: list[int], n: int, writers: int, seconds: float,
+        label: str = "", record_backends: bool = False) -> dict:
+    """The scaling rows (each count, mode, idle and under load) and the many-writer rows
+    (one per mode, beside 4 loaded readers) on the Redis at ``url``; each printed."""
+    out: dict = {"scaling": [], "writers": []}
+    for count in counts:
+        for mode in modes:
+            for load in (False, True):
+                r = measure(url, mode, count, load, n, record_backends)
+                out["scaling"].append(r)
+                print(f"{label}{mode:8s} readers={count:<3d} {'load' if load else 'idle'}: p50 "
+                      f"{r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms",
+                      flush=True)
+    for mode in modes:
+        r = measure_writers(url, mode, writers, 4, seconds, record_backends)
+        out["writers"].append(r)
+        print(f"{label}{mode:8s} {writers} writers + 4 loaded readers: {r['writes_per_s']} "
+              f"writes/s, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms",
+              flush=True)
+    return out
+
+
+#: the near-cache modes each topology has (read leases need a single Redis)
+TOPOLOGY_MODES = {"single": ("lease", "barrier"), "sentinel": ("barrier",),
+                  "cluster": ("barrier",)}
+
+
+@contextmanager
+def topology(name: str):
+    """The URL of a private ``name`` topology (tests/topologies.py), stopped at the end."""
+    if name == "single":
+        with private_redis() as url:
+            yield url
+        return
+    from tests.topologies import PrivateCluster, PrivateSentinel
+
+    server = PrivateSentinel() if name == "sentinel" else PrivateCluster()
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.close()
+
+
+def run_topologies(names: list[str], counts: list[int], n: int, writers: int,
+                   seconds: float, command: str) -> dict:
+    """:func:`run` on each topology in turn (its own private servers), with verdicts."""
+    started = time.monotonic()
+    results: dict = {"command": command, "counts": counts, "topologies": {},
+                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                              capture_output=True, text=True).stdout.strip()}
+    for name in names:
+        t0, modes = time.monotonic(), TOPOLOGY_MODES[name]
+        with topology(name) as url:
+            r = run(url, modes, counts, n, writers, seconds, f"{name:8s} ", True)
+        r["verdict"] = verdicts(r, modes)
+        r["took_s"] = round(time.monotonic() - t0, 1)
+        results["topologies"][name] = r
+        for mode, v in r["verdict"].items():
+            print(name, mode, {k: ("met" if ok else "MISSED", fig) for k, (ok, fig) in v.items()},
+                  flush=True)
+    results["took_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def topology_chart(results: dict, path: str) -> None:
+    fig, ax = pyplot().subplots(figsize=(7, 4))
+    for name, r in results["topologies"].items():
+        for mode in TOPOLOGY_MODES[name]:
+            for load, style in ((False, "--"), (True, "-")):
+                rows = [x for x in r["scaling"] if x["mode"] == mode and x["load"] == load]
+                ax.plot([x["readers"] for x in rows], [x["p99_ms"] for x in rows], style,
+                        marker="o", label=f"{name} {mode}, {'under load' if load else 'idle'}")
+    ax.axhline(GOALS["p99_ms_n16_load"], color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("reader processes")
+    ax.set_ylabel("invalidate() p99, ms")
+    ax.set_title("What a write costs per topology")
+    ax.legend(fontsize=7)
+    save(fig, path, dpi=110)
+
+
+def topology_report(results: dict) -> str:
+    lines = ["# Write scaling per topology (`bench.lease_write --topologies`)", "",
+             f"`{results['command']}` on {results['when']} (commit {results['commit']}), in "
+             f"{results['took_s']:.0f} s, one run; each topology is a private one started by the "
+             "bench (one redis-server; Sentinel: a primary, a replica, 3 sentinels; Cluster: 3 "
+             "primaries), one after the other. The measurement is `bench.lease_write`'s: "
+             "`invalidate()` of one key and one tag timed in the writing process, N reader "
+             "processes each serving one held key (idle: a read every 50 ms; under load: back "
+             "to back, ~150 µs of request CPU each), then 8 writer processes beside 4 loaded "
+             "readers. Readers and writers are each topology's backend with tracking on "
+             "(`RedisBackend`, which builds the Sentinel backend for a `redis+sentinel://` URL; "
+             "`ClusterBackend`); Sentinel and Cluster have the `barrier` mode only.", ""]
+    for name, r in results["topologies"].items():
+        lines += _topology_section(name, r, results["counts"])
+    lines += ["![writes](writes.png)", ""]
+    return "\n".join(lines)
+
+
+def _topology_section(name: str, r: dict, counts: list[int]) -> list[str]:
+    modes = TOPOLOGY_MODES[name]
+    backends = sorted({b for x in r["scaling"] + r["writers"] for b in x.get("backends", ())})
+    lines = [f"## {name}", "", f"Backends built (class, near mode): {', '.join(backends)}; "
+             f"{r['took_s']:.0f} s.", "",
+             "| readers | " + " | ".join(f"{m} {s} p50 / p99 / max ms" for m in modes
+                                        for s in ("idle", "under load")) + " |",
+             "|---:|" + "---|" * (2 * len(modes))]
+    by = {(x["mode"], x["readers"], x["load"]): x for x in r["scaling"]}
+    for count in counts:
+        cells = [by[(m, count, load)] for m in modes for load in (False, True)]
+        lines.append(f"| {count} | " + " | ".join(
+            f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f} / {x['max_ms']:.1f}" for x in cells) + " |")
+    w0 = r["writers"][0]
+    lines += ["", f"{w0['writers']} writer processes for {w0['seconds']:g} s beside "
+              f"{w0['readers']} loaded readers:", "",
+              "| mode | writes/s (all writers) | p50 ms | p99 ms | max ms |",
+              "|---|---:|---:|---:|---:|"]
+    for x in r["writers"]:
+        lines.append(f"| {x['mode']} | {x['writes_per_s']:,} | {x['p50_ms']:.2f} | "
+                     f"{x['p99_ms']:.2f} | {x['max_ms']:.1f} |")
+    lines.append("")
+    for mode, verdict in r["verdict"].items():
+        lines.append(f"- **{name} {mode}**: " + "; ".join(
+            f"{k} {'met' if v[0] else 'MISSED'} ({v[1]})" for k, v in verdict.items()))
+    return lines + [""]
+
+
+def main_topologies(args, argv) -> None:
+    names = [t for t in args.topologies.split(",") if t]
+    unknown = set(names) - set(TOPOLOGY_MODES)
+    if unknown:
+        raise SystemExit(f"unknown topologies {sorted(unknown)}: choose from "
+                         f"{', '.join(TOPOLOGY_MODES)}")
+    out = args.out or "bench/results-lease-write-topologies"
+    command = "python -m bench.lease_write " + shlex.join(
+        sys.argv[1:] if argv is None else list(argv))
+    results = run_topologies(names, [int(c) for c in args.counts.split(",")], args.n,
+                             args.writers, args.seconds, command)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    topology_chart(results, os.path.join(out, "writes.png"))
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write(topology_report(results))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.lease_write", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,7 +457,18 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="of the many-writer run")
     parser.add_argument("--out", default=None, help="directory for results.json and writes.png")
     parser.add_argument("--report", default=None, help="Markdown file whose section to replace")
+    parser.add_argument("--topologies", "--topology", default=None, metavar="LIST",
+                        help="comma-separated, of single,sentinel,cluster: the same measurement "
+                             "on each (private servers; Sentinel and Cluster: barrier only), "
+                             "results.json, writes.png and RESULTS.md to --out (default "
+                             "bench/results-lease-write-topologies); without it, one Redis as "
+                             "before")
     args = parser.parse_args(argv)
+    if args.topologies is not None:
+        if args.report:
+            parser.error("--report is the single-Redis run's (--topologies writes OUT/RESULTS.md)")
+        main_topologies(args, argv)
+        return
     counts = [int(c) for c in args.counts.split(",")]
     started = time.monotonic()
     results: dict = {"counts": counts, "scaling": [], "writers": [], "out": args.out,
@@ -286,20 +476,7 @@ def main(argv=None) -> None:
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                               capture_output=True, text=True).stdout.strip()}
     with private_redis() as url:
-        for n in counts:
-            for mode in MODES:
-                for load in (False, True):
-                    r = measure(url, mode, n, load, args.n)
-                    results["scaling"].append(r)
-                    print(f"{mode:8s} readers={n:<3d} {'load' if load else 'idle'}: p50 "
-                          f"{r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms",
-                          flush=True)
-        for mode in MODES:
-            r = measure_writers(url, mode, args.writers, 4, args.seconds)
-            results["writers"].append(r)
-            print(f"{mode:8s} {args.writers} writers + 4 loaded readers: {r['writes_per_s']} "
-                  f"writes/s, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms",
-                  flush=True)
+        results.update(run(url, tuple(MODES), counts, args.n, args.writers, args.seconds))
     results["took_s"] = time.monotonic() - started
     results["verdict"] = verdicts(results)
     for mode, v in results["verdict"].items():
