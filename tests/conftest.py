@@ -7,6 +7,8 @@ deleted by pattern afterwards.
 """
 from __future__ import annotations
 
+import copy
+
 import os
 import shutil
 import signal
@@ -210,7 +212,14 @@ def topology(request):
             shared.kind += "+fast-path"
             shared.settings = {**shared.settings, "test.fast_path": "true"}
         return shared
-    return request.getfixturevalue(f"redis_{request.param}")
+    name, fast, _ = request.param.partition("-fast")  # sentinel-fast, cluster-fast: the
+    own = request.getfixturevalue(f"redis_{name}")  # WSGI fast path (early hits after the
+    if not fast:  # fenced barrier) on that topology
+        return own
+    own = copy.copy(own)  # (a session's servers, shared: the copy gets the settings)
+    own.kind = f"{own.kind}+fast-path"
+    own.settings = {**getattr(own, "settings", {}), "test.fast_path": "true"}
+    return own
 
 
 @pytest.fixture

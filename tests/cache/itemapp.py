@@ -268,11 +268,30 @@ def make_app(db_url: str, **settings):
         config.add_view(write_then_read, route_name="wtr", request_method="POST", renderer="json")
         config.add_view(invalidate_view, route_name="inv", request_method="POST", renderer="json")
         app = config.make_wsgi_app()
+    late = float(settings.get("test.late_messages", 0))
+    if late:
+        apply_messages_late(app.registry, late)
     if settings.get("test.fast_path") == "true":  # hits served by the WSGI fast path
         from pyramid_examcache import fast_path
 
         return fast_path(app)
     return app
+
+
+def apply_messages_late(registry, seconds: float) -> None:
+    """Each invalidation message of the tracked near cache applied ``seconds`` late, on the
+    stream's reader thread (a busy process, on any topology: the slow-link race's fault
+    where no proxy can stand between the process and a Cluster's or Sentinel's nodes)."""
+    from pyramid_examcache.cache import get_policy
+
+    backend = get_policy(registry).backend
+    near = getattr(backend, "_tracked_near", None) or backend._near
+    apply = near.tracked.on_keys
+
+    def slowly(keys):
+        time.sleep(seconds)
+        apply(keys)
+    near.tracked.on_keys = slowly
 
 
 def create_schema(db_url: str, n_items: int = 5) -> None:
@@ -307,6 +326,8 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], help="key=value")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.setting)
+    if os.environ.get("EXAMCACHE_TEST_LATE_MESSAGES"):  # (one process of a race: env)
+        extra["test.late_messages"] = os.environ["EXAMCACHE_TEST_LATE_MESSAGES"]
     app = make_app(args.db, **{"examcache.redis_url": args.redis, "examcache.key_prefix": args.prefix,
                                "test.load_delay": args.load_delay,
                                "test.load_counter": args.load_counter, **extra})
