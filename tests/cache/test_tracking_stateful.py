@@ -212,6 +212,11 @@ class TrackingMachine(RuleBasedStateMachine):
 
     def _tracked_read(self, key: str, via: str = "get"):
         self._tl.roundtrips = 0
+        if via == "peek":  # early hits' read: the held value after the barrier, never a read
+            result = retrying(self.tb.peek_after_barrier, key, KEYS[key])
+            assert self._tl.roundtrips == 0, "peek_after_barrier read from Redis"
+            self.see("peek_hit" if result is not None else "peek_none")
+            return result, 0
         if via == "get":
             return retrying(self.tb.get, key, KEYS[key]), self._tl.roundtrips
         token = uuid.uuid4().hex
@@ -228,7 +233,7 @@ class TrackingMachine(RuleBasedStateMachine):
         before = self.state(key)
         result, roundtrips = self._tracked_read(key, via)
         if allowed is None:
-            allowed = {before}
+            allowed = {before, None} if via == "peek" else {before}
             if via == "lookup" and result is None:  # not a hit: a lease, or a wait
                 assert before is None, f"lookup({key}) missed {before!r}, a valid value"
         assert result in allowed, (
@@ -305,6 +310,11 @@ class TrackingMachine(RuleBasedStateMachine):
     @rule(key=KEY)
     def read(self, key):
         self.read_and_check(key)
+
+    @rule(key=KEY)
+    def peek(self, key):
+        """The early hits' read (``peek_after_barrier``): (a) and (c), or nothing."""
+        self.read_and_check(key, via="peek")
 
     def read_until_near_hit(self, key):
         """(scripts only) Read ``key`` until one read is served from the near cache: the
@@ -585,7 +595,7 @@ def machine_class(server, counts: Counter):
 MUST_HAPPEN = ("near_hit", "near_hit_after_writes", "validated_read", "read_while_held",
                "barrier_ok", "barrier_failed", "insert_refused", "loss_flushed", "reconnected",
                "insert_raced_by_write", "insert_raced_by_loss", "barrier_raced_before",
-               "barrier_raced_after", "tracked_leased")
+               "barrier_raced_after", "tracked_leased", "peek_hit", "peek_none")
 
 
 def test_tracking_interleavings(private_redis, quiet_tracking_log):
@@ -604,6 +614,13 @@ SCENARIOS = [
         ("read", {"key": "a"}), ("release", {"direction": DOWN}), ("read", {"key": "a"}),
         ("read", {"key": "a"}),
     ], {"near_hit": 1, "barrier_failed": 1, "released_frames": 1}),
+    ("message-delayed-early", [  # the same for early hits' read, then the ordinary read
+        ("park_read", {"key": "a"}), ("finish_parked", {}), ("peek", {"key": "a"}),
+        ("hold", {"direction": DOWN}), ("write", {"key": "a", "refill": True}),
+        ("peek", {"key": "a"}), ("read", {"key": "a"}), ("release", {"direction": DOWN}),
+        ("peek", {"key": "a"}), ("read", {"key": "a"}), ("mark_near_hits", {}),
+        ("read_until_near_hit", {"key": "a"}), ("peek", {"key": "a"}),
+    ], {"peek_hit": 2, "peek_none": 1, "barrier_failed": 1}),
     ("group-commit-race", [  # a barrier that began after the PING in flight was sent,
         # a write acknowledged in between: it must not share that PING's PONG
         ("park_read", {"key": "a"}), ("finish_parked", {}), ("read", {"key": "a"}),
