@@ -49,17 +49,19 @@ def test_the_demo_serves_its_questions_list_early(db, redis_prefix):
     assert responses["true"] == responses["false"]
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis-lease"])
+@pytest.mark.parametrize("backend", ["memory", "redis-lease", "redis-barrier"])
 def test_main_serves_the_questions_hits_before_pyramid_builds_a_request(
         db, redis_url, redis_prefix, backend, caplog):
     """``demo_app.main`` (what pserve runs) wraps the router in the add-on's WSGI fast
     path when early hits are on, as with production.ini's ``near_cache = lease`` and
     ``metrics_path``: the questions' hits are served from the environ (no request, no
     subscriber), byte for byte what the router serves; the /metrics guard, the body
-    limit and the per-user headers (tweens under the early-hit tween) still apply."""
+    limit and the per-user headers (tweens under the early-hit tween) still apply.
+    ``redis-barrier``: the default near cache, its hits served after the barrier."""
     extra = {"examcache.key_prefix": redis_prefix, "examcache.metrics_path": "/metrics"}
-    if backend == "redis-lease":
-        extra.update({"examcache.redis_url": redis_url, "examcache.near_cache": "lease"})
+    if backend.startswith("redis"):
+        extra.update({"examcache.redis_url": redis_url,
+                      "examcache.near_cache": backend.removeprefix("redis-")})
     settings = base_settings(db.url.render_as_string(hide_password=False), **extra)
     caplog.set_level(logging.WARNING)
     fast = TestApp(demo_app.main({}, **settings))
