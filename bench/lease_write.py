@@ -71,9 +71,14 @@ url, prefix, lease_ms, load = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.ar
 b = make_backend(url, prefix, lease_ms)
 work = {"questions": [{"id": i, "text": "q" * 60, "choices": ["a", "b", "c", "d"]}
                       for i in range(12)]}
+def get():
+    try:
+        return b.get("hot")
+    except Exception:  # a read timed out on the busy machine: a web worker's policy fails
+        return None  # open, and this reader keeps reading (else the load would shrink)
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline:  # a held value and (leases on) a usable lease
-    if b.get("hot") == b"v" and (lease_ms == 0 or b.read_lease_valid()):
+    if get() == b"v" and (lease_ms == 0 or b.read_lease_valid()):
         break
     time.sleep(0.01)
 else:
@@ -81,7 +86,7 @@ else:
 print("up", type(b).__name__, b.near_mode, flush=True)
 end = time.monotonic() + 900
 while time.monotonic() < end:
-    b.get("hot")
+    get()
     if load:
         json.dumps(work)  # a request's CPU
         time.sleep(0)  # its socket I/O: the GIL is released
@@ -302,7 +307,8 @@ def _replace_section(path: str, section: str) -> None:
 def run(url: str, modes, counts: list[int], n: int, writers: int, seconds: float,
         label: str = "", record_backends: bool = False) -> dict:
     """The scaling rows (each count, mode, idle and under load) and the many-writer rows
-    (one per mode, beside 4 loaded readers) on the Redis at ``url``; each printed."""
+    (one per mode, beside 4 loaded readers; none if ``writers`` is 0) on the Redis at
+    ``url``; each printed."""
     out: dict = {"scaling": [], "writers": []}
     for count in counts:
         for mode in modes:
@@ -312,7 +318,7 @@ def run(url: str, modes, counts: list[int], n: int, writers: int, seconds: float
                 print(f"{label}{mode:8s} readers={count:<3d} {'load' if load else 'idle'}: p50 "
                       f"{r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.2f} ms",
                       flush=True)
-    for mode in modes:
+    for mode in modes if writers else ():
         r = measure_writers(url, mode, writers, 4, seconds, record_backends)
         out["writers"].append(r)
         print(f"{label}{mode:8s} {writers} writers + 4 loaded readers: {r['writes_per_s']} "
@@ -328,35 +334,46 @@ TOPOLOGY_MODES = {"single": ("lease", "barrier"), "sentinel": ("barrier",),
 
 @contextmanager
 def topology(name: str):
-    """The URL of a private ``name`` topology (tests/topologies.py), stopped at the end."""
+    """``(url, primaries' ports)`` of a private ``name`` topology (tests/topologies.py),
+    stopped at the end."""
     if name == "single":
         with private_redis() as url:
-            yield url
+            yield url, [int(url.rsplit(":", 1)[1].split("/")[0])]
         return
     from tests.topologies import PrivateCluster, PrivateSentinel
 
     server = PrivateSentinel() if name == "sentinel" else PrivateCluster()
     try:
         server.start()
-        yield server.url
+        yield server.url, ([server.primary_port()] if name == "sentinel" else server.ports)
     finally:
         server.close()
 
 
 def run_topologies(names: list[str], counts: list[int], n: int, writers: int,
                    seconds: float, command: str) -> dict:
-    """:func:`run` on each topology in turn (its own private servers), with verdicts."""
+    """:func:`run` on each topology (its own private servers, all up at once), side by side:
+    each reader count on each topology in turn, then the many writers on each; each row
+    with the machine's 1-minute load average after it; verdicts."""
+    from contextlib import ExitStack
+
     started = time.monotonic()
     results: dict = {"command": command, "counts": counts, "topologies": {},
                      "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                               capture_output=True, text=True).stdout.strip()}
-    for name in names:
-        t0, modes = time.monotonic(), TOPOLOGY_MODES[name]
-        with topology(name) as url:
-            r = run(url, modes, counts, n, writers, seconds, f"{name:8s} ", True)
-        r["verdict"] = verdicts(r, modes)
-        r["took_s"] = round(time.monotonic() - t0, 1)
+    per = {name: {"scaling": [], "writers": []} for name in names}
+    with ExitStack() as stack:
+        urls = {name: stack.enter_context(topology(name))[0] for name in names}
+        for count, many in [(c, False) for c in counts] + [(0, True)]:
+            for name in names:
+                r = run(urls[name], TOPOLOGY_MODES[name], [] if many else [count], n,
+                        writers if many else 0, seconds, f"{name:8s} ", True)
+                for row in r["scaling"] + r["writers"]:
+                    row["loadavg_1m"] = round(os.getloadavg()[0], 1)
+                    per[name]["writers" if many else "scaling"].append(row)
+    for name, r in per.items():
+        r["verdict"] = verdicts(r, TOPOLOGY_MODES[name])
         results["topologies"][name] = r
         for mode, v in r["verdict"].items():
             print(name, mode, {k: ("met" if ok else "MISSED", fig) for k, (ok, fig) in v.items()},
@@ -366,20 +383,23 @@ def run_topologies(names: list[str], counts: list[int], n: int, writers: int,
 
 
 def topology_chart(results: dict, path: str) -> None:
-    fig, ax = pyplot().subplots(figsize=(7, 4))
-    for name, r in results["topologies"].items():
-        for mode in TOPOLOGY_MODES[name]:
-            for load, style in ((False, "--"), (True, "-")):
-                rows = [x for x in r["scaling"] if x["mode"] == mode and x["load"] == load]
-                ax.plot([x["readers"] for x in rows], [x["p99_ms"] for x in rows], style,
-                        marker="o", label=f"{name} {mode}, {'under load' if load else 'idle'}")
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
+    lines = [(name, mode) for name, r in results["topologies"].items()
+             for mode in TOPOLOGY_MODES[name]]
+    for color, (name, mode) in enumerate(lines):  # a colour per topology and mode
+        r = results["topologies"][name]
+        for load, style in ((False, "--"), (True, "-")):
+            rows = [x for x in r["scaling"] if x["mode"] == mode and x["load"] == load]
+            ax.plot([x["readers"] for x in rows], [x["p99_ms"] for x in rows], style,
+                    color=f"C{color}", marker="o",
+                    label=f"{name} {mode}, {'under load' if load else 'idle'}")
     ax.axhline(GOALS["p99_ms_n16_load"], color="grey", linewidth=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("reader processes")
     ax.set_ylabel("invalidate() p99, ms")
-    ax.set_title("What a write costs per topology")
-    ax.legend(fontsize=7)
+    ax.set_title("What a write costs per topology (goal: p99 ≤ 10 ms at 16 under load)")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
     save(fig, path, dpi=110)
 
 
@@ -388,7 +408,8 @@ def topology_report(results: dict) -> str:
              f"`{results['command']}` on {results['when']} (commit {results['commit']}), in "
              f"{results['took_s']:.0f} s, one run; each topology is a private one started by the "
              "bench (one redis-server; Sentinel: a primary, a replica, 3 sentinels; Cluster: 3 "
-             "primaries), one after the other. The measurement is `bench.lease_write`'s: "
+             "primaries), all up at once and measured side by side (each reader count on each "
+             "topology in turn, then the many writers on each). The measurement is `bench.lease_write`'s: "
              "`invalidate()` of one key and one tag timed in the writing process, N reader "
              "processes each serving one held key (idle: a read every 50 ms; under load: back "
              "to back, ~150 µs of request CPU each), then 8 writer processes beside 4 loaded "
@@ -404,8 +425,10 @@ def topology_report(results: dict) -> str:
 def _topology_section(name: str, r: dict, counts: list[int]) -> list[str]:
     modes = TOPOLOGY_MODES[name]
     backends = sorted({b for x in r["scaling"] + r["writers"] for b in x.get("backends", ())})
+    loads = [x["loadavg_1m"] for x in r["scaling"] + r["writers"]]
     lines = [f"## {name}", "", f"Backends built (class, near mode): {', '.join(backends)}; "
-             f"{r['took_s']:.0f} s.", "",
+             f"the machine's 1-minute load average after each row: {min(loads):g} to "
+             f"{max(loads):g}.", "",
              "| readers | " + " | ".join(f"{m} {s} p50 / p99 / max ms" for m in modes
                                         for s in ("idle", "under load")) + " |",
              "|---:|" + "---|" * (2 * len(modes))]
@@ -429,6 +452,182 @@ def _topology_section(name: str, r: dict, counts: list[int]) -> list[str]:
     return lines + [""]
 
 
+def _commandstats(ports: list[int]) -> dict:
+    """``{port: {command: calls}}`` of each data node (``INFO commandstats``)."""
+    import redis
+
+    out = {}
+    for port in ports:
+        with redis.Redis(host="127.0.0.1", port=port) as r:
+            out[port] = {k.removeprefix("cmdstat_"): v["calls"]
+                         for k, v in r.info("commandstats").items()}
+    return out
+
+
+def _nodes_per_write(ports: list[int], names_of) -> float:
+    """The mean number of primaries one write's commands go to (the key's value and lease
+    share a slot; the tag's version is wherever its slot is)."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=ports[0]) as r:
+        slots = r.execute_command("CLUSTER SLOTS") if len(ports) > 1 else []
+
+        def node(name: str) -> int:
+            slot = r.cluster("keyslot", name)
+            return next(int(s[2][1]) for s in slots if s[0] <= slot <= s[1])
+
+        counts = [len({node(x) for x in names_of(i)}) if slots else 1 for i in range(5)]
+    return statistics.mean(counts)
+
+
+def _connections(ports: list[int]) -> list[int]:
+    """Each primary's ``total_connections_received`` (a reader's stream reconnecting shows)."""
+    import redis
+
+    out = []
+    for port in ports:
+        with redis.Redis(host="127.0.0.1", port=port) as r:
+            out.append(r.info("stats")["total_connections_received"])
+    return out
+
+
+def _node_cpu(ports: list[int]) -> dict:
+    """``{port: CPU seconds so far}`` of each primary's redis-server (``/proc``)."""
+    import redis
+
+    out = {}
+    for port in ports:
+        with redis.Redis(host="127.0.0.1", port=port) as r:
+            pid = r.info("server")["process_id"]
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[port] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _machine() -> dict:
+    """``/proc/stat``'s context switches so far and runnable tasks now (the whole machine)."""
+    with open("/proc/stat") as f:
+        fields = dict(line.split(None, 1) for line in f if " " in line)
+    return {"ctxt": int(fields["ctxt"]), "running": int(fields["procs_running"])}
+
+
+def profile_writes(name: str, n: int, readers: int = 0) -> dict:
+    """Where one write's time goes on ``name`` beside ``readers`` loaded readers (none:
+    idle): wall and this thread's CPU per ``invalidate(keys=[k], tags=["t"])``, a ``PING``
+    to each primary after each write (the queue a command meets there), the commands the
+    primaries ran per write and per second, their redis-servers' CPU, the primaries per
+    write (round trips: a pipeline writes to each, then reads each), and the Python
+    functions that take the writer's CPU (cProfile, µs per write)."""
+    with topology(name) as (url, ports):
+        prefix = f"lw-profile-{readers}:"
+        _prime(url, prefix)
+        procs = [_spawn(READER, url, prefix, "0", "1") for _ in range(readers)]
+        try:
+            _await_up(procs)
+            return {"topology": name, "readers": readers, "n": n,
+                    **_profile(name, url, ports, prefix, n)}
+        finally:
+            _stop_all(procs)
+
+
+def _profile(name: str, url: str, ports: list[int], prefix: str, n: int) -> dict:
+    import cProfile
+    import pstats
+
+    import redis
+
+    writer, nodes = make_backend(url, prefix, 0), [redis.Redis(port=p) for p in ports]
+    for i in range(50):  # connections made
+        writer.invalidate(keys=[f"k{i % 5}"], tags=["t"])
+        nodes[i % len(nodes)].ping()
+    before, cpu0 = _commandstats(ports), _node_cpu(ports)
+    connections0, t0 = sum(_connections(ports)), time.monotonic()
+    ms, cpu_ms, ping_ms, machine = [], [], [], [_machine()]
+    for i in range(n):
+        if i % 10 == 0:
+            machine.append(_machine())
+        t, c = time.perf_counter(), time.thread_time()
+        writer.invalidate(keys=[f"k{i % 5}"], tags=["t"])
+        ms.append((time.perf_counter() - t) * 1000)
+        cpu_ms.append((time.thread_time() - c) * 1000)
+        for node in nodes:
+            t = time.perf_counter()
+            node.ping()
+            ping_ms.append((time.perf_counter() - t) * 1000)
+    wall = time.monotonic() - t0
+    conns = sum(_connections(ports)) - connections0 - len(ports)  # (not the INFO's own)
+    after, cpu1 = _commandstats(ports), _node_cpu(ports)
+    profiler = cProfile.Profile()
+    profiler.runcall(lambda: [writer.invalidate(keys=[f"k{i % 5}"], tags=["t"])
+                              for i in range(n)])
+    spread = (_nodes_per_write(ports, lambda i: [writer._v(f"k{i}"), writer._t("t")])
+              if name == "cluster" else 1.0)
+    backend = f"{type(writer).__name__} {writer.near_mode}"
+    writer.close()
+    for node in nodes:
+        node.close()
+    running = statistics.mean(m["running"] for m in machine)  # (this process included)
+    ctxt_per_s = (_machine()["ctxt"] - machine[0]["ctxt"]) / wall
+    calls: dict = {}
+    for port in ports:
+        for cmd, count in after[port].items():
+            calls[cmd] = calls.get(cmd, 0) + count - before[port].get(cmd, 0)
+    calls["ping"] = calls.get("ping", 0) - n * len(ports)  # (not this profile's own PINGs)
+    calls = {k: v for k, v in calls.items() if v >= 0.01 * n and k != "info"}
+    stats = pstats.Stats(profiler).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
+    return {"backend": backend, **_summary(ms), "cpu": _summary(cpu_ms),
+            "ping": _summary(ping_ms), "writes_per_s": round(n / (sum(ms) / 1000)),
+            "primaries_per_write": spread,
+            "commands_per_write": {k: round(v / n, 2) for k, v in sorted(calls.items())},
+            "commands_per_s": {k: round(v / wall) for k, v in sorted(calls.items())},
+            "node_cpu_share": [round((cpu1[p] - cpu0[p]) / wall, 2) for p in ports],
+            "runnable_tasks": round(running, 1), "context_switches_per_s": round(ctxt_per_s),
+            "connections_made": conns,
+            "top_tottime_us": [(f"{os.path.basename(f)}:{line} {func}",
+                                round(v[2] / n * 1e6, 1)) for (f, line, func), v in top]}
+
+
+def profile_markdown(rows: list[dict], command: str) -> str:
+    lines = ["## Where a write's time goes (`--profile-writes`)", "",
+             f"`{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one "
+             "writer thread, `invalidate(keys=[k], tags=[\"t\"])` back to back on each "
+             "topology's backend (tracking on, barrier) beside that many loaded readers (as "
+             "above): wall time and the writer thread's CPU per write; a `PING` to each "
+             "primary after each write (a plain client: the queue and scheduling delay any "
+             "command meets there); the primaries one write's pipeline goes to (one round trip "
+             "each, written then read in turn); the commands all primaries ran per write and "
+             "per second (`INFO commandstats`: the readers' barriers and probes included, the "
+             "`PING`s above not); "
+             "each primary's redis-server CPU (cores); the machine's runnable tasks (mean of "
+             "`procs_running`, this process included) and context switches; the connections "
+             "the primaries accepted meanwhile (beyond the profile's own: a reader's "
+             "tracking stream reconnecting); the writer's Python functions by own "
+             "time (cProfile, µs per write; profiling inflates them).", "",
+             "| topology | loaded readers | write p50 / p99 ms | writer CPU p50 / p99 ms | "
+             "PING p50 / p99 ms | writes/s (1 thread) | primaries/write | commands/write | "
+             "commands/s (all primaries) | redis-server CPU | runnable tasks | context "
+             "switches/s | connections made |",
+             "|---|---:|---|---|---|---:|---:|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        per_write = ", ".join(f"{k} {v:g}" for k, v in r["commands_per_write"].items()
+                              if v >= 0.05)
+        per_s = ", ".join(f"{k} {v:,}" for k, v in sorted(
+            r["commands_per_s"].items(), key=lambda kv: -kv[1])[:4])
+        lines.append(f"| {r['topology']} | {r['readers']} | {r['p50_ms']:.2f} / "
+                     f"{r['p99_ms']:.2f} | {r['cpu']['p50_ms']:.2f} / {r['cpu']['p99_ms']:.2f} | "
+                     f"{r['ping']['p50_ms']:.2f} / {r['ping']['p99_ms']:.2f} | "
+                     f"{r['writes_per_s']:,} | {r['primaries_per_write']:g} | {per_write} | "
+                     f"{per_s} | {' + '.join(f'{c:.2f}' for c in r['node_cpu_share'])} | "
+                     f"{r['runnable_tasks']:g} | {r['context_switches_per_s']:,} | "
+                     f"{r['connections_made']} |")
+    for r in rows:
+        lines += ["", f"{r['topology']}, {r['readers']} readers: own time per write, µs: "
+                  + "; ".join(f"`{f}` {us:g}" for f, us in r["top_tottime_us"][:5])]
+    return "\n".join(lines) + "\n"
+
+
 def main_topologies(args, argv) -> None:
     names = [t for t in args.topologies.split(",") if t]
     unknown = set(names) - set(TOPOLOGY_MODES)
@@ -438,14 +637,46 @@ def main_topologies(args, argv) -> None:
     out = args.out or "bench/results-lease-write-topologies"
     command = "python -m bench.lease_write " + shlex.join(
         sys.argv[1:] if argv is None else list(argv))
+    if args.profile_writes:
+        main_profile(names, [int(c) for c in args.counts.split(",")], args.profile_writes,
+                     out, command)
+        return
     results = run_topologies(names, [int(c) for c in args.counts.split(",")], args.n,
                              args.writers, args.seconds, command)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     topology_chart(results, os.path.join(out, "writes.png"))
-    with open(os.path.join(out, "RESULTS.md"), "w") as f:
-        f.write(topology_report(results))
+    _write_report(os.path.join(out, "RESULTS.md"), topology_report(results), "# ")
+
+
+PROFILE_SECTION = re.compile(r"## Where a write's time goes .*?(?=\n#{1,2} |\Z)", re.S)
+
+
+def _write_report(path: str, text: str, part: str) -> None:
+    """``text`` as the report at ``path`` (``part`` "# ": the measurement, keeping a profile
+    section found there) or as its profile section (``part`` "## ", replaced in place)."""
+    old = open(path).read() if os.path.exists(path) else ""
+    kept = PROFILE_SECTION.search(old)
+    if part == "# ":
+        text = text.rstrip("\n") + ("\n\n" + kept.group(0).rstrip("\n") + "\n" if kept else "\n")
+    else:
+        text = (PROFILE_SECTION.sub(lambda _: text.rstrip("\n") + "\n", old) if kept
+                else old.rstrip("\n") + "\n\n" + text)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main_profile(names: list[str], counts: list[int], n: int, out: str, command: str) -> None:
+    rows = []
+    for name in names:
+        for readers in counts:
+            rows.append(profile_writes(name, n, readers))
+            print(json.dumps(rows[-1]), flush=True)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "profile.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    _write_report(os.path.join(out, "RESULTS.md"), profile_markdown(rows, command), "## ")
 
 
 def main(argv=None) -> None:
@@ -463,6 +694,11 @@ def main(argv=None) -> None:
                              "results.json, writes.png and RESULTS.md to --out (default "
                              "bench/results-lease-write-topologies); without it, one Redis as "
                              "before")
+    parser.add_argument("--profile-writes", type=int, default=0, metavar="N",
+                        help="with --topologies: instead, N writes by one thread beside each "
+                             "--counts of loaded readers (0: none) on each, where their time "
+                             "goes (profile.json and a section of OUT/RESULTS.md, kept when the "
+                             "measurement reruns)")
     args = parser.parse_args(argv)
     if args.topologies is not None:
         if args.report:
