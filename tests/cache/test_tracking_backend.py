@@ -84,10 +84,13 @@ def test_concurrent_hits_cost_no_command_of_their_own(private_redis):
     b.close()
     moved = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert results == [b"v1"] * 1600
-    assert moved.get("hmget", 0) == 0 and moved.get("evalsha", 0) == 0  # no per-hit read
-    if LEASE["ms"]:  # no barrier at all: only the lease keeper's own cycles
-        assert moved.get("ping", 0) < 50, moved
+    assert moved.get("hmget", 0) == 0  # no per-hit read
+    if LEASE["ms"]:  # no barrier at all: only the lease keeper's own cycles (each renews
+        # and acknowledges with a script: EVALSHA; two were seen in a burst that took
+        # longer than a cycle on a loaded machine), never one per hit
+        assert moved.get("evalsha", 0) < 50 and moved.get("ping", 0) < 50, moved
     else:
+        assert moved.get("evalsha", 0) == 0, moved  # (the validating read is a script)
         assert 1 <= moved.get("ping", 0) < 1600 / 4, moved  # shared barriers (group commit)
 
 
