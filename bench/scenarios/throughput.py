@@ -35,7 +35,7 @@ TARGETS = (
      "round trip per hit)"),
     ("ours-tracking", "ours", "/api/exams/1/questions",
      "**ours as shipped** (the defaults: `near_cache = barrier`, a shared PING barrier per "
-     "read, no command per hit)"),
+     "read, no command per hit, early hits after the barrier)"),
     ("ours-lease", "ours", "/api/exams/1/questions",
      "ours, `near_cache = lease`, `early_hits = false` (no barrier, no command per hit)"),
     ("ours-early", "ours", "/api/exams/1/questions",
