@@ -512,13 +512,14 @@ def _machine() -> dict:
     return {"ctxt": int(fields["ctxt"]), "running": int(fields["procs_running"])}
 
 
-def profile_writes(name: str, n: int, readers: int = 0) -> dict:
+def profile_writes(name: str, n: int, readers: int = 0, tracked: bool = True) -> dict:
     """Where one write's time goes on ``name`` beside ``readers`` loaded readers (none:
     idle): wall and this thread's CPU per ``invalidate(keys=[k], tags=["t"])``, a ``PING``
     to each primary after each write (the queue a command meets there), the commands the
     primaries ran per write and per second, their redis-servers' CPU, the primaries per
     write (round trips: a pipeline writes to each, then reads each), and the Python
-    functions that take the writer's CPU (cProfile, µs per write)."""
+    functions that take the writer's CPU (cProfile, µs per write).  ``tracked`` False: the
+    writer has no near cache (no tracking streams, no threads of its own)."""
     with topology(name) as (url, ports):
         prefix = f"lw-profile-{readers}:"
         _prime(url, prefix)
@@ -526,18 +527,20 @@ def profile_writes(name: str, n: int, readers: int = 0) -> dict:
         try:
             _await_up(procs)
             return {"topology": name, "readers": readers, "n": n,
-                    **_profile(name, url, ports, prefix, n)}
+                    **_profile(name, url, ports, prefix, n, tracked)}
         finally:
             _stop_all(procs)
 
 
-def _profile(name: str, url: str, ports: list[int], prefix: str, n: int) -> dict:
+def _profile(name: str, url: str, ports: list[int], prefix: str, n: int,
+             tracked: bool = True) -> dict:
     import cProfile
     import pstats
 
     import redis
 
-    writer, nodes = make_backend(url, prefix, 0), [redis.Redis(port=p) for p in ports]
+    writer = make_backend(url, prefix, 0, near=tracked)
+    nodes = [redis.Redis(port=p) for p in ports]
     for i in range(50):  # connections made
         writer.invalidate(keys=[f"k{i % 5}"], tags=["t"])
         nodes[i % len(nodes)].ping()
@@ -573,8 +576,9 @@ def _profile(name: str, url: str, ports: list[int], prefix: str, n: int) -> dict
     for port in ports:
         for cmd, count in after[port].items():
             calls[cmd] = calls.get(cmd, 0) + count - before[port].get(cmd, 0)
-    calls["ping"] = calls.get("ping", 0) - n * len(ports)  # (not this profile's own PINGs)
-    calls = {k: v for k, v in calls.items() if v >= 0.01 * n and k != "info"}
+    calls["ping"] = calls.get("ping", 0) - n * len(ports)  # not this profile's own PINGs
+    calls["info"] = calls.get("info", 0) - 3 * len(ports)  # nor its INFOs (cpu0, c0, c1)
+    calls = {k: v for k, v in calls.items() if v >= 0.01 * n}
     stats = pstats.Stats(profiler).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
     top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
     return {"backend": backend, **_summary(ms), "cpu": _summary(cpu_ms),
@@ -615,7 +619,8 @@ def profile_markdown(rows: list[dict], command: str) -> str:
                               if v >= 0.05)
         per_s = ", ".join(f"{k} {v:,}" for k, v in sorted(
             r["commands_per_s"].items(), key=lambda kv: -kv[1])[:4])
-        lines.append(f"| {r['topology']} | {r['readers']} | {r['p50_ms']:.2f} / "
+        writer = "" if r["backend"].endswith("barrier") else f" (writer: {r['backend']})"
+        lines.append(f"| {r['topology']}{writer} | {r['readers']} | {r['p50_ms']:.2f} / "
                      f"{r['p99_ms']:.2f} | {r['cpu']['p50_ms']:.2f} / {r['cpu']['p99_ms']:.2f} | "
                      f"{r['ping']['p50_ms']:.2f} / {r['ping']['p99_ms']:.2f} | "
                      f"{r['writes_per_s']:,} | {r['primaries_per_write']:g} | {per_write} | "
@@ -623,7 +628,8 @@ def profile_markdown(rows: list[dict], command: str) -> str:
                      f"{r['runnable_tasks']:g} | {r['context_switches_per_s']:,} | "
                      f"{r['connections_made']} |")
     for r in rows:
-        lines += ["", f"{r['topology']}, {r['readers']} readers: own time per write, µs: "
+        lines += ["", f"{r['topology']}, {r['readers']} readers, writer {r['backend']}: own "
+                  "time per write, µs: "
                   + "; ".join(f"`{f}` {us:g}" for f, us in r["top_tottime_us"][:5])]
     return "\n".join(lines) + "\n"
 
@@ -639,7 +645,7 @@ def main_topologies(args, argv) -> None:
         sys.argv[1:] if argv is None else list(argv))
     if args.profile_writes:
         main_profile(names, [int(c) for c in args.counts.split(",")], args.profile_writes,
-                     out, command)
+                     out, command, args.writer_tracking)
         return
     results = run_topologies(names, [int(c) for c in args.counts.split(",")], args.n,
                              args.writers, args.seconds, command)
@@ -650,29 +656,32 @@ def main_topologies(args, argv) -> None:
     _write_report(os.path.join(out, "RESULTS.md"), topology_report(results), "# ")
 
 
-PROFILE_SECTION = re.compile(r"## Where a write's time goes .*?(?=\n#{1,2} |\Z)", re.S)
+#: sections of OUT/RESULTS.md kept when the measurement reruns: the profile's, hand-written notes
+KEPT = ("Where a write's time goes", "Notes")
+KEPT_SECTIONS = re.compile(r"^## (Where a write's time goes|Notes)\b.*?(?=^#{1,2} |\Z)", re.S | re.M)
 
 
 def _write_report(path: str, text: str, part: str) -> None:
-    """``text`` as the report at ``path`` (``part`` "# ": the measurement, keeping a profile
-    section found there) or as its profile section (``part`` "## ", replaced in place)."""
+    """``text`` as the report at ``path`` (``part`` "# ": the measurement) or as its
+    profile section (``part`` "## "); the :data:`KEPT` sections found there follow."""
     old = open(path).read() if os.path.exists(path) else ""
-    kept = PROFILE_SECTION.search(old)
-    if part == "# ":
-        text = text.rstrip("\n") + ("\n\n" + kept.group(0).rstrip("\n") + "\n" if kept else "\n")
-    else:
-        text = (PROFILE_SECTION.sub(lambda _: text.rstrip("\n") + "\n", old) if kept
-                else old.rstrip("\n") + "\n\n" + text)
+    sections = {m.group(1): m.group(0).rstrip("\n") for m in KEPT_SECTIONS.finditer(old)}
+    head = text if part == "# " else KEPT_SECTIONS.sub("", old)
+    if part == "## ":
+        sections[KEPT[0]] = text.rstrip("\n")
     with open(path, "w") as f:
-        f.write(text)
+        f.write(head.rstrip("\n") + "".join(f"\n\n{sections[k]}" for k in KEPT if k in sections)
+                + "\n")
 
 
-def main_profile(names: list[str], counts: list[int], n: int, out: str, command: str) -> None:
+def main_profile(names: list[str], counts: list[int], n: int, out: str, command: str,
+                 writer_tracking: str = "on") -> None:
     rows = []
     for name in names:
         for readers in counts:
-            rows.append(profile_writes(name, n, readers))
-            print(json.dumps(rows[-1]), flush=True)
+            for tracked in {"on": [True], "off": [False], "both": [True, False]}[writer_tracking]:
+                rows.append(profile_writes(name, n, readers, tracked))
+                print(json.dumps(rows[-1]), flush=True)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "profile.json"), "w") as f:
         json.dump(rows, f, indent=1)
@@ -699,6 +708,9 @@ def main(argv=None) -> None:
                              "--counts of loaded readers (0: none) on each, where their time "
                              "goes (profile.json and a section of OUT/RESULTS.md, kept when the "
                              "measurement reruns)")
+    parser.add_argument("--writer-tracking", choices=("on", "off", "both"), default="on",
+                        help="with --profile-writes: the writer's own near cache (tracking "
+                             "streams) on, off, or each in turn")
     args = parser.parse_args(argv)
     if args.topologies is not None:
         if args.report:
