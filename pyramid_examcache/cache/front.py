@@ -27,6 +27,7 @@ why the answer is the same: ``docs/design/early-hits.md``.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from webob.request import BaseRequest
 from ..trace import ENVIRON_KEY
 from . import http
 from .eligibility import METHODS, NOTES_KEY, TABLE_KEY, EarlyRoute, subscribed
+from .vary import HEADER_NAMES
 from .views import locate, serve_entity
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,15 @@ TWEEN = "pyramid_examcache.cache.early.early_hits_tween_factory"
 TOOLBAR = "pyramid_debugtoolbar.toolbar_tween_factory"
 #: the registry key of the fast path's plan (read by tests and the docs)
 PLAN_KEY = "pyramid_examcache.fast_path"
-#: at most this many paths remembered as matched to a fast route (then forgotten at once)
+#: at most this many requests remembered as located to a fast route's key (then forgotten
+#: at once)
 MATCHED_PATHS = 10_000
+#: at most this many bytes of 200 replies held (each entry served: its stored bytes and its
+#: body; then all forgotten at once)
+REPLY_BYTES = 16 << 20
+#: the environ entries a key is built from besides the path and the varied headers
+#: (:func:`.views.locate`: the query part, and :func:`.variants.origin_part`)
+KEY_ENVIRON = ("QUERY_STRING", "HTTP_HOST", "SERVER_NAME", "wsgi.url_scheme", "SCRIPT_NAME")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +149,22 @@ class FastPath:
         registry = router.registry
         self.routes = table.routes
         self.mapper = registry.getUtility(IRoutesMapper)
-        #: path -> (route entry, route, matchdict) of paths already matched to a fast route
-        #: (the first matching route depends on the path alone: no predicates here); emptied
-        #: when full or when the mapper's routes change
-        self._matched: dict[str, tuple] = {}
+        #: the environ entries a fast route's key is read from, besides PATH_INFO: the
+        #: query, the origin and every header a fast route varies on (``_environ_only``)
+        self.keyed = KEY_ENVIRON + tuple(sorted({
+            HEADER_NAMES[vary.name] for entry in self.routes.values()
+            for vary in entry.early.spec.varies or ()}))
+        #: (PATH_INFO, *those entries) -> (route entry, route, matchdict, key, tags) of the
+        #: requests already located to a fast route's entry (the first matching route
+        #: depends on the path alone: no predicates here; the key on these values alone:
+        #: :func:`.views.locate`); emptied when full or when the mapper's routes change
+        self._matched: dict[tuple, tuple] = {}
         self._mapped = len(self.mapper.get_routes())
+        #: cache key -> (stored entity, ETag, 200 headers, body) of the last entity served
+        #: under that key (head parsed and body sliced once per stored value, not per hit)
+        self._replies: dict[str, tuple] = {}
+        self._reply_bytes = 0
+        self._reply_lock = threading.Lock()
         self.policy = get_policy(registry)
         #: peek_local, or peek_after_barrier (the ``barrier`` near cache): plan() said one is
         self.peek = self.policy.early_peek() or self.policy.peek_local
@@ -164,20 +184,22 @@ class FastPath:
         return self.router(environ, start_response)
 
     def _match(self, environ: dict, method: str) -> tuple | None:
-        """``(route entry, route, matchdict)`` when the first route the router would
-        match (the mapper's routes, in its order) is served here; else None."""
-        raw = environ.get("PATH_INFO") or "/"
-        found = self._matched.get(raw)
+        """``(route entry, route, matchdict, key, tags)`` when the first route the router
+        would match (the mapper's routes, in its order) is served here and the request
+        has a key (:func:`.views.locate`); else None."""
+        signature = (environ.get("PATH_INFO") or "/", *map(environ.get, self.keyed))
+        found = self._matched.get(signature)
         if found is None or len(self.mapper.get_routes()) != self._mapped:
-            found = self._first_match(raw)
+            found = self._locate(environ, signature)
             if found is None:
                 return None
-        entry, route, match = found
-        if method not in entry.early.methods:
+        if method not in found[0].early.methods:
             return None
-        return entry, route, dict(match)
+        entry, route, match, key, tags = found
+        return entry, route, dict(match), key, tags
 
-    def _first_match(self, raw: str) -> tuple | None:
+    def _locate(self, environ: dict, signature: tuple) -> tuple | None:
+        raw = signature[0]
         try:  # PEP 3333: PATH_INFO is latin-1 text of the raw bytes (Pyramid decodes UTF-8)
             path = raw.encode("latin-1").decode("utf-8")
         except UnicodeError:
@@ -191,44 +213,68 @@ class FastPath:
                 entry = self.routes.get(route.name)
                 if entry is None:
                     return None
+                try:
+                    located = locate(entry.early.spec, BaseRequest(environ), dict(match))
+                except Exception:  # noqa: BLE001 (an undecodable query): the deriver's business
+                    return None
+                if isinstance(located, str):  # a bypass: the deriver counts it
+                    return None
                 memo = self._matched
                 if len(memo) >= MATCHED_PATHS or len(routes) != self._mapped:
-                    memo.clear()  # (a flood of distinct paths costs the loop, never memory)
+                    memo.clear()  # (a flood of distinct requests costs the loop, never memory)
                     self._mapped = len(routes)
-                memo[raw] = found = (entry, route, match)
+                memo[signature] = found = (entry, route, match, *located[:2])
                 return found
         return None
 
-    def _serve(self, environ, start_response, entry: FrontRoute, route, match):
-        request = BaseRequest(environ)
-        try:
-            found = locate(entry.early.spec, request, match)
-        except Exception:  # noqa: BLE001 (an undecodable query): the deriver's business
-            return None
-        if isinstance(found, str):  # a bypass: the deriver counts it
-            return None
-        key, tags, _ = found
+    def _serve(self, environ, start_response, entry: FrontRoute, route, match, key, tags):
         data = self.peek(key, tags)
         if data is None:
             return None
         if entry.full:
             return self._serve_full(environ, start_response, entry, route, match, data)
+        reply = self._replies.get(key)
+        if reply is None or reply[0] is not data:
+            reply = self._reply(key, data)
+            if reply is None:
+                return None
+        _, etag, headers, body = reply
+        stats = self.policy.stats
+        if environ.get("HTTP_IF_NONE_MATCH"):
+            request = BaseRequest(environ)
+            if http.matches(request, etag):
+                response = serve_entity(request, data, stats)  # the 304, as the deriver gives it
+                if response is None:
+                    return None
+                stats.incr("early_hits")
+                return response(environ, start_response)
+        stats.incr("early_hits")
+        start_response("200 OK", list(headers))
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    def _reply(self, key: str, data: bytes) -> tuple | None:
+        """``(data, ETag, 200 headers, body)`` of a stored entity (remembered under
+        ``key``), the headers ``serve_entity``'s response gives; None if not an entity."""
         try:
             etag, headers, offset = http.entity_head(data)
         except ValueError:
             return None
-        stats = self.policy.stats
-        if http.matches(request, etag):
-            response = serve_entity(request, data, stats)  # the 304, as the deriver gives it
-            if response is None:
-                return None
-            stats.incr("early_hits")
-            return response(environ, start_response)
         body = data[offset:]
-        stats.incr("early_hits")
-        start_response("200 OK", [*headers, ("Content-Length", str(len(body))),
-                                  ("X-Cache", "HIT")])
-        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+        reply = (data, etag, (*headers, ("Content-Length", str(len(body))), ("X-Cache", "HIT")),
+                 body)
+        size = len(data) + len(body)
+        with self._reply_lock:  # (once per stored value: the hits read the dict alone)
+            replies = self._replies
+            old = replies.pop(key, None)
+            if old is not None:
+                self._reply_bytes -= len(old[0]) + len(old[3])
+            if self._reply_bytes + size > REPLY_BYTES:
+                replies.clear()  # (many large entries cost a slice per hit, never memory)
+                self._reply_bytes = 0
+            if size <= REPLY_BYTES:
+                replies[key] = reply
+                self._reply_bytes += size
+        return reply
 
     def _serve_full(self, environ, start_response, entry: FrontRoute, route, match, data):
         """A hit with a real request: ``http_cache`` applied and ``NewResponse`` run, as

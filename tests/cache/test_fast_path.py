@@ -311,3 +311,44 @@ def test_a_flood_of_distinct_paths_keeps_the_matched_paths_bounded(monkeypatch):
         assert get(base, "/items/7", method="HEAD")[2] == b""  # a remembered path, another method
     get_policy(app.registry).close()
     get_policy(plain.registry).close()
+
+
+def test_a_fast_hit_after_a_refill_serves_the_new_value():
+    """The fast path remembers the reply (head parsed, body sliced) of the entry it served
+    under a key: a new value stored under that key is served, never the remembered one."""
+    counts = Counts()
+    app = fast_path(make_app(counts, subscribers=False))
+    with thread_server(app) as base:
+        for n in range(1, 4):
+            first = get(base, "/items/1")
+            assert first[1]["X-Cache"] == "MISS" and f"load={n}".encode() in first[2]
+            before = early_hits(app)
+            hit = get(base, "/items/1")
+            assert early_hits(app) == before + 1
+            assert hit[1]["X-Cache"] == "HIT" and hit[2] == first[2]
+            assert hit[1]["Content-Length"] == str(len(first[2]))
+            assert get(base, "/touch/1", method="POST")[0] == 200
+    get_policy(app.registry).close()
+
+
+def test_the_remembered_replies_stay_within_their_bound(monkeypatch):
+    """A client reading ever more entries cannot grow the remembered replies past
+    ``REPLY_BYTES``; every answer stays the router's."""
+    counts = Counts()
+    app = fast_path(make_app(counts, subscribers=False))
+    plain = make_app(Counts(), subscribers=False, **{"examcache.early_hits": "false"})
+    with thread_server(app) as base, thread_server(plain) as plain_base:
+        get(base, "/items/1")
+        get(plain_base, "/items/1")  # (the loads counted alike on both)
+        assert get(base, "/items/1")[1]["X-Cache"] == "HIT"
+        one = app._reply_bytes
+        assert one > 0
+        monkeypatch.setattr(front, "REPLY_BYTES", 3 * one)
+        for n in range(2, 12):
+            get(base, f"/items/{n}")
+            get(plain_base, f"/items/{n}")
+            hit = get(base, f"/items/{n}")
+            assert hit[1]["X-Cache"] == "HIT" and wire(hit) == wire(get(plain_base, f"/items/{n}"))
+            assert 0 < app._reply_bytes <= 3 * one and 1 <= len(app._replies) <= 3
+    get_policy(app.registry).close()
+    get_policy(plain.registry).close()
