@@ -547,11 +547,7 @@ class StreamGroup:
                 for stream in live:  # each PING in flight, up to its PONG
                     self._guarded(stream, lambda s, c: s._in_flight is not None)
                 continue
-            for stream in live:  # no PING in flight: what arrived meanwhile
-                self._guarded(stream, lambda s, c: c.can_read(0))
-            live = self._live()
-            if not any(s._in_flight is not None for s in live):
-                self._idle(live)
+            self._idle(live)
 
     def _live(self) -> list[InvalidationStream]:
         return [s for s in self.streams if s._conn is not None]
@@ -583,8 +579,11 @@ class StreamGroup:
                     self._lost(stream, exc)
 
     def _idle(self, live: list[InvalidationStream]) -> None:
-        """No PING in flight: wait for data on one live stream (in turn), or until the
-        next reconnection is due."""
+        """No PING in flight: read what one live stream (in turn) has, waiting for it until
+        the next reconnection is due (``IDLE`` at most; a round's ``PING`` on it ends the
+        wait).  One stream per pass, not a poll of each: a poll releases the GIL, and getting
+        it back is what costs the most under load; the others are read on their turn (within
+        ``IDLE`` times their number) or up to the next round's ``PONG``."""
         due = min((t for s, t in self._retry_at.items() if s._conn is None), default=None)
         timeout = self.IDLE if due is None else max(0.0, min(self.IDLE,
                                                              due - time.monotonic()))
@@ -592,5 +591,6 @@ class StreamGroup:
             self._stopped.wait(timeout)
             return
         self._turn = (self._turn + 1) % len(live)
-        stream = live[self._turn]
-        self._guarded(stream, lambda s, c: c.can_read(timeout) and False)
+        polls = itertools.count()  # the first waits, the next only drain what is there
+        self._guarded(live[self._turn],
+                      lambda s, c: c.can_read(timeout if next(polls) == 0 else 0))
