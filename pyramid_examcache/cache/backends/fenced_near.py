@@ -21,9 +21,10 @@ wake-up per request and round):
 * :class:`ClusterNearCache` -- one stream per primary (:class:`ClusterStreams`, BCAST on
   the prefix on each); a barrier waits on all of them (the ``PING``, probe pairs sent at
   once), each probe checks that its node is still a primary of the same mastership, and
-  the client must know no other primary; a value is inserted only if every key it depends
-  on maps to a node with a stream.  A lost node, a new primary or a demotion flushes
-  everything.
+  the client must know no other primary (checked once per round); a value is inserted only
+  if every key it depends on maps to a node with a stream.  A lost node, a new primary or a
+  demotion flushes everything.  The streams share one reader thread
+  (:class:`~.tracking.StreamGroup`: one wake-up per round, not one per primary).
 
 The proofs (and the residual split-brain windows they share with the validated path):
 ``docs/design/topologies.md``, "Tracking on Sentinel" and "Tracking on Cluster".

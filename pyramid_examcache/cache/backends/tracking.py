@@ -9,7 +9,8 @@ read leases (:mod:`.read_lease`) only the lease keeper and the writers use the b
 One dedicated RESP2 connection per process does it all: ``CLIENT ID``, then ``CLIENT
 TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>``, then ``SUBSCRIBE
 __redis__:invalidate``; a reader thread hands each message to ``on_keys`` (or
-``on_flush``). :meth:`InvalidationStream.barrier` waits for the reply to a ``PING``
+``on_flush``) -- the stream's own, or one shared by a Cluster's streams
+(:class:`StreamGroup`). :meth:`InvalidationStream.barrier` waits for the reply to a ``PING``
 sent after it began (group commit: one PING in flight serves every barrier that began
 before it was sent); :meth:`InvalidationStream.mark` and
 :meth:`InvalidationStream.unchanged` let a fill insert only what no message has
