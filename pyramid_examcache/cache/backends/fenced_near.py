@@ -370,8 +370,9 @@ class ClusterStreams:
                     probe=PrimaryProbe(kwargs, pool.connection_class))
             self.generation += 1
             self.streams = streams
-            self.joint = JointBarrier(list(streams.values()), check=self.current)
-            self.group = StreamGroup(list(streams.values()))
+            ordered = list(streams.values())  # (the group waits on the last PING a round sends)
+            self.joint = JointBarrier(ordered, check=self.current)
+            self.group = StreamGroup(ordered)
             self.rebuilds += 1
             group = self.group
         group.start()

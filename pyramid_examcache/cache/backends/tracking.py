@@ -509,8 +509,8 @@ class StreamGroup:
     one per stream.  A joint barrier sends a ``PING`` on every stream at once, so the
     thread reads each stream in turn up to its ``PONG`` (blocking reads; the ``PONG`` of
     the others arrive meanwhile): one wake-up per round instead of one per stream.  With
-    no ``PING`` in flight it drains what each stream has ready and waits (``IDLE`` at most)
-    on one of them, in turn -- a round's ``PING`` on it ends the wait.  Every stream keeps
+    no ``PING`` in flight it drains what one stream (in turn) has ready and waits (``IDLE`` at
+    most) on the last -- the last ``PING`` a round sends ends the wait.  Every stream keeps
     its own connection, state and guarantees (:class:`InvalidationStream`: a message is
     applied before the ``PONG`` that follows it); a lost connection is retried after its
     stream's ``reconnect_delay`` by the same thread.  Only public redis-py calls:
@@ -580,11 +580,15 @@ class StreamGroup:
                     self._lost(stream, exc)
 
     def _idle(self, live: list[InvalidationStream]) -> None:
-        """No PING in flight: read what one live stream (in turn) has, waiting for it until
-        the next reconnection is due (``IDLE`` at most; a round's ``PING`` on it ends the
-        wait).  One stream per pass, not a poll of each: a poll releases the GIL, and getting
-        it back is what costs the most under load; the others are read on their turn (within
-        ``IDLE`` times their number) or up to the next round's ``PONG``."""
+        """No PING in flight: read what one live stream (in turn) has, then wait on the last
+        live stream until the next reconnection is due (``IDLE`` at most).  The wait is on the
+        last because a joint round sends its ``PING``s in the group's order
+        (:class:`~.fenced_near.JointBarrier` over the same list): a round that a request began
+        sending while this thread found no ``PING`` in flight has not sent the last one yet,
+        whose ``PONG`` then ends the wait (a wait on another stream, whose ``PONG`` had just
+        been read, would hold the round for ``IDLE``).  Two polls per pass, not one per
+        stream: a poll releases the GIL, and getting it back is what costs the most under
+        load; the other streams are read on their turn or up to the next round's ``PONG``."""
         due = min((t for s, t in self._retry_at.items() if s._conn is None), default=None)
         timeout = self.IDLE if due is None else max(0.0, min(self.IDLE,
                                                              due - time.monotonic()))
@@ -592,6 +596,7 @@ class StreamGroup:
             self._stopped.wait(timeout)
             return
         self._turn = (self._turn + 1) % len(live)
+        if live[self._turn] is not live[-1]:
+            self._guarded(live[self._turn], lambda s, c: c.can_read(0))
         polls = itertools.count()  # the first waits, the next only drain what is there
-        self._guarded(live[self._turn],
-                      lambda s, c: c.can_read(timeout if next(polls) == 0 else 0))
+        self._guarded(live[-1], lambda s, c: c.can_read(timeout if next(polls) == 0 else 0))
