@@ -249,3 +249,74 @@ def late(apply, delay: float):
         time.sleep(delay)
         apply(keys)
     return slowly
+
+
+def held_on_every_primary(redis_cluster, redis_prefix, reader, prefix: str) -> list[str]:
+    """Fill and hold (in ``reader``'s near cache) a value from every primary; their keys."""
+    streams = reader._tracked_near.stream
+    poll(lambda: streams.healthy, 10, "a tracking stream on every primary")
+    keys = [f"{prefix}{i}" for i in range(12)]
+    assert {redis_cluster.node_of(f"{redis_prefix}v:{{{k}}}") for k in keys} == \
+        set(redis_cluster.ports)
+    for key in keys:
+        found = reader.lookup(key, "t", 5, 60, ())
+        assert reader.fill(key, "t", key.encode(), 60, (), found.versions)
+    tracked = reader._tracked_near.tracked
+    for key in keys:  # (the fill's own messages may void the first insert: poll)
+        poll(lambda: reader.get(key) == key.encode() and tracked.get(key) is not None, 10,
+             f"{key} held")
+    return keys
+
+
+def test_one_reader_thread_applies_every_primarys_messages_with_no_barrier(redis_cluster,
+                                                                            redis_prefix):
+    """The Cluster's streams share one reader thread (``StreamGroup``), which reads each
+    stream up to its ``PONG`` during a barrier round -- and, with no round at all, still
+    reads every stream in turn: another client's writes on every primary drop the held
+    values while this process runs no barrier (no read)."""
+    reader = ClusterBackend(redis_cluster.url, prefix=redis_prefix, near_cache_bytes=NEAR,
+                            tracking=True)
+    writer = ClusterBackend(redis_cluster.url, prefix=redis_prefix)
+    try:
+        keys = held_on_every_primary(redis_cluster, redis_prefix, reader, "i")
+        streams = reader._tracked_near.stream
+        assert all(s._thread is None for s in streams.streams.values()), \
+            "a reader thread per stream"
+        assert streams.group._thread is not None and streams.group._thread.is_alive()
+        rounds, tracked = streams.joint.rounds, reader._tracked_near.tracked
+        writer.invalidate(keys=keys)
+        poll(lambda: all(tracked.get(k) is None for k in keys), 10,
+             "every primary's messages applied with no barrier")
+        assert streams.joint.rounds == rounds, "a barrier ran: the test proves nothing"
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_lost_stream_reconnects_in_its_group_and_the_near_cache_serves_again(
+        redis_cluster, redis_prefix):
+    """One primary's tracking connection breaks (``drop``): the group's thread flushes,
+    reconnects that stream alone after its delay and keeps reading the others; held values
+    then serve again after barriers, and another client's write on any primary still
+    empties the near cache before its call returns."""
+    reader = ClusterBackend(redis_cluster.url, prefix=redis_prefix, near_cache_bytes=NEAR,
+                            tracking=True)
+    writer = ClusterBackend(redis_cluster.url, prefix=redis_prefix)
+    try:
+        held_on_every_primary(redis_cluster, redis_prefix, reader, "a")
+        streams = reader._tracked_near.stream
+        lost = next(iter(streams.streams.values()))
+        others = {s: s.connections for s in streams.streams.values() if s is not lost}
+        before = lost.connections
+        lost.drop()
+        poll(lambda: lost.connections > before and streams.healthy, 10,
+             "the lost stream reconnected")
+        assert not held(reader), "the loss did not flush the near cache"
+        assert {s: s.connections for s in others} == others, "another stream reconnected"
+        keys = held_on_every_primary(redis_cluster, redis_prefix, reader, "b")
+        for key in keys:
+            writer.invalidate(keys=[key])
+            assert reader.get(key) is None, f"{key} served after its write"
+    finally:
+        reader.close()
+        writer.close()

@@ -21,9 +21,10 @@ wake-up per request and round):
 * :class:`ClusterNearCache` -- one stream per primary (:class:`ClusterStreams`, BCAST on
   the prefix on each); a barrier waits on all of them (the ``PING``, probe pairs sent at
   once), each probe checks that its node is still a primary of the same mastership, and
-  the client must know no other primary; a value is inserted only if every key it depends
-  on maps to a node with a stream.  A lost node, a new primary or a demotion flushes
-  everything.
+  the client must know no other primary (checked once per round); a value is inserted only
+  if every key it depends on maps to a node with a stream.  A lost node, a new primary or a
+  demotion flushes everything.  The streams share one reader thread
+  (:class:`~.tracking.StreamGroup`: one wake-up per round, not one per primary).
 
 The proofs (and the residual split-brain windows they share with the validated path):
 ``docs/design/topologies.md``, "Tracking on Sentinel" and "Tracking on Cluster".
@@ -33,13 +34,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from . import failover
 from .tracked_near import BarrierNearCache, TrackedNearCache
-from .tracking import PROBE_ERRORS, InvalidationStream
+from .tracking import PROBE_ERRORS, InvalidationStream, StreamGroup
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,7 @@ class PrimaryProbe:
         try:
             if conn is None:
                 raise redis.ConnectionError("the probe's connection was lost")
-            return node is not None and failover.replication_epoch(
-                conn, conn.read_response()) == node
-        except failover.NotPrimary:
-            return False
+            return node is not None and _mastership(conn.read_response()) == node
         except BaseException:
             self._lost(conn)
             raise
@@ -111,6 +110,28 @@ class PrimaryProbe:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.disconnect()
+
+
+def _field(info: bytes, name: bytes) -> bytes | None:
+    """The value of the field ``name`` (``b"role:"``) of an ``INFO`` reply, or None."""
+    at = info.find(b"\n" + name)  # (every field follows a line: "# Replication" first)
+    if at < 0:
+        return None
+    start = at + 1 + len(name)
+    end = info.find(b"\r", start)
+    return info[start:] if end < 0 else info[start:end]
+
+
+def _mastership(info: bytes | str) -> str | None:
+    """The epoch :func:`.failover.replication_epoch` reads in ``info`` (an ``INFO
+    replication`` reply), None for a node that is not a primary.  The same answer, without
+    splitting the reply into a dict: it runs once per primary and barrier round."""
+    if isinstance(info, str):
+        info = info.encode()
+    replid = _field(info, b"master_replid:")
+    if _field(info, b"role:") != b"master" or not replid:
+        return None
+    return replid[:16].decode()
 
 
 def primary_identity(conn) -> str:
@@ -196,70 +217,114 @@ class SentinelNearCache(BarrierNearCache):
 class _Round:
     """One round of :class:`JointBarrier`: a ticket per stream; ``done`` once settled."""
 
-    __slots__ = ("sent_at", "tickets", "done", "ok")
+    __slots__ = ("sent_at", "tickets", "waiting", "done", "ok", "stale")
 
     def __init__(self) -> None:
         self.sent_at = 0.0
-        self.tickets: list[tuple[InvalidationStream, Any]] = []
+        #: the streams' tickets, once every PING (and probe) of the round is sent
+        self.tickets: dict[InvalidationStream, Any] | None = None
+        self.waiting: set[InvalidationStream] = set()  # streams whose ticket is unanswered
         self.done = threading.Event()
         self.ok = False
+        self.stale = False  # every PING answered, but ``check`` failed after them
 
 
 class JointBarrier:
     """Group commit over several streams (a Cluster's primaries): a round sends a barrier
     ``PING`` (with its probe) on every stream at once and succeeds once every one is
-    acknowledged.  A request joins the round in flight if it was sent after the request
-    began, else the next one, which the reader thread that settles the round in flight
-    sends at once -- as one stream's group commit, with one wake-up per request and round
-    whatever the number of streams."""
+    acknowledged and then ``check()`` (if given) holds.  A request joins the round in flight
+    if it was sent after the request began, else the next one, which the reader thread that
+    settles the round in flight sends at once -- as one stream's group commit, with one
+    wake-up per request and round whatever the number of streams.
 
-    def __init__(self, streams: list[InvalidationStream]) -> None:
+    Cheap per round on purpose (issue 22): the lock is never held across a send (a send
+    releases the GIL, and under load it may take a switch interval to get it back: every
+    reader and request would queue behind it); a ``PONG`` settles only its own stream's
+    ticket; ``check`` runs once per round, on the thread that settles it, not per request."""
+
+    def __init__(self, streams: list[InvalidationStream],
+                 check: Callable[[], bool] | None = None) -> None:
         self.streams = streams
+        self.check = check
         self._lock = threading.Lock()
-        self._current: _Round | None = None  # sent, not yet settled
+        self._current: _Round | None = None  # sent (or being sent), not yet settled
         self._next: _Round | None = None  # for the requests that began after it was sent
         self.rounds = 0
         for stream in streams:
             stream.on_settled = self._settle
 
     def wait(self, deadline: float) -> bool:
+        return self.join(deadline)[0]
+
+    def join(self, deadline: float) -> tuple[bool, _Round]:
+        """Wait for a round sent after this call began: ``(ok, the round)``."""
         started = time.monotonic()
+        launch = None
         with self._lock:
             current = self._current
             if current is not None and current.sent_at >= started:
                 joined = current
             elif current is None:
-                joined = self._launch(_Round())
+                joined = launch = self._begin(_Round())
             else:
                 joined = self._next = self._next or _Round()
-        return joined.done.wait(max(0.0, deadline - time.monotonic())) and joined.ok
+        if launch is not None:
+            self._send(launch)
+        return joined.done.wait(max(0.0, deadline - time.monotonic())) and joined.ok, joined
 
-    def _launch(self, round_: _Round) -> _Round:
-        """Send ``round_`` on every stream now (under the lock)."""
-        round_.sent_at = time.monotonic()
-        round_.tickets = [(s, s.begin_barrier()) for s in self.streams]
+    def _begin(self, round_: _Round) -> _Round:
+        """Make ``round_`` the one in flight (under the lock); :meth:`_send` sends it."""
+        round_.sent_at = time.monotonic()  # before any of its PINGs is sent
+        self._current = round_
         self.rounds += 1
-        if not round_.tickets or any(t is None for _, t in round_.tickets):
-            round_.done.set()  # a stream down: no round (ok stays False)
-        else:
-            self._current = round_
         return round_
 
-    def _settle(self) -> None:
-        """On a reader thread, after a ``PONG`` or a loss: the round in flight is over once
-        every stream answered its ``PING`` (ok) or one failed; then the next one goes."""
+    def _send(self, round_: _Round) -> None:
+        """Send ``round_``'s PING (and probe) on every stream, outside the lock; then settle
+        what was answered (or refused) meanwhile."""
+        tickets = {s: s.begin_barrier() for s in self.streams}
+        with self._lock:
+            round_.tickets = tickets
+            results = {s: s.settled(t) for s, t in tickets.items()}
+            round_.waiting = {s for s, r in results.items() if r is None}
+            if self._current is not round_ or (None in results.values()
+                                               and False not in results.values()):
+                return  # (no streams: settled below; not current: cannot happen)
+            finished = self._finish(round_, bool(results) and all(results.values()))
+        self._complete(*finished)
+
+    def _settle(self, stream: InvalidationStream) -> None:
+        """On ``stream``'s reader thread, after a ``PONG`` or a loss: the round in flight is
+        over once every stream answered its ``PING`` (ok) or one failed."""
         with self._lock:
             current = self._current
-            if current is None:
-                return
-            results = [s.settled(t) for s, t in current.tickets]
-            if False not in results and None in results:
+            if current is None or current.tickets is None or stream not in current.waiting:
+                return  # (not sent yet: :meth:`_send` settles it)
+            result = stream.settled(current.tickets[stream])
+            if result is None:
                 return  # still waiting
-            current.ok = all(results)
-            self._current, waiting, self._next = None, self._next, None
-            if waiting is not None:
-                self._launch(waiting)
+            current.waiting.discard(stream)
+            if result and current.waiting:
+                return
+            finished = self._finish(current, result)
+        self._complete(*finished)
+
+    def _finish(self, current: _Round, ok: bool) -> tuple[_Round, bool, _Round | None]:
+        """Under the lock: ``current`` is settled; the next round becomes the one in flight."""
+        self._current, waiting, self._next = None, self._next, None
+        if waiting is not None:
+            self._begin(waiting)
+        return current, ok, waiting
+
+    def _complete(self, current: _Round, ok: bool, launch: _Round | None) -> None:
+        """Outside the lock: send the next round, run ``check`` and wake ``current``'s
+        requests."""
+        if ok and self.check is not None and not self.check():
+            current.stale, ok = True, False
+        current.ok = ok
         current.done.set()
+        if launch is not None:
+            self._send(launch)
 
 
 class ClusterStreams:
@@ -275,6 +340,7 @@ class ClusterStreams:
         self._lock = threading.Lock()
         self.generation = 0
         self.streams: dict[tuple[str, int], InvalidationStream] = {}
+        self.group = StreamGroup([])  # their reader thread
         self.joint = JointBarrier([])
         self.rebuilds = 0
         self._stopped = False
@@ -292,7 +358,7 @@ class ClusterStreams:
         with self._lock:
             if self._stopped or (seen is not None and seen != self.generation):
                 return
-            old = self.streams
+            old_group = self.group
             self.on_flush()
             streams = {}
             for address, node in self._primaries().items():
@@ -303,12 +369,14 @@ class ClusterStreams:
                     connection_class=pool.connection_class, handshake=primary_identity,
                     probe=PrimaryProbe(kwargs, pool.connection_class))
             self.generation += 1
-            self.streams, self.joint = streams, JointBarrier(list(streams.values()))
+            self.streams = streams
+            ordered = list(streams.values())  # (the group waits on the last PING a round sends)
+            self.joint = JointBarrier(ordered, check=self.current)
+            self.group = StreamGroup(ordered)
             self.rebuilds += 1
-        for stream in streams.values():
-            stream.start()
-        for stream in old.values():
-            stream.stop()  # (and closes its probe)
+            group = self.group
+        group.start()
+        old_group.stop()  # (the streams' connections and probes closed)
 
     def current(self) -> bool:
         """Do the streams cover exactly the client's primaries?"""
@@ -322,18 +390,20 @@ class ClusterStreams:
 
     def barrier(self, timeout: float) -> bool:
         """A round of :class:`JointBarrier`: a barrier on every stream (each with its probe:
-        "still the primary it connected to"), all sent at once; then the client must know no
-        primary without a stream (else the set is rebuilt, everything flushed)."""
+        "still the primary it connected to"), all sent at once; then (``check``, once per
+        round, after every ``PONG`` of it) the client must know no primary without a stream
+        (else the set is rebuilt, everything flushed)."""
         deadline = time.monotonic() + timeout
         generation, joint = self.generation, self.joint  # (the streams of one generation)
-        if not joint.streams or not joint.wait(deadline):
+        if not joint.streams:
             return False
-        if not self.current():
+        ok, round_ = joint.join(deadline)
+        if round_.stale:
             log.warning("cache tracking for %r: the cluster's primaries changed; near cache "
                         "flushed", self.prefix)
             self.rebuild(generation)
             return False
-        return self.joint is joint  # (no rebuild since: those are still the streams)
+        return ok and self.joint is joint  # (no rebuild since: those are still the streams)
 
     def mark(self) -> tuple[int, dict] | None:
         streams = self.streams
@@ -367,8 +437,7 @@ class ClusterStreams:
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-        for stream in self.streams.values():
-            stream.stop()  # (and closes its probe)
+        self.group.stop()  # (the streams' connections and probes closed)
 
     @property
     def connections(self) -> int:

@@ -9,7 +9,8 @@ read leases (:mod:`.read_lease`) only the lease keeper and the writers use the b
 One dedicated RESP2 connection per process does it all: ``CLIENT ID``, then ``CLIENT
 TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>``, then ``SUBSCRIBE
 __redis__:invalidate``; a reader thread hands each message to ``on_keys`` (or
-``on_flush``). :meth:`InvalidationStream.barrier` waits for the reply to a ``PING``
+``on_flush``) -- the stream's own, or one shared by a Cluster's streams
+(:class:`StreamGroup`). :meth:`InvalidationStream.barrier` waits for the reply to a ``PING``
 sent after it began (group commit: one PING in flight serves every barrier that began
 before it was sent); :meth:`InvalidationStream.mark` and
 :meth:`InvalidationStream.unchanged` let a fill insert only what no message has
@@ -107,7 +108,7 @@ class InvalidationStream:
         self._refused = 0  # the last PING whose probe gave no answer
         #: called by the reader thread once a barrier PING is answered and on every loss
         #: (:class:`~.fenced_near.JointBarrier`: rounds over several streams)
-        self.on_settled: Callable[[], None] | None = None
+        self.on_settled: Callable[[InvalidationStream], None] | None = None
         self._conn: redis.Connection | None = None
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -128,6 +129,7 @@ class InvalidationStream:
         self.unavailable: str | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = False  # logged when it starts and when it ends, not per attempt
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -168,41 +170,49 @@ class InvalidationStream:
             return self._cond.wait_for(lambda: self._healthy, timeout)
 
     def _run(self) -> None:
-        outage = False  # an outage is logged when it starts and when it ends, not per attempt
         while not self._stopped.is_set():
             try:
-                conn = self._connect()
-                if outage:
-                    log.warning("cache tracking for %r: connection back; near cache serving "
-                                "again", self.prefix)
-                outage = False
-                self._read_forever(conn)
-            except TrackingUnavailable as exc:
-                self.unavailable = str(exc)
-                self._lose()
-                log.warning("cache tracking for %r unavailable, not retried: %s. The near "
-                            "cache serves nothing and every read validates against Redis; set "
-                            "examcache.near_cache = check (formerly examcache.tracking = "
-                            "false) to use the validated near cache instead", self.prefix, exc)
-                return
-            except (redis.RedisError, OSError, ValueError) as exc:
-                # ValueError: redis-py reading a socket that stop() or drop() closed
-                if not self._stopped.is_set():
-                    if outage:
-                        log.debug("cache tracking for %r: reconnection failed (%s)",
-                                  self.prefix, exc)
-                    else:
-                        log.warning("cache tracking for %r: connection lost (%s); near cache "
-                                    "flushed, reads validate against Redis until it is back",
-                                    self.prefix, exc)
-                        outage = True
-            except Exception:  # noqa: BLE001 -- never let the reader die: reconnect instead
-                if not self._stopped.is_set():
-                    log.exception("cache tracking for %r: reader failed; reconnecting",
-                                  self.prefix)
+                self._read_forever(self._open())
+            except Exception as exc:  # noqa: BLE001 -- never let the reader die: reconnect
+                if not self._failed(exc):
+                    return
             finally:
                 self._lose()
             self._stopped.wait(self.reconnect_delay)
+
+    def _open(self) -> redis.Connection:
+        """Connect (:meth:`_connect`); an outage is logged when it starts and when it ends,
+        not per attempt."""
+        conn = self._connect()
+        if self._outage:
+            log.warning("cache tracking for %r: connection back; near cache serving again",
+                        self.prefix)
+        self._outage = False
+        return conn
+
+    def _failed(self, exc: Exception) -> bool:
+        """The connection (or an attempt) failed with ``exc``: log it; False if tracking can
+        never work here (:class:`TrackingUnavailable`: not retried)."""
+        if isinstance(exc, TrackingUnavailable):
+            self.unavailable = str(exc)
+            self._lose()
+            log.warning("cache tracking for %r unavailable, not retried: %s. The near cache "
+                        "serves nothing and every read validates against Redis; set "
+                        "examcache.near_cache = check (formerly examcache.tracking = false) "
+                        "to use the validated near cache instead", self.prefix, exc)
+            return False
+        if self._stopped.is_set():
+            return True
+        if not isinstance(exc, (redis.RedisError, OSError, ValueError)):
+            log.error("cache tracking for %r: reader failed; reconnecting", self.prefix,
+                      exc_info=exc)
+        elif self._outage:  # (ValueError: redis-py reading a socket that stop() or drop() closed)
+            log.debug("cache tracking for %r: reconnection failed (%s)", self.prefix, exc)
+        else:
+            log.warning("cache tracking for %r: connection lost (%s); near cache flushed, "
+                        "reads validate against Redis until it is back", self.prefix, exc)
+            self._outage = True
+        return True
 
     def _connect(self) -> redis.Connection:
         try:
@@ -261,54 +271,58 @@ class InvalidationStream:
             except Exception:  # noqa: BLE001
                 pass
         if self.on_settled is not None:
-            self.on_settled()
+            self.on_settled(self)
         if was:
             self.losses += 1
             self.on_flush()
 
     def _read_forever(self, conn: redis.Connection) -> None:
         while not self._stopped.is_set():
-            reply = conn.read_response()
-            kind = reply[0]
-            if kind == b"message":
-                keys = reply[2]
-                if keys is None:  # FLUSHALL / FLUSHDB
-                    with self._cond:
-                        self._messages += 1
+            self._handle(conn.read_response())
+
+    def _handle(self, reply) -> None:
+        """One reply read from the connection: a message, or the ``PONG`` of a barrier."""
+        kind = reply[0]
+        if kind == b"message":
+            keys = reply[2]
+            if keys is None:  # FLUSHALL / FLUSHDB
+                with self._cond:
+                    self._messages += 1
+                    self._recent.clear()
+                    self._floor = self._messages
+                self.on_flush()
+            else:
+                names = [k.decode() if isinstance(k, bytes) else k for k in keys]
+                with self._cond:
+                    self._messages += 1
+                    for name in names:
+                        self._recent[name] = self._messages
+                    if len(self._recent) > RECENT:
                         self._recent.clear()
                         self._floor = self._messages
-                    self.on_flush()
-                else:
-                    names = [k.decode() if isinstance(k, bytes) else k for k in keys]
-                    with self._cond:
-                        self._messages += 1
-                        for name in names:
-                            self._recent[name] = self._messages
-                        if len(self._recent) > RECENT:
-                            self._recent.clear()
-                            self._floor = self._messages
-                    self.on_keys(names)
-            elif kind == b"pong":
-                if not reply[1].isdigit():
-                    continue  # not one of our barrier PINGs
-                number = int(reply[1])
-                answered = self.probe is None or self._probe_answer(number)
-                send = None
-                with self._cond:
-                    if answered:
-                        self._acked = max(self._acked, number)
-                    else:
-                        self._refused = max(self._refused, number)
-                    if self._in_flight == number:  # the next group's PING goes now
-                        self._in_flight, self._next = self._next, None
-                        if self._in_flight is not None:
-                            self._in_flight_at = time.monotonic()
-                            send = self._in_flight
-                    self._cond.notify_all()
-                if send is not None:
-                    self._send(send)
-                if self.on_settled is not None:
-                    self.on_settled()
+                self.on_keys(names)
+        elif kind == b"pong" and reply[1].isdigit():  # (else not one of our barrier PINGs)
+            self._pong(int(reply[1]))
+
+    def _pong(self, number: int) -> None:
+        """``PING number`` answered: acknowledge it (if its probe says so), send the next."""
+        answered = self.probe is None or self._probe_answer(number)
+        send = None
+        with self._cond:
+            if answered:
+                self._acked = max(self._acked, number)
+            else:
+                self._refused = max(self._refused, number)
+            if self._in_flight == number:  # the next group's PING goes now
+                self._in_flight, self._next = self._next, None
+                if self._in_flight is not None:
+                    self._in_flight_at = time.monotonic()
+                    send = self._in_flight
+            self._cond.notify_all()
+        if send is not None:
+            self._send(send)
+        if self.on_settled is not None:
+            self.on_settled(self)
 
     # -- the barrier ----------------------------------------------------------------------------
 
@@ -488,3 +502,101 @@ class _ConnectOnce(_ConnectionBase):
 def _connecting_once(connection_class: type) -> type:
     """``connection_class`` with :class:`_ConnectOnce` mixed in."""
     return type(f"Once{connection_class.__name__}", (_ConnectOnce, connection_class), {})
+
+
+class StreamGroup:
+    """One reader thread for several streams (a Cluster's primaries: issue 22), in place of
+    one per stream.  A joint barrier sends a ``PING`` on every stream at once, so the
+    thread reads each stream in turn up to its ``PONG`` (blocking reads; the ``PONG`` of
+    the others arrive meanwhile): one wake-up per round instead of one per stream.  With
+    no ``PING`` in flight it drains what one stream (in turn) has ready and waits (``IDLE`` at
+    most) on the last -- the last ``PING`` a round sends ends the wait.  Every stream keeps
+    its own connection, state and guarantees (:class:`InvalidationStream`: a message is
+    applied before the ``PONG`` that follows it); a lost connection is retried after its
+    stream's ``reconnect_delay`` by the same thread.  Only public redis-py calls:
+    ``read_response`` and ``can_read``."""
+
+    IDLE = 0.05
+
+    def __init__(self, streams: list[InvalidationStream]) -> None:
+        self.streams = streams
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retry_at = {stream: 0.0 for stream in streams}
+        self._turn = 0
+
+    def start(self) -> StreamGroup:
+        self._thread = threading.Thread(target=self._run, name="examcache-tracking-group",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        for stream in self.streams:
+            stream.stop()  # (closes its connection: a blocked read fails at once)
+        if self._thread is not None:
+            self._thread.join(5)
+        for stream in self.streams:
+            stream._lose()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._connect_due()
+            live = self._live()
+            if any(s._in_flight is not None for s in live):
+                for stream in live:  # each PING in flight, up to its PONG
+                    self._guarded(stream, lambda s, c: s._in_flight is not None)
+                continue
+            self._idle(live)
+
+    def _live(self) -> list[InvalidationStream]:
+        return [s for s in self.streams if s._conn is not None]
+
+    def _guarded(self, stream: InvalidationStream, more: Callable) -> None:
+        """Read ``stream``'s replies while ``more(stream, connection)``; a failure is the
+        loss of that stream alone."""
+        conn = stream._conn
+        try:
+            while conn is not None and not self._stopped.is_set() and more(stream, conn):
+                stream._handle(conn.read_response())
+        except Exception as exc:  # noqa: BLE001 -- never let the reader die: reconnect
+            self._lost(stream, exc)
+
+    def _lost(self, stream: InvalidationStream, exc: Exception) -> None:
+        retry = stream._failed(exc)
+        stream._lose()
+        self._retry_at[stream] = time.monotonic() + stream.reconnect_delay if retry else \
+            float("inf")
+
+    def _connect_due(self) -> None:
+        now = time.monotonic()
+        for stream in self.streams:
+            if stream._conn is None and self._retry_at[stream] <= now \
+                    and not self._stopped.is_set():
+                try:
+                    stream._open()
+                except Exception as exc:  # noqa: BLE001
+                    self._lost(stream, exc)
+
+    def _idle(self, live: list[InvalidationStream]) -> None:
+        """No PING in flight: read what one live stream (in turn) has, then wait on the last
+        live stream until the next reconnection is due (``IDLE`` at most).  The wait is on the
+        last because a joint round sends its ``PING``s in the group's order
+        (:class:`~.fenced_near.JointBarrier` over the same list): a round that a request began
+        sending while this thread found no ``PING`` in flight has not sent the last one yet,
+        whose ``PONG`` then ends the wait (a wait on another stream, whose ``PONG`` had just
+        been read, would hold the round for ``IDLE``).  Two polls per pass, not one per
+        stream: a poll releases the GIL, and getting it back is what costs the most under
+        load; the other streams are read on their turn or up to the next round's ``PONG``."""
+        due = min((t for s, t in self._retry_at.items() if s._conn is None), default=None)
+        timeout = self.IDLE if due is None else max(0.0, min(self.IDLE,
+                                                             due - time.monotonic()))
+        if not live:
+            self._stopped.wait(timeout)
+            return
+        self._turn = (self._turn + 1) % len(live)
+        if live[self._turn] is not live[-1]:
+            self._guarded(live[self._turn], lambda s, c: c.can_read(0))
+        polls = itertools.count()  # the first waits, the next only drain what is there
+        self._guarded(live[-1], lambda s, c: c.can_read(timeout if next(polls) == 0 else 0))
