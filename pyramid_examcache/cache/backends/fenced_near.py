@@ -237,7 +237,7 @@ class JointBarrier:
     settles the round in flight sends at once -- as one stream's group commit, with one
     wake-up per request and round whatever the number of streams.
 
-    Cheap per round on purpose (issue 22): the lock is never held across a send (a send
+    Cheap per round on purpose: the lock is never held across a send (a send
     releases the GIL, and under load it may take a switch interval to get it back: every
     reader and request would queue behind it); a ``PONG`` settles only its own stream's
     ticket; ``check`` runs once per round, on the thread that settles it, not per request."""

@@ -172,15 +172,25 @@ class InvalidationStream:
     def _run(self) -> None:
         while not self._stopped.is_set():
             try:
-                self._read_forever(self._open())
+                self._read_forever(self.open_connection())
             except Exception as exc:  # noqa: BLE001 -- never let the reader die: reconnect
-                if not self._failed(exc):
+                if not self.failed(exc):
                     return
             finally:
-                self._lose()
+                self.lose()
             self._stopped.wait(self.reconnect_delay)
 
-    def _open(self) -> redis.Connection:
+    @property
+    def connection(self) -> redis.Connection | None:
+        """The tracking connection, None while there is none (read by :class:`StreamGroup`)."""
+        return self._conn
+
+    @property
+    def pinging(self) -> bool:
+        """Is a barrier ``PING`` in flight (its ``PONG`` not read yet)?"""
+        return self._in_flight is not None
+
+    def open_connection(self) -> redis.Connection:
         """Connect (:meth:`_connect`); an outage is logged when it starts and when it ends,
         not per attempt."""
         conn = self._connect()
@@ -190,12 +200,12 @@ class InvalidationStream:
         self._outage = False
         return conn
 
-    def _failed(self, exc: Exception) -> bool:
+    def failed(self, exc: Exception) -> bool:
         """The connection (or an attempt) failed with ``exc``: log it; False if tracking can
         never work here (:class:`TrackingUnavailable`: not retried)."""
         if isinstance(exc, TrackingUnavailable):
             self.unavailable = str(exc)
-            self._lose()
+            self.lose()
             log.warning("cache tracking for %r unavailable, not retried: %s. The near cache "
                         "serves nothing and every read validates against Redis; set "
                         "examcache.near_cache = check (formerly examcache.tracking = false) "
@@ -256,7 +266,7 @@ class InvalidationStream:
             self._cond.notify_all()
         return conn
 
-    def _lose(self) -> None:
+    def lose(self) -> None:
         with self._cond:
             was = self._healthy
             self._healthy = False
@@ -278,9 +288,9 @@ class InvalidationStream:
 
     def _read_forever(self, conn: redis.Connection) -> None:
         while not self._stopped.is_set():
-            self._handle(conn.read_response())
+            self.handle(conn.read_response())
 
-    def _handle(self, reply) -> None:
+    def handle(self, reply) -> None:
         """One reply read from the connection: a message, or the ``PONG`` of a barrier."""
         kind = reply[0]
         if kind == b"message":
@@ -505,7 +515,7 @@ def _connecting_once(connection_class: type) -> type:
 
 
 class StreamGroup:
-    """One reader thread for several streams (a Cluster's primaries: issue 22), in place of
+    """One reader thread for several streams (a Cluster's primaries), in place of
     one per stream.  A joint barrier sends a ``PING`` on every stream at once, so the
     thread reads each stream in turn up to its ``PONG`` (blocking reads; the ``PONG`` of
     the others arrive meanwhile): one wake-up per round instead of one per stream.  With
@@ -538,44 +548,44 @@ class StreamGroup:
         if self._thread is not None:
             self._thread.join(5)
         for stream in self.streams:
-            stream._lose()
+            stream.lose()
 
     def _run(self) -> None:
         while not self._stopped.is_set():
             self._connect_due()
             live = self._live()
-            if any(s._in_flight is not None for s in live):
+            if any(s.pinging for s in live):
                 for stream in live:  # each PING in flight, up to its PONG
-                    self._guarded(stream, lambda s, c: s._in_flight is not None)
+                    self._guarded(stream, lambda s, c: s.pinging)
                 continue
             self._idle(live)
 
     def _live(self) -> list[InvalidationStream]:
-        return [s for s in self.streams if s._conn is not None]
+        return [s for s in self.streams if s.connection is not None]
 
     def _guarded(self, stream: InvalidationStream, more: Callable) -> None:
         """Read ``stream``'s replies while ``more(stream, connection)``; a failure is the
         loss of that stream alone."""
-        conn = stream._conn
+        conn = stream.connection
         try:
             while conn is not None and not self._stopped.is_set() and more(stream, conn):
-                stream._handle(conn.read_response())
+                stream.handle(conn.read_response())
         except Exception as exc:  # noqa: BLE001 -- never let the reader die: reconnect
             self._lost(stream, exc)
 
     def _lost(self, stream: InvalidationStream, exc: Exception) -> None:
-        retry = stream._failed(exc)
-        stream._lose()
+        retry = stream.failed(exc)
+        stream.lose()
         self._retry_at[stream] = time.monotonic() + stream.reconnect_delay if retry else \
             float("inf")
 
     def _connect_due(self) -> None:
         now = time.monotonic()
         for stream in self.streams:
-            if stream._conn is None and self._retry_at[stream] <= now \
+            if stream.connection is None and self._retry_at[stream] <= now \
                     and not self._stopped.is_set():
                 try:
-                    stream._open()
+                    stream.open_connection()
                 except Exception as exc:  # noqa: BLE001
                     self._lost(stream, exc)
 
@@ -589,7 +599,7 @@ class StreamGroup:
         been read, would hold the round for ``IDLE``).  Two polls per pass, not one per
         stream: a poll releases the GIL, and getting it back is what costs the most under
         load; the other streams are read on their turn or up to the next round's ``PONG``."""
-        due = min((t for s, t in self._retry_at.items() if s._conn is None), default=None)
+        due = min((t for s, t in self._retry_at.items() if s.connection is None), default=None)
         timeout = self.IDLE if due is None else max(0.0, min(self.IDLE,
                                                              due - time.monotonic()))
         if not live:
