@@ -54,12 +54,12 @@ def test_redis_paused_serves_from_the_database_and_keeps_the_invalidation(served
           f"total={sum(latencies):.2f}s stats={get_policy(app.registry).stats.snapshot()}")
     assert [r[0] for r in results] == [200] * 30
     # socket timeouts one failed call can cost: 1, or on a Cluster 1 + one per node
-    # (redis-py's RedisCluster asks every known node for the slots after a timeout), and on a
-    # Cluster one more when a held value waits for the tracking barrier first (near cache
-    # barrier, the default: the barrier's timeout, then the validating read)
+    # (redis-py's RedisCluster asks every known node for the slots after a timeout), and on
+    # every topology one more when a held value waits for the tracking barrier first (near
+    # cache barrier, the default: the early hit's barrier times out once, then the same
+    # request's validating read; seen at 2.28 s on Sentinel in a loaded run with k = 1)
     k = getattr(private_topology, "timeouts_per_failure", 1)
-    if private_topology.kind == "cluster" and \
-            get_policy(app.registry).backend.near_mode == "barrier":
+    if get_policy(app.registry).backend.near_mode == "barrier":
         k += 1
     assert max(latencies) < 0.25 * k + 0.75
     assert sum(latencies) < 3 * 0.25 * k + 1.5  # the breaker: ~3 failures paid, not 30
