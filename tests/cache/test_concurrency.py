@@ -237,16 +237,21 @@ def test_no_stale_reads_when_one_process_has_a_slow_link(db, private_redis, redi
         urls = [private_redis.url, f"redis://127.0.0.1:{proxy.port}/0"]
         with process_servers(2, db, urls, redis_prefix, load_delay=LOAD_DELAY,
                              settings=settings) as bases:
-            caches: list = []
-            # paced, so that between two writes the slow process fills and holds the value
-            stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=60,
-                                        readers=6, caches=caches, write_gap=0.1)
-            print(f"\n[G2 slow link] writes={writes} reads={reads} stale={stale} "
-                  f"hits={caches.count('HIT')}")
-            assert reads >= 100
-            assert caches.count("HIT") >= 10  # the held values were really served
-            assert stale == 0
-            check_fresh_after_quiescence(bases, db, "/items/1")
+            paced_race(bases, db, "slow link")
+
+
+def paced_race(bases: list, db, label: str) -> None:
+    """The slow-process race: paced, so that between two writes the slow process fills and
+    holds the value; no stale read, and held values really served."""
+    caches: list = []
+    stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=60, readers=6,
+                                caches=caches, write_gap=0.1)
+    print(f"\n[G2 {label}] writes={writes} reads={reads} stale={stale} "
+          f"hits={caches.count('HIT')}")
+    assert reads >= 100
+    assert caches.count("HIT") >= 10  # the held values were really served
+    assert stale == 0
+    check_fresh_after_quiescence(bases, db, "/items/1")
 
 
 @pytest.mark.slow
@@ -262,12 +267,4 @@ def test_no_stale_reads_when_one_process_applies_messages_late(db, topology, red
     with process_servers(2, db, topology.url, redis_prefix, load_delay=LOAD_DELAY,
                          settings=settings,
                          env=[{}, {"EXAMCACHE_TEST_LATE_MESSAGES": "0.02"}]) as bases:
-        caches: list = []
-        stale, reads, writes = race(bases, "/items/1", "/items/1?v={v}", writes=60, readers=6,
-                                    caches=caches, write_gap=0.1)
-        print(f"\n[G2 late messages {topology.kind}] writes={writes} reads={reads} "
-              f"stale={stale} hits={caches.count('HIT')}")
-        assert reads >= 100
-        assert caches.count("HIT") >= 10  # the held values were really served
-        assert stale == 0
-        check_fresh_after_quiescence(bases, db, "/items/1")
+        paced_race(bases, db, f"late messages {topology.kind}")

@@ -203,9 +203,10 @@ def test_a_write_on_any_primary_empties_the_near_cache_before_it_returns(redis_c
 def test_a_hit_waits_for_the_stream_of_every_primary_even_a_slow_one(redis_cluster,
                                                                      redis_prefix, read):
     """The reader thread (one for every primary's stream: StreamGroup) applies each
-    message 0.1 s late (a busy process).  Another client invalidates values held from every primary; right after its call
-    returns, the reader's next read is never the old value: its barrier waited for the
-    ``PONG`` of every primary's stream, which its reader reads after the message.
+    message 0.1 s late (a busy process).  Another client invalidates values held from every
+    primary; right after its call returns, the reader's next read is never the old value:
+    its barrier waited for the ``PONG`` of every primary's stream, which its reader reads
+    after the message.
     ``peek_after_barrier``: early hits' read, which serves the held value before the write."""
     reader = ClusterBackend(redis_cluster.url, prefix=redis_prefix, near_cache_bytes=NEAR,
                             tracking=True, socket_timeout=2.0)
