@@ -220,6 +220,16 @@ def measure_writers(url: str, mode: str, writers: int, readers: int, seconds: fl
         _stop_all(procs + wprocs)
 
 
+def _p99_axes(ax, title: str) -> None:
+    """The write charts' axes: p99 over reader processes (both log), the goal's line."""
+    ax.axhline(GOALS["p99_ms_n16_load"], color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("reader processes")
+    ax.set_ylabel("invalidate() p99, ms")
+    ax.set_title(title)
+
+
 def chart(results: dict, path: str) -> None:
     fig, ax = pyplot().subplots(figsize=(7, 4))
     for mode in MODES:
@@ -227,12 +237,7 @@ def chart(results: dict, path: str) -> None:
             rows = [r for r in results["scaling"] if r["mode"] == mode and r["load"] == load]
             ax.plot([r["readers"] for r in rows], [r["p99_ms"] for r in rows], style,
                     marker="o", label=f"{mode}, {'under load' if load else 'idle'}")
-    ax.axhline(GOALS["p99_ms_n16_load"], color="grey", linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("reader processes")
-    ax.set_ylabel("invalidate() p99, ms")
-    ax.set_title("What a write costs as processes multiply")
+    _p99_axes(ax, "What a write costs as processes multiply")
     ax.legend()
     save(fig, path, dpi=110)
 
@@ -393,12 +398,7 @@ def topology_chart(results: dict, path: str) -> None:
             ax.plot([x["readers"] for x in rows], [x["p99_ms"] for x in rows], style,
                     color=f"C{color}", marker="o",
                     label=f"{name} {mode}, {'under load' if load else 'idle'}")
-    ax.axhline(GOALS["p99_ms_n16_load"], color="grey", linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("reader processes")
-    ax.set_ylabel("invalidate() p99, ms")
-    ax.set_title("What a write costs per topology (goal: p99 ≤ 10 ms at 16 under load)")
+    _p99_axes(ax, "What a write costs per topology (goal: p99 ≤ 10 ms at 16 under load)")
     ax.legend(fontsize=7, loc="upper left", ncol=2)
     save(fig, path, dpi=110)
 

@@ -212,19 +212,8 @@ def test_a_hit_waits_for_the_stream_of_every_primary_even_a_slow_one(redis_clust
                             tracking=True, socket_timeout=2.0)
     writer = ClusterBackend(redis_cluster.url, prefix=redis_prefix)
     try:
-        streams = reader._tracked_near.stream
-        poll(lambda: streams.healthy, 10, "a tracking stream on every primary")
-        keys = [f"s{i}" for i in range(12)]
-        assert {redis_cluster.node_of(f"{redis_prefix}v:{{{k}}}") for k in keys} == \
-            set(redis_cluster.ports)
-        for key in keys:
-            found = reader.lookup(key, "t", 5, 60, ())
-            assert reader.fill(key, "t", key.encode(), 60, (), found.versions)
-        assert streams.barrier(5)  # the fills' own messages applied: nothing drops below
-        tracked = reader._tracked_near.tracked
-        for key in keys:
-            poll(lambda: reader.get(key) == key.encode() and tracked.get(key) is not None, 10,
-                 f"{key} held")
+        keys = held_on_every_primary(redis_cluster, redis_prefix, reader, "s")
+        streams, tracked = reader._tracked_near.stream, reader._tracked_near.tracked
         pings = sum(s.pings_sent for s in streams.streams.values())
         for stream in streams.streams.values():
             stream.on_keys = late(stream.on_keys, 0.1)
@@ -262,6 +251,7 @@ def held_on_every_primary(redis_cluster, redis_prefix, reader, prefix: str) -> l
     for key in keys:
         found = reader.lookup(key, "t", 5, 60, ())
         assert reader.fill(key, "t", key.encode(), 60, (), found.versions)
+    assert streams.barrier(5)  # the fills' own messages applied: nothing drops below
     tracked = reader._tracked_near.tracked
     for key in keys:  # (the fill's own messages may void the first insert: poll)
         poll(lambda: reader.get(key) == key.encode() and tracked.get(key) is not None, 10,
