@@ -352,3 +352,43 @@ def test_the_remembered_replies_stay_within_their_bound(monkeypatch):
             assert 0 < app._reply_bytes <= 3 * one and 1 <= len(app._replies) <= 3
     get_policy(app.registry).close()
     get_policy(plain.registry).close()
+
+
+#: every vary name that keeps a route on the fast path, and the header it reads
+HEADER_VARIES = {"cookies": "Cookie", "accept": "Accept", "accept_language": "Accept-Language",
+                 "accept_encoding": "Accept-Encoding", "user_agent": "User-Agent",
+                 "host": "Host"}
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_VARIES))
+def test_two_clients_alternating_on_a_header_vary_each_get_their_own_fast_hits(name):
+    """The fast path remembers the key of a request signature and the reply of a key: two
+    clients that differ only in the header a route varies on, alternating, each get the
+    body rendered for their own header, from fast hits -- never the other's."""
+    header = HEADER_VARIES[name]
+
+    def echo(request):
+        return Response(f"for {request.headers.get(header)}", content_type="text/plain")
+
+    settings = {"examcache.redis_url": "memory://", "examcache.key_prefix": "fv:"}
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_examcache")
+        config.add_route("echo", "/echo/{id}")
+        config.add_view(echo, route_name="echo", cache="echo:{id}", cache_vary=(name,))
+        app = fast_path(config.make_wsgi_app())
+    assert "echo" in app.registry[PLAN_KEY].routes, app.registry[PLAN_KEY].skipped
+    values = ("alice.example", "bob.example") if name == "host" else ("alice", "bob")
+    try:
+        with thread_server(app) as base:
+            for value in values:  # the misses store one entry per value
+                assert get(base, "/echo/1", {header: value})[1]["X-Cache"] == "MISS"
+            before = early_hits(app)
+            for _ in range(5):
+                for value in values:
+                    status, headers, body = get(base, "/echo/1", {header: value})
+                    assert (status, headers["X-Cache"]) == (200, "HIT")
+                    assert body == f"for {value}".encode(), (value, body)
+            assert early_hits(app) == before + 10
+    finally:
+        get_policy(app.registry).close()
