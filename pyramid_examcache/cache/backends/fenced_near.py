@@ -96,7 +96,7 @@ class PrimaryProbe:
         try:
             if conn is None:
                 raise redis.ConnectionError("the probe's connection was lost")
-            return node is not None and _mastership(conn.read_response()) == node
+            return node is not None and failover.mastership(conn.read_response()) == node
         except BaseException:
             self._lost(conn)
             raise
@@ -110,28 +110,6 @@ class PrimaryProbe:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.disconnect()
-
-
-def _field(info: bytes, name: bytes) -> bytes | None:
-    """The value of the field ``name`` (``b"role:"``) of an ``INFO`` reply, or None."""
-    at = info.find(b"\n" + name)  # (every field follows a line: "# Replication" first)
-    if at < 0:
-        return None
-    start = at + 1 + len(name)
-    end = info.find(b"\r", start)
-    return info[start:] if end < 0 else info[start:end]
-
-
-def _mastership(info: bytes | str) -> str | None:
-    """The epoch :func:`.failover.replication_epoch` reads in ``info`` (an ``INFO
-    replication`` reply), None for a node that is not a primary.  The same answer, without
-    splitting the reply into a dict: it runs once per primary and barrier round."""
-    if isinstance(info, str):
-        info = info.encode()
-    replid = _field(info, b"master_replid:")
-    if _field(info, b"role:") != b"master" or not replid:
-        return None
-    return replid[:16].decode()
 
 
 def primary_identity(conn) -> str:
@@ -211,7 +189,6 @@ class SentinelNearCache(BarrierNearCache):
     def drop(self, keys, tags):
         prefix = self._epoch_prefix()
         self.tracked.on_keys([f"{prefix}v:{k}" for k in keys] + [f"{prefix}t:{t}" for t in tags])
-
 
 
 class _Round:
