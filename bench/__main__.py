@@ -2,10 +2,15 @@
 
 Scenarios: ``throughput``, ``stampede``, ``consistency``, ``mail-enqueue``,
 ``mail-throughput``, ``memory``, ``write``, ``logged-in``, ``revalidate``, ``cluster``,
-``scaling``, or ``all``.  Starts its own redis-server and
-PostgreSQL database (dropped at the end), runs, and writes ``DIR/results.json``,
-``DIR/throughput.png`` and ``DIR/scaling.png`` (when those scenarios ran) and the Markdown
-report (``--report``, default ``DIR/RESULTS.md``).
+``scaling``, ``topology-hits`` (the demo's hits on one Redis, Sentinel and Cluster:
+``bench/topology_hits.py``), ``topology-writes`` (write latency and throughput per topology
+beside loaded readers: ``bench/lease_write.py --topologies``), or ``all`` (every one of
+them).  Starts its own redis-server and PostgreSQL database (dropped at the end; the
+topology scenarios start private Sentinel and Cluster servers too), runs, and writes
+``DIR/results.json``, a chart per scenario that has one (``DIR/throughput.png``,
+``DIR/scaling.png``, ``DIR/mail-priority.png``, ``DIR/topology-hits.png``,
+``DIR/topology-writes.png``) and the Markdown report (``--report``, default
+``DIR/RESULTS.md``).
 
 The committed report was produced by::
 
@@ -21,10 +26,12 @@ import sys
 import time
 
 SCENARIOS = ("throughput", "stampede", "consistency", "mail-enqueue", "mail-throughput", "memory",
-             "write", "logged-in", "revalidate", "cluster", "scaling")
+             "write", "logged-in", "revalidate", "cluster", "scaling", "topology-hits",
+             "topology-writes")
 
 
 def _runner(name: str):
+    from . import lease_write, topology_hits
     from .scenarios import (cluster, consistency, http_cache, mail, memory, scaling, stampede,
                             throughput, write)
 
@@ -33,20 +40,53 @@ def _runner(name: str):
             "mail-throughput": mail.run_throughput, "memory": memory.run,
             "write": write.run, "logged-in": http_cache.run_logged_in,
             "revalidate": http_cache.run_revalidate, "cluster": cluster.run,
-            "scaling": scaling.run}[name]
+            "scaling": scaling.run, "topology-hits": topology_hits.run,
+            "topology-writes": lease_write.run_scenario}[name]
+
+
+def _charts(results: dict, out: str) -> str | None:
+    """Each chart of the scenarios that ran, written to ``out`` (their paths recorded in
+    ``results``); the throughput chart's path."""
+    from . import report
+
+    s, chart = results["scenarios"], None
+    if "throughput" in s:
+        chart = report.chart(s["throughput"], os.path.join(out, "throughput.png"))
+    if "scaling" in s:
+        from .scenarios import scaling
+
+        results["scaling_chart"] = scaling.chart(s["scaling"], os.path.join(out, "scaling.png"))
+    if "priority" in s.get("mail-throughput", {}):
+        from .scenarios import mail_priority
+
+        results["mail_priority_chart"] = mail_priority.chart(
+            s["mail-throughput"]["priority"], os.path.join(out, "mail-priority.png"))
+    if "topology-hits" in s:
+        from . import topology_hits
+
+        results["topology_hits_chart"] = topology_hits.chart(
+            s["topology-hits"], os.path.join(out, "topology-hits.png"))
+    if "topology-writes" in s:
+        from . import lease_write
+
+        results["topology_writes_chart"] = lease_write.topology_chart(
+            s["topology-writes"], os.path.join(out, "topology-writes.png"))
+    return chart
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", nargs="+", choices=(*SCENARIOS, "all"))
-    parser.add_argument("--out", default="bench/results", help="directory for results.json and the chart")
+    parser.add_argument("--out", default="bench/results", help="directory for results.json and the charts")
     parser.add_argument("--report", default=None, help="Markdown report (default OUT/RESULTS.md)")
     parser.add_argument("--quick", action="store_true", help="tiny runs (smoke test), not results")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="throughput, scaling: alternating rounds (default 5, 3)")
+                        help="throughput, scaling, topology-hits: alternating rounds (default "
+                             "5, 3, 3)")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="throughput, scaling: wrk duration of each run (default 5)")
+                        help="throughput, scaling, topology-hits: wrk duration of each run; "
+                             "topology-writes: the many writers' run (default 5)")
     parser.add_argument("--targets", default=None,
                         help="throughput: comma-separated targets (default all: "
                              "ours,ours-tracking,ours-lease,ours-early,seed,dogpile,raw,fixed,orm,bare)")
@@ -59,6 +99,9 @@ def main(argv=None) -> int:
                           "targets": args.targets.split(",") if args.targets else None}
     scaling_options = {"rounds": args.rounds, "seconds": args.seconds,
                        "targets": args.deployments.split(",") if args.deployments else None}
+    options_by = {"throughput": throughput_options, "scaling": scaling_options,
+                  "topology-hits": {"rounds": args.rounds, "seconds": args.seconds},
+                  "topology-writes": {"seconds": args.seconds}}
 
     from . import report
     from .env import environment
@@ -73,28 +116,14 @@ def main(argv=None) -> int:
         for name in names:
             t0 = time.time()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            options = {"throughput": throughput_options, "scaling": scaling_options}.get(name, {})
+            options = options_by.get(name, {})
             results["scenarios"][name] = _runner(name)(env, quick=args.quick, **options)
             results["scenarios"][name]["elapsed_s"] = round(time.time() - t0, 1)
             print(f"[bench] {name} done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
     results["elapsed_s"] = round(time.time() - started, 1)
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1, sort_keys=True)
-    chart = None
-    if "throughput" in results["scenarios"]:
-        chart = report.chart(results["scenarios"]["throughput"],
-                             os.path.join(args.out, "throughput.png"))
-    if "scaling" in results["scenarios"]:
-        from .scenarios import scaling
-
-        results["scaling_chart"] = scaling.chart(results["scenarios"]["scaling"],
-                                                 os.path.join(args.out, "scaling.png"))
-    if "priority" in results["scenarios"].get("mail-throughput", {}):
-        from .scenarios import mail_priority
-
-        results["mail_priority_chart"] = mail_priority.chart(
-            results["scenarios"]["mail-throughput"]["priority"],
-            os.path.join(args.out, "mail-priority.png"))
+    chart = _charts(results, args.out)
     path = args.report or os.path.join(args.out, "RESULTS.md")
     kept = report.kept_sections(path)  # sections other commands write into the same report
     with open(path, "w") as fh:

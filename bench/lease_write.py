@@ -28,6 +28,10 @@ chart and a RESULTS.md go to ``--out`` (the report above is not touched)::
 
     python -m bench.lease_write --topologies single,sentinel,cluster \
         --out bench/results-lease-write-topologies
+
+``python -m bench topology-writes`` (and ``all``) runs that measurement on all three
+(:func:`run_scenario`) in the bench's run: a section of its report (:func:`bench_markdown`)
+and ``DIR/topology-writes.png`` (:func:`topology_chart`).
 """
 from __future__ import annotations
 
@@ -48,6 +52,9 @@ from .charts import pyplot, save
 
 MODES = {"lease": 1000, "barrier": 0}  # examcache.tracking_lease_ms per mode
 GOALS = {"p99_ms_n16_load": 10.0, "writes_per_s_8_writers": 1000.0}
+#: a run's sizes: reader counts, writes per setting, writer processes, their seconds
+SIZES: dict = {"counts": [1, 4, 8, 16, 32], "n": 200, "writers": 8, "seconds": 5.0}
+QUICK_SIZES: dict = {"counts": [1], "n": 20, "writers": 2, "seconds": 0.5}  # a smoke test's
 
 #: the backend of a reader or writer process: a ``redis+cluster://`` URL gets the Cluster
 #: backend (barrier only: no read leases), a ``redis+sentinel://`` URL the Sentinel backend
@@ -387,7 +394,26 @@ def run_topologies(names: list[str], counts: list[int], n: int, writers: int,
     return results
 
 
-def topology_chart(results: dict, path: str) -> None:
+def run_scenario(env, quick: bool = False, seconds: float | None = None) -> dict:
+    """``python -m bench topology-writes``: :func:`run_topologies` on single, sentinel and
+    cluster (:data:`SIZES` up to the goal's 16 readers: 32 would add minutes; ``seconds``:
+    the many writers'; ``quick``: :data:`QUICK_SIZES`).  ``env`` is not used: each topology
+    is a private one, as in the standalone run."""
+    sizes = dict(QUICK_SIZES if quick else SIZES)
+    sizes["counts"] = [c for c in sizes["counts"] if c <= 16]
+    if seconds and not quick:
+        sizes["seconds"] = seconds
+    names = list(TOPOLOGY_MODES)
+    results = run_topologies(names, command="python -m bench topology-writes"
+                             + (" --quick" if quick else ""), **sizes)
+    results["standalone"] = "python -m bench.lease_write " + shlex.join(
+        ["--topologies", ",".join(names), "--counts", ",".join(map(str, sizes["counts"])),
+         "-n", str(sizes["n"]), "--writers", str(sizes["writers"]),
+         "--seconds", f"{sizes['seconds']:g}"])
+    return results
+
+
+def topology_chart(results: dict, path: str) -> str:
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
     lines = [(name, mode) for name, r in results["topologies"].items()
              for mode in TOPOLOGY_MODES[name]]
@@ -400,33 +426,79 @@ def topology_chart(results: dict, path: str) -> None:
                     label=f"{name} {mode}, {'under load' if load else 'idle'}")
     _p99_axes(ax, "What a write costs per topology (goal: p99 ≤ 10 ms at 16 under load)")
     ax.legend(fontsize=7, loc="upper left", ncol=2)
-    save(fig, path, dpi=110)
+    return save(fig, path, dpi=110)
 
 
 def topology_report(results: dict) -> str:
     lines = ["# Write scaling per topology (`bench.lease_write --topologies`)", "",
-             f"`{results['command']}` on {results['when']} (commit {results['commit']}), in "
-             f"{results['took_s']:.0f} s, one run; each topology is a private one started by the "
-             "bench (one redis-server; Sentinel: a primary, a replica, 3 sentinels; Cluster: 3 "
-             "primaries), all up at once and measured side by side (each reader count on each "
-             "topology in turn, then the many writers on each). The measurement is `bench.lease_write`'s: "
-             "`invalidate()` of one key and one tag timed in the writing process, N reader "
-             "processes each serving one held key (idle: a read every 50 ms; under load: back "
-             "to back, ~150 µs of request CPU each), then 8 writer processes beside 4 loaded "
-             "readers. Readers and writers are each topology's backend with tracking on "
-             "(`RedisBackend`, which builds the Sentinel backend for a `redis+sentinel://` URL; "
-             "`ClusterBackend`); Sentinel and Cluster have the `barrier` mode only.", ""]
+             _topology_intro(results), ""]
     for name, r in results["topologies"].items():
         lines += _topology_section(name, r, results["counts"])
     lines += ["![writes](writes.png)", ""]
     return "\n".join(lines)
 
 
-def _topology_section(name: str, r: dict, counts: list[int]) -> list[str]:
+def bench_markdown(s: dict, chart_path: str | None, report_dir: str) -> list[str]:
+    """The ``topology-writes`` section of ``python -m bench``'s report (none if it did not
+    run): the goals per topology and mode, then :func:`topology_report`'s tables, the chart."""
+    if "topology-writes" not in s:
+        return []
+    results = s["topology-writes"]
+    lines = ["## Topologies: writes on one Redis, Sentinel and Cluster", "",
+             _topology_intro(results) + f" The same as `{results['standalone']}`.", ""]
+    lines += _topology_goals(results)
+    for name, r in results["topologies"].items():
+        lines += _topology_section(name, r, results["counts"], "###")
+    if chart_path:
+        lines += [f"![topology writes]({os.path.relpath(chart_path, report_dir)})", ""]
+    return lines
+
+
+def _topology_goals(results: dict) -> list[str]:
+    """Per topology and mode: write p50 / p99 at the most loaded readers up to 16 (16 in a
+    full run), the many writers' writes/s, and the goals (:data:`GOALS`) met or not."""
+    lines = ["| topology | mode | loaded readers | write p50 / p99 ms | writes/s (writers) | "
+             f"goal p99 ≤ {GOALS['p99_ms_n16_load']:g} ms | goal ≥ "
+             f"{GOALS['writes_per_s_8_writers']:,.0f} writes/s |", "|---|---|---:|---|---:|---|---|"]
+    for name, r in results["topologies"].items():
+        for mode in TOPOLOGY_MODES[name]:
+            r16 = max((x for x in r["scaling"] if x["mode"] == mode and x["load"]
+                       and x["readers"] <= 16), key=lambda x: x["readers"])
+            w = next(x for x in r["writers"] if x["mode"] == mode)
+            p99_ok = r16["p99_ms"] <= GOALS["p99_ms_n16_load"]
+            rate_ok = w["writes_per_s"] >= GOALS["writes_per_s_8_writers"]
+            lines.append(f"| {name} | {mode} | {r16['readers']} | {r16['p50_ms']:.2f} / "
+                         f"{r16['p99_ms']:.2f} | {w['writes_per_s']:,} ({w['writers']}) | "
+                         f"{'met' if p99_ok else '**MISSED**'} | "
+                         f"{'met' if rate_ok else '**MISSED**'} |")
+    return lines + [""]
+
+
+def _topology_intro(results: dict) -> str:
+    return (f"`{results['command']}` on {results['when']} (commit {results['commit']}), in "
+            f"{results['took_s']:.0f} s, one run; each topology is a private one started by the "
+            "bench (one redis-server; Sentinel: a primary, a replica, 3 sentinels; Cluster: 3 "
+            "primaries), all up at once and measured side by side (each reader count on each "
+            "topology in turn, then the many writers on each). The measurement is `bench.lease_write`'s: "
+            "`invalidate()` of one key and one tag timed in the writing process, N reader "
+            "processes each serving one held key (idle: a read every 50 ms; under load: back "
+            f"to back, ~150 µs of request CPU each), then {_writers(results)} writer processes "
+            "beside 4 loaded readers. Readers and writers are each topology's backend with tracking on "
+            "(`RedisBackend`, which builds the Sentinel backend for a `redis+sentinel://` URL; "
+            "`ClusterBackend`); Sentinel and Cluster have the `barrier` mode only.")
+
+
+def _writers(results: dict) -> int:
+    """The many-writer rows' writer processes (8 unless ``--writers`` said otherwise)."""
+    return next((w["writers"] for r in results["topologies"].values() for w in r["writers"]),
+                SIZES["writers"])
+
+
+def _topology_section(name: str, r: dict, counts: list[int], level: str = "##") -> list[str]:
     modes = TOPOLOGY_MODES[name]
     backends = sorted({b for x in r["scaling"] + r["writers"] for b in x.get("backends", ())})
     loads = [x["loadavg_1m"] for x in r["scaling"] + r["writers"]]
-    lines = [f"## {name}", "", f"Backends built (class, near mode): {', '.join(backends)}; "
+    lines = [f"{level} {name}", "", f"Backends built (class, near mode): {', '.join(backends)}; "
              f"the machine's 1-minute load average after each row: {min(loads):g} to "
              f"{max(loads):g}.", "",
              "| readers | " + " | ".join(f"{m} {s} p50 / p99 / max ms" for m in modes
@@ -691,10 +763,12 @@ def main_profile(names: list[str], counts: list[int], n: int, out: str, command:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.lease_write", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", type=int, default=200, help="writes per setting")
-    parser.add_argument("--counts", default="1,4,8,16,32", help="reader process counts")
-    parser.add_argument("--writers", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=5.0, help="of the many-writer run")
+    parser.add_argument("-n", type=int, default=SIZES["n"], help="writes per setting")
+    parser.add_argument("--counts", default=",".join(map(str, SIZES["counts"])),
+                        help="reader process counts")
+    parser.add_argument("--writers", type=int, default=SIZES["writers"])
+    parser.add_argument("--seconds", type=float, default=SIZES["seconds"],
+                        help="of the many-writer run")
     parser.add_argument("--out", default=None, help="directory for results.json and writes.png")
     parser.add_argument("--report", default=None, help="Markdown file whose section to replace")
     parser.add_argument("--topologies", "--topology", default=None, metavar="LIST",

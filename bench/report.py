@@ -283,6 +283,10 @@ def markdown(results: dict, chart_path: str | None, report_dir: str) -> str:
     from .scenarios import scaling
 
     lines += scaling.markdown(s, results.get("scaling_chart"), report_dir)
+    from . import lease_write, topology_hits
+
+    lines += topology_hits.bench_markdown(s, results.get("topology_hits_chart"), report_dir)
+    lines += lease_write.bench_markdown(s, results.get("topology_writes_chart"), report_dir)
     lines += ["## Notes", "",
               "- Where the time goes on a hit: `python -m bench.profile_hit --profile` (in-process, "
               "pyinstrument) and py-spy on the waitress process under wrk. Three fixes in the "

@@ -11,6 +11,10 @@ between the targets.  Goals (issue 22): Sentinel and Cluster >= 0.9x one Redis's
 Cluster p99 <= 2x one Redis's.  Run it from a snapshot clone::
 
     python -m bench.topology_hits --out bench/results-topology-hits
+
+``python -m bench topology-hits`` (and ``all``) runs the same measurement (:func:`run`) in
+the bench's run: a section of its report (:func:`bench_markdown`) and
+``DIR/topology-hits.png`` (:func:`chart`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 
+from .charts import pyplot, save
 from .env import environment
 from .scenarios.throughput import measured_run
 from .stats import median
@@ -26,12 +31,19 @@ PATH = "/api/exams/1/questions"
 GOALS = {"rps_ratio": 0.9, "cluster_p99_ratio": 2.0}
 
 
-def run(env, rounds: int, seconds: float) -> dict:
+def run(env, rounds: int | None = None, seconds: float | None = None,
+        quick: bool = False) -> dict:
+    """``rounds`` (default 3) alternating rounds of wrk for ``seconds`` (default 5) on each
+    target; ``quick``: one round of 1 s, no waiting for a quiet machine (a smoke test)."""
     from tests.topologies import PrivateCluster, PrivateSentinel
 
+    rounds, seconds, patience = rounds or 3, seconds or 5.0, 20.0
+    if quick:
+        rounds, seconds, patience = 1, 1.0, 0.0
     sentinel, cluster = PrivateSentinel(), PrivateCluster()
     sentinel.start()
     cluster.start()
+    servers: dict = {}
     try:
         inis = {"single": env.ini,
                 "sentinel": env.write_ini("bench-sentinel.ini",
@@ -41,8 +53,8 @@ def run(env, rounds: int, seconds: float) -> dict:
                 "cluster-check": env.write_ini("bench-cluster-check.ini",
                                                **{"examcache.redis_url": cluster.url,
                                                   "examcache.near_cache": "check"})}
-        servers = {name: env.serve("ours", ini=ini, name=f"ours-{name}")
-                   for name, ini in inis.items()}
+        for name, ini in inis.items():
+            servers[name] = env.serve("ours", ini=ini, name=f"ours-{name}")
         redis_pids = {"single": env.redis_proc.pid,
                       "sentinel": sentinel.procs[sentinel.primary_port()].pid,
                       "cluster": cluster.procs[cluster.ports[0]].pid,
@@ -56,8 +68,10 @@ def run(env, rounds: int, seconds: float) -> dict:
         for _ in range(rounds):
             for name, server in servers.items():
                 runs[name].append(measured_run(server, server.base + PATH, seconds,
-                                               redis_pids[name]))
+                                               redis_pids[name], patience=patience))
     finally:
+        for server in servers.values():  # (in `python -m bench all`, before what follows)
+            server.stop()
         sentinel.close()
         cluster.close()
     summary = {name: {"rps": median([r["rps"] for r in rs]),
@@ -73,9 +87,9 @@ def run(env, rounds: int, seconds: float) -> dict:
             "ratios": ratios}
 
 
-def markdown(result: dict) -> list[str]:
+def markdown(result: dict, command: str = "python -m bench.topology_hits") -> list[str]:
     lines = ["## Topologies: hits on Sentinel and Cluster beside one Redis", "",
-             f"`python -m bench.topology_hits`: wrk `-t2 -c8`, {result['rounds']} alternating "
+             f"`{command}`: wrk `-t2 -c8`, {result['rounds']} alternating "
              f"rounds of {result['seconds']:.0f} s, the demo's `GET {PATH}` (waitress 8 "
              "threads), default near cache (`barrier`) on each topology; `cluster-check` is the "
              "Cluster with `examcache.near_cache = check` (the default before).", "",
@@ -87,12 +101,59 @@ def markdown(result: dict) -> list[str]:
         lines.append(f"| {name} | {s['rps']:,.0f} | {spread} | {r['rps']:.2f} | "
                      f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {r['p99']:.2f} | "
                      f"{s['server_cpu_us']:.0f} | {s['non2xx']} |")
-    ratios = result["ratios"]
-    met = {"sentinel req/s >= 0.9x": ratios["sentinel"]["rps"] >= GOALS["rps_ratio"],
-           "cluster req/s >= 0.9x": ratios["cluster"]["rps"] >= GOALS["rps_ratio"],
-           "cluster p99 <= 2x": ratios["cluster"]["p99"] <= GOALS["cluster_p99_ratio"]}
-    lines += [""] + [f"- goal {k}: **{'met' if v else 'missed'}**" for k, v in met.items()]
+    lines += [""] + [f"- goal {k}: **{'met' if v else 'missed'}**"
+                     for k, v in goals(result["ratios"]).items()]
     return lines + [""]
+
+
+def goals(ratios: dict) -> dict[str, bool]:
+    """Each goal (:data:`GOALS`) met or not, by the ratios to one Redis."""
+    return {"sentinel req/s >= 0.9x": ratios["sentinel"]["rps"] >= GOALS["rps_ratio"],
+            "cluster req/s >= 0.9x": ratios["cluster"]["rps"] >= GOALS["rps_ratio"],
+            "cluster p99 <= 2x": ratios["cluster"]["p99"] <= GOALS["cluster_p99_ratio"]}
+
+
+def bench_markdown(s: dict, chart_path: str | None, report_dir: str) -> list[str]:
+    """The ``topology-hits`` section of ``python -m bench``'s report (none if it did not
+    run): :func:`markdown`'s table and goals, then the chart."""
+    if "topology-hits" not in s:
+        return []
+    lines = markdown(s["topology-hits"], "python -m bench topology-hits")
+    if chart_path:
+        lines += [f"![topology hits]({os.path.relpath(chart_path, report_dir)})", ""]
+    return lines
+
+
+def chart(result: dict, path: str) -> str:
+    """req/s (rounds as dots; the goal: 0.9x one Redis) and p99 (the goal: 2x one Redis's)
+    of each target side by side; ``path``."""
+    names = list(result["summary"])
+    summary, single = result["summary"], result["summary"]["single"]
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    left.bar(names, [summary[n]["rps"] for n in names], color="#1f77b4")
+    for i, n in enumerate(names):
+        left.scatter([i] * len(result["runs"][n]), [r["rps"] for r in result["runs"][n]],
+                     color="black", s=8, zorder=3)
+        left.annotate(f"{result['ratios'][n]['rps']:.2f}×", (i, summary[n]["rps"]),
+                      xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    left.axhline(GOALS["rps_ratio"] * single["rps"], color="grey", linestyle="--",
+                 linewidth=0.8, label=f"goal: {GOALS['rps_ratio']:g}× one Redis")
+    left.set_ylabel("requests/s (median of rounds; dots = rounds)")
+    right.bar(names, [summary[n]["p99_ms"] for n in names], color="#ff7f0e")
+    for i, n in enumerate(names):
+        right.annotate(f"{result['ratios'][n]['p99']:.2f}×", (i, summary[n]["p99_ms"]),
+                       xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    right.axhline(GOALS["cluster_p99_ratio"] * single["p99_ms"], color="grey", linestyle="--",
+                  linewidth=0.8, label=f"goal (cluster): {GOALS['cluster_p99_ratio']:g}× one Redis")
+    right.set_ylabel("p99 latency, ms")
+    left.set_ylim(0, 1.25 * max(r["rps"] for rs in result["runs"].values() for r in rs))
+    right.set_ylim(0, 1.25 * max(GOALS["cluster_p99_ratio"] * single["p99_ms"],
+                                 *(summary[n]["p99_ms"] for n in names)))
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelsize=8)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"GET {PATH} per topology (×: ratio to one Redis)", fontsize=9)
+    return save(fig, path)
 
 
 def backend_profile(seconds: float = 3.0, threads: int = 8, rounds: int = 3,

@@ -119,11 +119,13 @@ def wait_quiet(limit: float = 0.15, patience: float = 20.0) -> float:
         time.sleep(1.0)
 
 
-def measured_run(server, url: str, seconds: float, redis_pid: int, redis=None) -> dict:
+def measured_run(server, url: str, seconds: float, redis_pid: int, redis=None,
+                 patience: float = 20.0) -> dict:
     """wrk plus CPU accounting: the server's and Redis's CPU per request, and the
     CPU used by anything else on the machine during the run (noise); with
-    ``redis``, the Redis commands the run caused (``INFO commandstats``)."""
-    idle_share = wait_quiet()
+    ``redis``, the Redis commands the run caused (``INFO commandstats``).  ``patience``:
+    how long to wait for a quiet machine first (:func:`wait_quiet`)."""
+    idle_share = wait_quiet(patience=patience)
     if redis is not None:
         redis.config_resetstat()
     s0, r0 = _process_cpu(server.proc.pid), _process_cpu(redis_pid)
