@@ -13,6 +13,7 @@ tests/cache/test_topology_faults.py."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -131,6 +132,40 @@ def test_a_failover_flushes_the_near_cache_before_the_new_epoch_serves(sentinel)
     finally:
         reader.close()
         writer.close()
+
+
+def test_reads_racing_the_streams_first_handshake_leave_the_stream_alone(sentinel, caplog):
+    """An application's first requests arrive while its tracking stream is still connecting
+    (every start).  A read answered before the stream knew its node proves nothing about
+    epochs (it is not inserted, and the handshake flushes anyway): the stream is not
+    dropped, so no "connection lost" warning and no second connection.  Such reads used to
+    drop the just-connected stream in 16 of 20 starts."""
+    raced = 0
+    for i in range(5):
+        backend = RedisBackend(sentinel.url, prefix=f"fstart{i}:", near_cache_bytes=NEAR,
+                               tracking=True)
+        try:
+            stream = backend._stream
+            raced += not stream.healthy
+
+            def read():
+                for _ in range(200):
+                    backend.lookup("hot", "t", 5, 60)
+
+            threads = [threading.Thread(target=read) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            # a barrier answered now is one on a connection nobody dropped (a dropped
+            # socket answers no PING): then count the connections
+            poll(lambda: stream.barrier(1.0), 15, "a barrier on the stream")
+            assert (stream.connections, stream.losses) == (1, 0), f"start {i}"
+        finally:
+            backend.close()
+    assert raced >= 1  # the reads really began before the stream was up
+    lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+    assert lost == []
 
 
 def test_a_primary_demoted_by_hand_never_answers_from_the_near_cache(sentinel):

@@ -177,9 +177,11 @@ class SentinelNearCache(BarrierNearCache):
         node = stream.node  # read after the mark: a reconnection in between voids the token
         data, stamp, ttl_ms = self._fetch_expiring(key, tags, conn)
         if node is None or conn[1] != self._epoch_prefix(node):
-            # the read was answered by a primary (its batch ended with ROLE) in another
-            # epoch than the stream's: the stream is on an old primary, or not connected
-            if stream.healthy:
+            # not inserted. If the stream had a node, the read was answered by a primary (its
+            # batch ended with ROLE) in another epoch than the stream's: the stream is on an
+            # old primary. A stream not yet connected at the mark (reads racing its first
+            # handshake) proves nothing of epochs, and its handshake flushes anyway
+            if node is not None and stream.healthy:
                 self.failover()
             return data
         if data is not None and stamp:
